@@ -1,0 +1,45 @@
+# Two commands do all set-up: `make demo` and `make test`. Both build .venv first (idempotent).
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.adaptflow-installed
+DEMO    := examples/unicode-categories/spec.yaml
+
+.PHONY: setup demo test test-fast bench lint format clean
+
+setup: $(STAMP)
+
+# torch goes in first so that pip takes the CPU wheel and never pulls CUDA packages.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/pip install -q -c constraints.txt "torch==2.13.0"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/adaptflow run $(DEMO)
+	$(BIN)/adaptflow predict "models:/unicode-categories@champion" \
+		"LATIN SMALL LETTER SHARP S" "CYRILLIC CAPITAL LETTER ZHE" "ARABIC-INDIC DIGIT SEVEN" \
+		"N-ARY CIRCLED PLUS OPERATOR" "SNOWMAN" "INVERTED QUESTION MARK"
+
+test: setup
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not integration and not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/bench_pipeline_overhead.py
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf .adaptflow .pytest_cache .mypy_cache .ruff_cache

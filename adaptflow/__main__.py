@@ -1,0 +1,5 @@
+"""``python -m adaptflow`` runs the CLI."""
+
+from adaptflow.cli import main
+
+main()

@@ -1,0 +1,254 @@
+"""The ``adaptflow`` command line.
+
+``--json`` prints exactly one JSON object on stdout; logs, progress bars and tables go to
+stderr. User mistakes (bad spec, bad data, unreachable server) print one message and exit
+non-zero without a traceback. Heavy libraries are imported inside commands so that
+``adaptflow --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from adaptflow.errors import AdaptflowError
+
+app = typer.Typer(
+    help="Adapt open language models to your own data: curate -> adapt -> evaluate -> register.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+@contextmanager
+def _guard(json_mode: bool) -> Iterator[None]:
+    """Run a command's work with stdout kept clean; turn user errors into one message.
+
+    Libraries print progress and logs to stdout (the transformers Trainer's loss lines, DVC's
+    notices); while the work runs, stdout is pointed at stderr so that stdout carries only the
+    command's own result.
+    """
+    try:
+        with redirect_stdout(sys.stderr):
+            yield
+    except AdaptflowError as exc:
+        if json_mode:
+            print(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+class _HideUserTracebacks(logging.Filter):
+    """Prefect logs every task/flow failure with a traceback; user mistakes need none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, AdaptflowError):
+            record.exc_info = None
+            record.exc_text = None
+            record.msg = f"{type(exc).__name__}: {exc}"
+            record.args = ()
+        return True
+
+
+def _prepare(check_prefect: bool = True) -> Any:
+    """Apply settings (before prefect/mlflow import) and check configured servers."""
+    import os
+    import warnings
+
+    from adaptflow.settings import apply_settings
+    from registry import health
+
+    # Library deprecation chatter and load reports are for library authors, not our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    settings = apply_settings()
+    health.check_mlflow(settings.mlflow_tracking_uri)
+    if check_prefect:
+        health.check_prefect(settings.prefect_api_url)
+        import prefect  # noqa: F401  (configures Prefect's logging handlers)
+
+        for handler in logging.getLogger("prefect").handlers:
+            handler.addFilter(_HideUserTracebacks())
+    where = settings.prefect_api_url or "embedded (ephemeral)"
+    err.print(
+        f"[dim]adaptflow: home {settings.home} | MLflow {settings.mlflow_tracking_uri} | "
+        f"Prefect {where}[/]",
+        highlight=False,
+    )
+    return settings
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "–" if value is None else str(value)
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title=f"{summary['name']}: {summary['method']}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("candidate", justify="right")
+    table.add_column("baseline (no training)", justify="right")
+    table.add_column("champion before", justify="right")
+    before = summary.get("champion_metrics_before") or {}
+    for key, value in summary["metrics"].items():
+        table.add_row(key, _fmt(value), _fmt(summary["baseline"].get(key)), _fmt(before.get(key)))
+    return table
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="Use-case spec (YAML).")],
+    method: Annotated[str | None, typer.Option(help="Override the spec's method.")] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Run the whole pipeline (curate -> adapt -> evaluate -> register) as a Prefect flow."""
+    with _guard(json_out):
+        from adaptflow.methods import resolve_method
+        from adaptflow.spec import load_spec
+
+        parsed = load_spec(spec)  # a bad spec fails here, before any server starts
+        resolve_method(parsed.task, method or parsed.method)
+        _prepare()
+        from flows.pipeline import adapt_pipeline
+
+        summary = adapt_pipeline(str(spec), method)
+    if json_out:
+        _emit(summary)
+        return
+    err.print(_summary_table(summary))
+    cur = summary["curation"]
+    err.print(
+        f"curation: input {cur['input']}, kept {cur['kept']}, quarantined {cur['quarantined']}"
+        f" (data {cur['data_hash']})\n"
+        f"registered [bold]{summary['name']}[/] version {summary['model_version']} "
+        f"(challenger); champion is version {summary['champion_version']}"
+        f" — {'promoted' if summary['promoted'] else 'not promoted'}: {'; '.join(summary['gate'])}"
+        f"\nMLflow run {summary['mlflow_run_id']}",
+        highlight=False,
+    )
+
+
+@app.command()
+def curate(
+    spec: Annotated[Path, typer.Argument(help="Use-case spec (YAML).")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Curate the spec's data only: validate, quarantine, split, version with DVC."""
+    with _guard(json_out):
+        from adaptflow.spec import load_spec
+
+        parsed = load_spec(spec)
+        _prepare()
+        from flows.curate import curate as curate_flow
+
+        summary = curate_flow(parsed)
+    if json_out:
+        _emit(summary)
+        return
+    err.print(
+        f"input {summary['input']}: kept {summary['kept']} (train {summary['train_examples']}, "
+        f"eval {summary['eval_examples']}), quarantined {summary['quarantined']}\n"
+        f"output {summary['output']}\nreport {summary['report']}\nDVC hash {summary['data_hash']}",
+        highlight=False,
+    )
+
+
+@app.command()
+def predict(
+    model_uri: Annotated[str, typer.Argument(help="e.g. models:/NAME@champion")],
+    texts: Annotated[
+        list[str] | None, typer.Argument(help="Inputs; read from stdin if none.")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Predict with a registered model (one input per argument or per stdin line)."""
+    with _guard(json_out):
+        inputs = list(texts or [])
+        if not inputs and not sys.stdin.isatty():
+            inputs = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if not inputs:
+            raise AdaptflowError("no input: pass texts as arguments or one per line on stdin")
+        _prepare(check_prefect=False)
+        from registry.models import load_model
+
+        predictions = [str(p) for p in load_model(model_uri).predict(inputs)]
+    if json_out:
+        _emit({"model_uri": model_uri, "predictions": predictions})
+        return
+    table = Table("input", "prediction")
+    for text, label in zip(inputs, predictions, strict=True):
+        table.add_row(text if len(text) < 80 else text[:77] + "...", label)
+    Console().print(table)
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="Version to make champion.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Point the ``champion`` alias at VERSION (a human decision; no gate)."""
+    with _guard(json_out):
+        _prepare(check_prefect=False)
+        from registry.models import promote as do_promote
+
+        result = do_promote(name, version)
+    _report_alias(result, json_out)
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Move ``champion`` back to the version it replaced."""
+    with _guard(json_out):
+        _prepare(check_prefect=False)
+        from registry.models import rollback as do_rollback
+
+        result = do_rollback(name)
+    _report_alias(result, json_out)
+
+
+def _report_alias(result: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        _emit(result)
+    else:
+        err.print(
+            f"{result['name']}: champion is version {result['champion_version']} "
+            f"(was {result['previous']})",
+            highlight=False,
+        )
+
+
+@app.command()
+def schema() -> None:
+    """Print the use-case spec's JSON schema."""
+    from adaptflow.spec import spec_json_schema
+
+    _emit(spec_json_schema())
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

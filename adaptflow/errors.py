@@ -1,0 +1,28 @@
+"""User-facing errors: each carries one clear message and is shown without a traceback."""
+
+
+class AdaptflowError(Exception):
+    """A problem the user can fix (bad spec, bad data, unreachable server).
+
+    The CLI prints the message and exits non-zero; no traceback is shown.
+    """
+
+    exit_code = 2
+
+
+class SpecError(AdaptflowError):
+    """The use-case spec is missing, malformed or invalid."""
+
+
+class DataError(AdaptflowError):
+    """The data cannot be used (nothing valid left, a single label, unreadable file)."""
+
+
+class ServiceError(AdaptflowError):
+    """A server adaptflow was pointed at (MLflow, Prefect, Chroma) is unreachable."""
+
+    exit_code = 3
+
+
+class RegistryError(AdaptflowError):
+    """A registry operation is not possible (unknown model, version or alias)."""

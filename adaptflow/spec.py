@@ -1,0 +1,309 @@
+"""The use-case spec: one pydantic model, YAML in, validated before any work starts.
+
+Fields follow the contract in DESIGN.md §3. Extensions (``seed``, ``data.eval_fraction`` and
+the ``train`` block) only add optional keys with defaults. Unknown keys are errors. Relative
+paths resolve against the spec file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from adaptflow.catalogue import CATALOGUE, is_hub_id
+from adaptflow.errors import SpecError
+
+Task = Literal[
+    "classification", "instruction", "qa", "summarization", "language-modeling", "retrieval-qa"
+]
+Method = Literal[
+    "auto",
+    "ladder",
+    "icl",
+    "rag",
+    "lora",
+    "dora",
+    "ia3",
+    "prefix",
+    "prompt-tuning",
+    "p-tuning",
+    "freeze",
+    "full",
+    "cpt",
+    "pretrain",
+]
+Hardware = Literal["cpu", "t4", "a10", "l4", "a100", "h100"]
+
+# Metrics each task can be judged on; the first is the default target.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("f1_macro", "accuracy", "precision_macro", "recall_macro"),
+    "instruction": ("rougeL", "exact_match", "token_f1", "perplexity"),
+    "qa": ("token_f1", "exact_match", "rougeL"),
+    "summarization": ("rougeL", "rouge1", "rouge2"),
+    "language-modeling": ("perplexity",),
+    "retrieval-qa": ("recall@5", "recall@1", "recall@10", "mrr", "ndcg@10", "token_f1"),
+}
+# Metrics where smaller is better; the promotion gate flips its comparison for these.
+LOWER_IS_BETTER = frozenset({"perplexity"})
+DATA_SUFFIXES = (".jsonl", ".csv", ".parquet")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
+    if value is None:
+        return None
+    base = (info.context or {}).get("base_dir")
+    path = value.expanduser()
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path.resolve()
+
+
+class DataSpec(_Strict):
+    """Where the data is and which fields hold what."""
+
+    train: Path = Field(description="Training data: .jsonl, .csv, .parquet, or a folder of text")
+    eval: Path | None = Field(None, description="Optional eval data; else a held-out split")
+    id_field: str | None = Field(None, description="Record id field; default: the line number")
+    text_field: str = "text"
+    label_field: str | None = "label"
+    target_field: str | None = None
+    knowledge: Path | None = Field(None, description="RAG corpus folder")
+    questions: Path | None = Field(None, description="RAG eval questions (JSONL)")
+    general: Path | None = Field(None, description="General-domain text for the forgetting check")
+    eval_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share held out for evaluation when no eval file is given"
+    )
+
+    @field_validator("train", "eval", "questions", "general")
+    @classmethod
+    def _data_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        path = _resolve(value, info)
+        if path is None:
+            return None
+        if not path.exists():
+            raise ValueError(f"not found: {path}")
+        if path.is_file() and path.suffix.lower() not in DATA_SUFFIXES:
+            raise ValueError(
+                f"unsupported file type '{path.suffix}' ({path}); expected one of "
+                f"{', '.join(DATA_SUFFIXES)} or a folder of .txt/.md/.html"
+            )
+        return path
+
+    @field_validator("knowledge")
+    @classmethod
+    def _folder(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        path = _resolve(value, info)
+        if path is not None and not path.is_dir():
+            raise ValueError(f"expected an existing folder: {path}")
+        return path
+
+
+class Needs(_Strict):
+    """The advisor's questions about the use case."""
+
+    external_knowledge: bool = False
+    knowledge_changes_often: bool = False
+    custom_behavior: bool = False
+    new_domain_language: bool = False
+    hallucination_tolerance: Literal["low", "medium", "high"] = "medium"
+
+
+class Budget(_Strict):
+    """What the team can spend on training."""
+
+    gpu_hours: float = Field(0, ge=0)
+    hardware: Hardware = "cpu"
+
+
+class Target(_Strict):
+    """The metric that decides success and promotion."""
+
+    metric: str | None = Field(None, description="Default: the task's first metric")
+    min: float | None = Field(None, description="The value that counts as good enough")
+
+
+class TrainSpec(_Strict):
+    """Training hyperparameters (an extension of the contract; all optional)."""
+
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(5e-4, gt=0)
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(128, ge=8, le=8192)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class Spec(_Strict):
+    """A use case: what to adapt, on which data, judged by which metric."""
+
+    name: str = Field(description="MLflow registered model name")
+    task: Task
+    base_model: str = Field("minilm", description="Catalogue alias, local path, or hub id")
+    method: Method = "auto"
+    data: DataSpec
+    needs: Needs = Needs()
+    budget: Budget = Budget()
+    target: Target = Target()
+    seed: int = Field(42, description="Seed for splits, initialisation and data order")
+    train: TrainSpec = TrainSpec()
+
+    _source: Path | None = PrivateAttr(None)
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                "expected 1-100 characters of letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model(cls, value: str, info: ValidationInfo) -> str:
+        if value in CATALOGUE:
+            return value
+        base = (info.context or {}).get("base_dir")
+        candidate = Path(value).expanduser()
+        if not candidate.is_absolute() and base is not None:
+            candidate = Path(base) / candidate
+        if candidate.is_dir():
+            return str(candidate.resolve())
+        if is_hub_id(value):
+            return value
+        raise ValueError(
+            f"unknown base model '{value}': expected a catalogue alias "
+            f"({', '.join(sorted(CATALOGUE))}), an existing model folder, or a hub id 'org/name'"
+        )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Spec:
+        allowed = TASK_METRICS[self.task]
+        if self.target.metric is None:
+            self.target.metric = allowed[0]
+        elif self.target.metric not in allowed:
+            raise ValueError(
+                f"target.metric '{self.target.metric}' does not apply to task '{self.task}'; "
+                f"expected one of {', '.join(allowed)}"
+            )
+        if self.task == "classification" and not self.data.label_field:
+            raise ValueError("task 'classification' needs data.label_field")
+        return self
+
+    @property
+    def source(self) -> Path | None:
+        """The spec file this spec was read from, if any."""
+        return self._source
+
+    @property
+    def metric(self) -> str:
+        """The target metric (defaulted per task)."""
+        assert self.target.metric is not None
+        return self.target.metric
+
+    def spec_hash(self) -> str:
+        """A short, machine-independent hash of the spec as written."""
+        canonical = json.dumps(self._raw or self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if kind == "missing":
+        return f"{loc}: required field is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    shown = error.get("input")
+    if kind in {"value_error", "assertion_error"} or isinstance(shown, dict | list):
+        return f"{loc}: {message}"
+    return f"{loc}: {message} (got {shown!r})"
+
+
+def parse_spec(raw: Any, base_dir: Path, source: str = "<spec>") -> Spec:
+    """Validate a parsed spec mapping.
+
+    Args:
+        raw: The parsed YAML (must be a mapping).
+        base_dir: Folder that relative paths resolve against.
+        source: Name used in error messages.
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        SpecError: Naming the source, each bad field and what was expected.
+    """
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else type(raw).__name__
+        raise SpecError(f"{source}: expected a YAML mapping of spec fields, got {got}")
+    try:
+        spec = Spec.model_validate(raw, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        lines = "\n".join(f"  - {_describe(e)}" for e in exc.errors())  # type: ignore[arg-type]
+        raise SpecError(f"invalid spec {source}:\n{lines}") from None
+    spec._raw = raw
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file.
+
+    Args:
+        path: Path to the YAML spec.
+
+    Returns:
+        The validated spec, with relative paths resolved against the spec's folder.
+
+    Raises:
+        SpecError: When the file is missing, unreadable, not YAML, or invalid.
+    """
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}") from None
+    except IsADirectoryError:
+        raise SpecError(f"spec path is a folder, expected a YAML file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read spec {path}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{where}: invalid YAML: {problem}") from None
+    spec = parse_spec(raw, base_dir=path.resolve().parent, source=str(path))
+    spec._source = path.resolve()
+    return spec
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The spec's JSON schema (what ``adaptflow schema`` prints)."""
+    return Spec.model_json_schema()

@@ -1,0 +1,22 @@
+"""Stage flow: adapt the base model with the chosen method."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from adaptflow.settings import load_settings
+from adaptflow.spec import Spec
+from tasks.train.peft import Hyper, train_peft_classifier_task
+
+
+@flow(name="adapt")
+def adapt(spec: Spec, method: str, train_file: str, run_id: str) -> dict[str, Any]:
+    """Train a candidate; returns the training result (package path, cost, loss history)."""
+    hyper = Hyper(**spec.train.model_dump(), seed=spec.seed)
+    out = load_settings().work_dir / spec.name / run_id / "package"
+    result = train_peft_classifier_task(Path(train_file), spec.base_model, method, hyper, out)
+    return asdict(result) | {"tokens_per_second": result.tokens_per_second}

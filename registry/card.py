@@ -1,0 +1,68 @@
+"""Model cards: a Markdown page per registered version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _metric_rows(metrics: dict[str, float], baseline: dict[str, float] | None) -> list[str]:
+    rows = ["| metric | candidate | no-training baseline |", "|---|--:|--:|"]
+    for key in sorted(metrics):
+        base = f"{baseline[key]:.4f}" if baseline and key in baseline else "–"
+        rows.append(f"| {key} | {metrics[key]:.4f} | {base} |")
+    return rows
+
+
+def render_model_card(facts: dict[str, Any]) -> str:
+    """Render the model card for one candidate.
+
+    Args:
+        facts: ``name``, ``task``, ``method``, ``base_model``, ``target`` (metric, min),
+            ``needs``, ``data`` (paths), ``curation`` (summary), ``metrics``, ``baseline``,
+            ``trainable_params``, ``total_params``, ``gate`` (reasons), ``git_commit``,
+            ``flow_run_id``, ``mlflow_run_id``.
+
+    Returns:
+        Markdown text.
+    """
+    cur = facts["curation"]
+    target = facts["target"]
+    needs = ", ".join(k for k, v in facts.get("needs", {}).items() if v is True) or "none stated"
+    share = 100 * facts["trainable_params"] / max(1, facts["total_params"])
+    lines = [
+        f"# {facts['name']} — model card",
+        "",
+        "## Intended use",
+        f"- Task: **{facts['task']}**, labels: {', '.join(cur.get('labels', []))}",
+        f"- Success metric: `{target['metric']}`"
+        + (f", target ≥ {target['min']}" if target.get("min") is not None else ""),
+        f"- Needs declared in the spec: {needs}",
+        "- Inputs should resemble the training data (language, length, domain); see limits.",
+        "",
+        "## Method",
+        f"- Adaptation: **{facts['method']}** on base model `{facts['base_model']}`",
+        f"- Trainable parameters: {facts['trainable_params']:,} of {facts['total_params']:,}"
+        f" ({share:.2f}%)",
+        "",
+        "## Data provenance",
+        f"- Training source: `{facts['data']['train']}`",
+        f"- Eval source: `{facts['data'].get('eval') or 'held-out split of the training source'}`",
+        f"- Curated data DVC hash: `{cur['data_hash']}`",
+        f"- Records: input {cur['input']}, kept {cur['kept']} (train {cur['train_examples']}, "
+        f"eval {cur['eval_examples']}), quarantined {cur['quarantined']}",
+        f"- Code: git commit `{facts.get('git_commit') or 'unknown'}`; Prefect flow run "
+        f"`{facts.get('flow_run_id') or 'none'}`; MLflow run `{facts['mlflow_run_id']}`",
+        "",
+        "## Evaluation (held-out split)",
+        *_metric_rows(facts["metrics"], facts.get("baseline")),
+        "",
+        "## Promotion gate",
+        *[f"- {reason}" for reason in facts.get("gate", [])],
+        "",
+        "## Known limits",
+        f"- Evaluated on {cur['eval_examples']} examples; small eval sets give wide error bars.",
+        "- Labels outside the training label set can never be predicted.",
+        "- Inherits the base model's biases and its language coverage.",
+        "",
+    ]
+    return "\n".join(lines)

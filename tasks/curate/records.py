@@ -1,0 +1,223 @@
+"""Read labelled records from JSONL, CSV or Parquet, quarantining malformed ones.
+
+Every input record ends up either in the returned records or in the quarantine list with its
+file, line, reason and raw text, so input = kept + quarantined always holds. Reading never
+stops on a bad line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adaptflow.errors import DataError
+
+LABEL_TYPES = (str, int, bool)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One usable record: its id, text and (for classification) label."""
+
+    id: str
+    text: str
+    label: str | None = None
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A record that could not be used, with where it was and why."""
+
+    file: str
+    line: int
+    reason: str
+    raw: str
+
+
+@dataclass
+class ReadResult:
+    """Records read from one source, and what was set aside."""
+
+    records: list[Record] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    blank_lines: int = 0
+
+    @property
+    def input(self) -> int:
+        """Count of input records (blank lines are not records)."""
+        return len(self.records) + len(self.quarantined)
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Which fields of a raw record hold what (the spec's ``data`` block)."""
+
+    text: str = "text"
+    label: str | None = "label"
+    target: str | None = None
+    id: str | None = None
+
+
+def _has_surrogates(value: str) -> bool:
+    # Bytes that are not valid UTF-8 come back as lone surrogates under "surrogateescape".
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+def _printable(raw: str) -> str:
+    return raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _validate(obj: Any, fields: Fields, default_id: str) -> Record | str:
+    """Return a Record, or the reason the object cannot be one."""
+    if not isinstance(obj, dict):
+        return f"expected an object, got {_type_name(obj)}"
+    if fields.text not in obj:
+        return f"missing field '{fields.text}'"
+    text = obj[fields.text]
+    if not isinstance(text, str):
+        return f"field '{fields.text}' must be a string, got {_type_name(text)}"
+    if _has_surrogates(text):
+        return "invalid UTF-8 in text"
+    if not text.strip():
+        return f"field '{fields.text}' is empty"
+    label = None
+    if fields.label:
+        if fields.label not in obj:
+            return f"missing field '{fields.label}'"
+        raw_label = obj[fields.label]
+        if raw_label is None:
+            return f"field '{fields.label}' is null"
+        if not isinstance(raw_label, LABEL_TYPES) or isinstance(raw_label, float):
+            return (
+                f"field '{fields.label}' must be a string or integer, got {_type_name(raw_label)}"
+            )
+        label = str(raw_label).strip()
+        if not label:
+            return f"field '{fields.label}' is empty"
+    target = None
+    if fields.target:
+        target = obj.get(fields.target)
+        if not isinstance(target, str) or not target.strip():
+            return f"field '{fields.target}' must be a non-empty string"
+    record_id = default_id
+    if fields.id:
+        if obj.get(fields.id) in (None, ""):
+            return f"missing id field '{fields.id}'"
+        record_id = str(obj[fields.id])
+    return Record(id=record_id, text=text, label=label, target=target)
+
+
+def _jsonl_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
+    """Yield (line, raw, parsed, error) for each non-blank line of a JSONL file."""
+    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        lines = handle.read().splitlines()
+    last = len(lines)
+    for number, raw in enumerate(lines, start=1):
+        if number == 1:
+            raw = raw.removeprefix("\ufeff")
+        if not raw.strip():
+            yield number, raw, None, "blank"
+            continue
+        try:
+            yield number, raw, json.loads(raw), None
+        except json.JSONDecodeError as exc:
+            truncated = number == last and exc.msg.startswith(("Unterminated", "Expecting"))
+            reason = "truncated last line" if truncated else f"invalid JSON: {exc.msg}"
+            if _has_surrogates(raw):
+                reason = "invalid UTF-8"
+            yield number, raw, None, reason
+
+
+def _csv_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        for row in reader:
+            raw = ",".join("" if v is None else str(v) for v in row.values())
+            if None in row or any(v is None for v in row.values()):
+                present = [v for k, v in row.items() if k is not None and v is not None]
+                got = len(present) + len(row.get(None) or [])
+                reason = f"row has {got} fields, header has {len(header)}"
+                yield reader.line_num, raw, None, reason
+                continue
+            if not any((v or "").strip() for v in row.values()):
+                yield reader.line_num, raw, None, "blank"
+                continue
+            yield reader.line_num, raw, dict(row), None
+
+
+def _parquet_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
+    import pyarrow.parquet as pq
+
+    for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+        yield number, json.dumps(row, default=str), row, None
+
+
+READERS = {".jsonl": _jsonl_objects, ".csv": _csv_objects, ".parquet": _parquet_objects}
+
+
+def read_records(path: Path, fields: Fields) -> ReadResult:
+    """Read one data file, quarantining every record that cannot be used.
+
+    Args:
+        path: A .jsonl, .csv or .parquet file.
+        fields: Which fields hold the id, text, label and target.
+
+    Returns:
+        The usable records in file order and the quarantined ones.
+
+    Raises:
+        DataError: When the file cannot be opened or its type is unsupported.
+    """
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unsupported data file type '{path.suffix}'")
+    result = ReadResult()
+    seen: dict[str, int] = {}
+    try:
+        for line, raw, obj, error in reader(path):
+            if error == "blank":
+                result.blank_lines += 1
+                continue
+            outcome = error or _validate(obj, fields, default_id=str(line))
+            if isinstance(outcome, Record) and outcome.id in seen:
+                outcome = f"duplicate id '{outcome.id}' (first at line {seen[outcome.id]})"
+            if isinstance(outcome, str):
+                result.quarantined.append(Quarantined(str(path), line, outcome, _printable(raw)))
+            else:
+                seen[outcome.id] = line
+                result.records.append(outcome)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # a corrupt Parquet or CSV container, not a bad record
+        raise DataError(f"{path}: cannot parse as {path.suffix[1:]}: {exc}") from None
+    return result
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write rows as UTF-8 JSON lines (atomically: a temp file, then a rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSONL file written by adaptflow (trusted, well-formed)."""
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def record_rows(records: list[Record]) -> list[dict[str, Any]]:
+    """Records as plain dicts, without empty optional fields."""
+    return [{k: v for k, v in asdict(r).items() if v is not None} for r in records]

@@ -1,0 +1,87 @@
+"""Tasks that record a pipeline run in MLflow and register its candidate (through registry/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from registry import models, tracking
+from registry.card import render_model_card
+
+
+@task(name="open_run", cache_policy=NO_CACHE)
+def open_run(experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+    """Start the pipeline's MLflow run with its params and provenance tags."""
+    run_id = tracking.start_run(experiment, run_name, tags)
+    tracking.log_params(run_id, params)
+    return run_id
+
+
+@task(name="log_stage", cache_policy=NO_CACHE)
+def log_stage(
+    run_id: str,
+    metrics: dict[str, float] | None = None,
+    prefix: str = "",
+    tags: dict[str, str] | None = None,
+    artifacts: list[str] | None = None,
+    series: dict[str, list[tuple[int, float]]] | None = None,
+    json_artifacts: dict[str, Any] | None = None,
+) -> None:
+    """Log one stage's metrics, tags, files and JSON summaries on the run."""
+    if metrics:
+        tracking.log_metrics(run_id, metrics, prefix=prefix)
+    if tags:
+        tracking.set_tags(run_id, tags)
+    for key, points in (series or {}).items():
+        tracking.log_series(run_id, key, points)
+    for path in artifacts or []:
+        tracking.log_artifact(run_id, path)
+    for name, obj in (json_artifacts or {}).items():
+        tracking.log_json(run_id, obj, name)
+
+
+@task(name="register_candidate", cache_policy=NO_CACHE)
+def register_candidate(
+    name: str, run_id: str, package_dir: str, card_facts: dict[str, Any], tags: dict[str, str]
+) -> dict[str, str]:
+    """Log the package as a pyfunc with its model card, register it, point ``challenger`` at it."""
+    card = render_model_card(card_facts)
+    tracking.log_text(run_id, card, "model_card.md")
+    model_uri = models.log_model_package(run_id, Path(package_dir), card)
+    version = models.register_candidate(name, model_uri, run_id, tags, description=card)
+    return {"model_uri": model_uri, "version": version}
+
+
+@task(name="current_champion", cache_policy=NO_CACHE)
+def current_champion(name: str) -> str | None:
+    """The champion's version number, or None."""
+    return models.champion_version(name)
+
+
+@task(name="score_champion", cache_policy=NO_CACHE)
+def score_champion(name: str, version: str | None, eval_path: str) -> dict[str, float] | None:
+    """Re-score the champion on this run's eval set, so the gate compares like with like."""
+    if version is None:
+        return None
+    from tasks.curate.records import read_jsonl
+    from tasks.evaluate.classification import classification_metrics
+
+    rows = read_jsonl(Path(eval_path))
+    model = models.load_model(f"models:/{name}/{version}")
+    predicted = model.predict([row["text"] for row in rows])
+    return classification_metrics([row["label"] for row in rows], list(predicted))
+
+
+@task(name="promote_if_better", cache_policy=NO_CACHE)
+def promote_if_better(name: str, version: str, expected_champion: str | None) -> dict[str, Any]:
+    """Move ``champion`` to ``version``; refused if the champion changed since it was scored."""
+    return models.promote(name, version, expected_current=expected_champion)
+
+
+@task(name="close_run", cache_policy=NO_CACHE)
+def close_run(run_id: str, succeeded: bool) -> None:
+    """Mark the run FINISHED or FAILED."""
+    tracking.end_run(run_id, succeeded)

@@ -1,0 +1,36 @@
+"""Test set-up: every session gets its own ADAPTFLOW_HOME, set before prefect/mlflow import."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_HOME = Path(tempfile.mkdtemp(prefix="adaptflow-test-home-"))
+os.environ["ADAPTFLOW_HOME"] = str(_HOME)
+for variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "ADAPTFLOW_CHROMA_URL"):
+    os.environ.pop(variable, None)
+os.environ.pop("PREFECT_HOME", None)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+
+from adaptflow.settings import apply_settings  # noqa: E402
+
+apply_settings()
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def adaptflow_home() -> Path:
+    """The session's ADAPTFLOW_HOME."""
+    return _HOME
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

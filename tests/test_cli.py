@@ -1,0 +1,88 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ADAPTFLOW = [sys.executable, "-m", "adaptflow"]
+
+
+def run_cli(*args: str, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*ADAPTFLOW, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        input=stdin,
+        timeout=300,
+        cwd=REPO,
+    )
+
+
+def test_help_imports_no_heavy_library() -> None:
+    probe = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from adaptflow.cli import app\n"
+        "result = CliRunner().invoke(app, ['--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "assert 'run' in result.output and 'predict' in result.output\n"
+        "heavy = [m for m in ('torch', 'transformers', 'prefect', 'mlflow', 'dvc', 'peft') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_schema_prints_json_schema() -> None:
+    result = run_cli("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "Spec"
+    assert "train" in schema["$defs"]["DataSpec"]["properties"]
+
+
+def test_bad_spec_is_one_message_without_traceback(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\ntask: classification\nbase_model: minilm\ndata: {train: nope.jsonl}\nextra: 1\n")
+    result = run_cli("run", str(spec), "--json")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "data.train: not found" in result.stderr and "extra: unknown key" in result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["kind"] == "SpecError" and str(spec) in payload["error"]
+
+
+def test_method_not_runnable_yet_fails_before_work(tmp_path: Path) -> None:
+    (tmp_path / "t.jsonl").write_text('{"text": "a", "label": "b"}\n')
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\ntask: classification\ndata: {train: t.jsonl}\nmethod: cpt\n")
+    result = run_cli("run", str(spec))
+    assert result.returncode == 2
+    assert "method 'cpt' is not available for task 'classification'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_mlflow_server_down_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_cli("promote", "some-model", "1", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert result.returncode == 3
+    assert "MLflow tracking server is not reachable at http://127.0.0.1:9/health" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_model_for_promote_and_rollback() -> None:
+    result = run_cli("promote", "no-such-model", "1", "--json")
+    assert result.returncode == 2
+    assert json.loads(result.stdout)["error"] == "no registered model named 'no-such-model'"
+    result = run_cli("rollback", "no-such-model")
+    assert result.returncode == 2
+    assert "no registered model named 'no-such-model'" in result.stderr
+
+
+def test_predict_without_input_is_an_error() -> None:
+    result = run_cli("predict", "models:/x@champion", stdin="")
+    assert result.returncode == 2
+    assert "no input" in result.stderr
