@@ -163,11 +163,11 @@ class Spec(_Strict):
     base_model: str = Field("minilm", description="Catalogue alias, local path, or hub id")
     method: Method = "auto"
     data: DataSpec
-    needs: Needs = Needs()
-    budget: Budget = Budget()
-    target: Target = Target()
+    needs: Needs = Field(default_factory=Needs)
+    budget: Budget = Field(default_factory=Budget)
+    target: Target = Field(default_factory=Target)
     seed: int = Field(42, description="Seed for splits, initialisation and data order")
-    train: TrainSpec = TrainSpec()
+    train: TrainSpec = Field(default_factory=TrainSpec)
 
     _source: Path | None = PrivateAttr(None)
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)

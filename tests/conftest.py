@@ -34,3 +34,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Prefect stops its ephemeral server at exit and logs it to a stream pytest has closed."""
+    import logging
+
+    logging.raiseExceptions = False

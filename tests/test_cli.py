@@ -4,13 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 ADAPTFLOW = [sys.executable, "-m", "adaptflow"]
 
 
-def run_cli(*args: str, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*ADAPTFLOW, *args],
         capture_output=True,
@@ -30,7 +30,8 @@ def test_help_imports_no_heavy_library() -> None:
         "result = CliRunner().invoke(app, ['--help'])\n"
         "assert result.exit_code == 0, result.output\n"
         "assert 'run' in result.output and 'predict' in result.output\n"
-        "heavy = [m for m in ('torch', 'transformers', 'prefect', 'mlflow', 'dvc', 'peft') if m in sys.modules]\n"
+        "heavy = ('torch', 'transformers', 'prefect', 'mlflow', 'dvc', 'peft')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
         "print(heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
@@ -47,7 +48,9 @@ def test_schema_prints_json_schema() -> None:
 
 def test_bad_spec_is_one_message_without_traceback(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
-    spec.write_text("name: x\ntask: classification\nbase_model: minilm\ndata: {train: nope.jsonl}\nextra: 1\n")
+    spec.write_text(
+        "name: x\ntask: classification\nbase_model: minilm\ndata: {train: nope.jsonl}\nextra: 1\n"
+    )
     result = run_cli("run", str(spec), "--json")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -67,7 +70,9 @@ def test_method_not_runnable_yet_fails_before_work(tmp_path: Path) -> None:
 
 
 def test_mlflow_server_down_is_a_clear_error(tmp_path: Path) -> None:
-    result = run_cli("promote", "some-model", "1", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    result = run_cli(
+        "promote", "some-model", "1", env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    )
     assert result.returncode == 3
     assert "MLflow tracking server is not reachable at http://127.0.0.1:9/health" in result.stderr
     assert "Traceback" not in result.stderr

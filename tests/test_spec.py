@@ -44,9 +44,14 @@ def test_spec_hash_is_independent_of_where_the_spec_lives(data_dir: Path, tmp_pa
     other = tmp_path_factory.mktemp("elsewhere")
     (other / "data").mkdir()
     (other / "data" / "train.jsonl").write_text('{"text": "b", "label": "y"}\n')
-    assert load_spec(_write(data_dir, GOOD)).spec_hash() == load_spec(_write(other, GOOD)).spec_hash()
+    assert (
+        load_spec(_write(data_dir, GOOD)).spec_hash() == load_spec(_write(other, GOOD)).spec_hash()
+    )
     changed = GOOD.replace("support-triage", "other-name")
-    assert load_spec(_write(other, changed)).spec_hash() != load_spec(_write(data_dir, GOOD)).spec_hash()
+    assert (
+        load_spec(_write(other, changed)).spec_hash()
+        != load_spec(_write(data_dir, GOOD)).spec_hash()
+    )
 
 
 @pytest.mark.parametrize(
@@ -57,16 +62,24 @@ def test_spec_hash_is_independent_of_where_the_spec_lives(data_dir: Path, tmp_pa
         (GOOD.replace("task: classification", "task: clasification"), "task: Input should be"),
         (GOOD.replace("name: support-triage", "name: 'bad name!'"), "name: expected 1-100"),
         (GOOD.replace("data/train.jsonl", "data/missing.jsonl"), "data.train: not found"),
-        (GOOD.replace("base_model: minilm", "base_model: nosuchmodel"), "base_model: unknown base model"),
+        (
+            GOOD.replace("base_model: minilm", "base_model: nosuchmodel"),
+            "base_model: unknown base model",
+        ),
         (GOOD + "target: {metric: rougeL}\n", "does not apply to task 'classification'"),
-        (GOOD + "budget: {gpu_hours: -1}\n", "budget.gpu_hours: Input should be greater than or equal to 0"),
+        (
+            GOOD + "budget: {gpu_hours: -1}\n",
+            "budget.gpu_hours: Input should be greater than or equal to 0",
+        ),
         (GOOD + "needs: {hallucination_tolerance: none}\n", "needs.hallucination_tolerance"),
         (GOOD + "method: magic\n", "method: Input should be"),
         (GOOD + "train: {epochs: zero}\n", "train.epochs"),
         ("name: x\ntask: classification\n", "data: required field is missing"),
     ],
 )
-def test_bad_specs_name_file_field_and_expectation(data_dir: Path, text: str, expected: str) -> None:
+def test_bad_specs_name_file_field_and_expectation(
+    data_dir: Path, text: str, expected: str
+) -> None:
     path = _write(data_dir, text)
     with pytest.raises(SpecError) as caught:
         load_spec(path)
@@ -106,7 +119,12 @@ def test_local_model_folder_and_hub_id_are_accepted(data_dir: Path) -> None:
     spec = load_spec(_write(data_dir, GOOD.replace("minilm", "my-model")))
     assert spec.base_model == str((data_dir / "my-model").resolve())
     hub = parse_spec(
-        {"name": "n", "task": "classification", "base_model": "org/model", "data": {"train": "data/train.jsonl"}},
+        {
+            "name": "n",
+            "task": "classification",
+            "base_model": "org/model",
+            "data": {"train": "data/train.jsonl"},
+        },
         base_dir=data_dir,
     )
     assert hub.base_model == "org/model"

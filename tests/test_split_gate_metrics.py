@@ -73,4 +73,6 @@ def test_gate(candidate, baseline, champion, promote) -> None:
 
 def test_gate_lower_is_better_for_perplexity() -> None:
     assert decide_promotion("perplexity", {"perplexity": 10.0}, {"perplexity": 12.0}, None).promote
-    assert not decide_promotion("perplexity", {"perplexity": 13.0}, {"perplexity": 12.0}, None).promote
+    assert not decide_promotion(
+        "perplexity", {"perplexity": 13.0}, {"perplexity": 12.0}, None
+    ).promote

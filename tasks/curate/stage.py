@@ -146,4 +146,4 @@ def curate_dataset(inputs: CurationInputs, out_root: Path, dvc_root: Path) -> di
     return summary
 
 
-curate_dataset_task = task(curate_dataset, name="curate_dataset", cache_policy=NO_CACHE)
+curate_dataset_task = task(name="curate_dataset", cache_policy=NO_CACHE)(curate_dataset)

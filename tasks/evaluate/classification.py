@@ -79,6 +79,6 @@ def evaluate_classifier(package_dir: Path, eval_path: Path, out_dir: Path) -> di
     }
 
 
-evaluate_classifier_task = task(
-    evaluate_classifier, name="evaluate_classifier", cache_policy=NO_CACHE
+evaluate_classifier_task = task(name="evaluate_classifier", cache_policy=NO_CACHE)(
+    evaluate_classifier
 )

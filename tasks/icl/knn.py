@@ -69,4 +69,4 @@ def knn_baseline(
     return classification_metrics([row["label"] for row in eval_rows], predicted)
 
 
-knn_baseline_task = task(knn_baseline, name="knn_baseline", cache_policy=NO_CACHE)
+knn_baseline_task = task(name="knn_baseline", cache_policy=NO_CACHE)(knn_baseline)

@@ -207,6 +207,6 @@ def train_peft_classifier(
     return TrainResult(str(out), method, trainable, total, seconds, tokens, steps, history)
 
 
-train_peft_classifier_task = task(
-    train_peft_classifier, name="train_peft", cache_policy=NO_CACHE, tags=["gpu"]
+train_peft_classifier_task = task(name="train_peft", cache_policy=NO_CACHE, tags=["gpu"])(
+    train_peft_classifier
 )
