@@ -42,6 +42,34 @@ def is_hub_id(ref: str) -> bool:
     return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/"))
 
 
+def normalize_reference(ref: str, base_dir: Path | None = None) -> str:
+    """Classify a base-model reference without loading anything.
+
+    Args:
+        ref: A catalogue alias, a model folder (relative to ``base_dir`` if given), or a hub id.
+        base_dir: Folder that a relative path resolves against.
+
+    Returns:
+        The alias unchanged, the folder as an absolute path, or the hub id unchanged.
+
+    Raises:
+        ValueError: When the reference is none of the three (the message says what was expected).
+    """
+    if ref in CATALOGUE:
+        return ref
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if path.is_dir():
+        return str(path.resolve())
+    if is_hub_id(ref):
+        return ref
+    raise ValueError(
+        f"unknown base model '{ref}': expected a catalogue alias ({', '.join(sorted(CATALOGUE))}),"
+        " an existing model folder, or a hub id like 'org/name'"
+    )
+
+
 def resolve_base_model(ref: str) -> str:
     """Resolve a base-model reference to something ``from_pretrained`` accepts.
 
@@ -49,26 +77,22 @@ def resolve_base_model(ref: str) -> str:
         ref: A catalogue alias, an existing local folder, or a hub id.
 
     Returns:
-        An absolute folder path, or the hub id unchanged.
+        An absolute folder path (the alias's packaged folder), or the hub id unchanged.
 
     Raises:
         SpecError: When the reference is none of the three, or the alias's package is missing.
     """
+    try:
+        ref = normalize_reference(ref)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
     entry = CATALOGUE.get(ref)
-    if entry is not None:
-        try:
-            module = importlib.import_module(entry.package)
-        except ImportError as exc:  # pragma: no cover - the package is a hard dependency
-            raise SpecError(
-                f"base model '{ref}' needs the package '{entry.package}', which is not installed"
-            ) from exc
-        return str(Path(module.get_model_path()).resolve())
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    if is_hub_id(ref):
+    if entry is None:
         return ref
-    raise SpecError(
-        f"unknown base model '{ref}': expected a catalogue alias ({', '.join(sorted(CATALOGUE))}),"
-        " an existing model folder, or a hub id like 'org/name'"
-    )
+    try:
+        module = importlib.import_module(entry.package)
+    except ImportError as exc:  # pragma: no cover - the package is a hard dependency
+        raise SpecError(
+            f"base model '{ref}' needs the package '{entry.package}', which is not installed"
+        ) from exc
+    return str(Path(module.get_model_path()).resolve())

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from adaptflow.catalogue import CATALOGUE, is_hub_id
+from adaptflow.catalogue import normalize_reference
 from adaptflow.errors import SpecError
 
 Task = Literal[
@@ -185,20 +185,8 @@ class Spec(_Strict):
     @field_validator("base_model")
     @classmethod
     def _base_model(cls, value: str, info: ValidationInfo) -> str:
-        if value in CATALOGUE:
-            return value
         base = (info.context or {}).get("base_dir")
-        candidate = Path(value).expanduser()
-        if not candidate.is_absolute() and base is not None:
-            candidate = Path(base) / candidate
-        if candidate.is_dir():
-            return str(candidate.resolve())
-        if is_hub_id(value):
-            return value
-        raise ValueError(
-            f"unknown base model '{value}': expected a catalogue alias "
-            f"({', '.join(sorted(CATALOGUE))}), an existing model folder, or a hub id 'org/name'"
-        )
+        return normalize_reference(value, Path(base) if base is not None else None)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Spec:
