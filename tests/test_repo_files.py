@@ -1,0 +1,36 @@
+"""The repo's pipeline definitions point at real stages, commands and flows."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_dvc_pipeline_parses_and_uses_adaptflow_commands() -> None:
+    dvc = Path(sys.executable).parent / "dvc"
+    dag = subprocess.run(
+        [str(dvc), "dag", "--dot"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert dag.returncode == 0, dag.stderr
+    assert '"dataset" -> "curate"' in dag.stdout and '"curate" -> "run"' in dag.stdout
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert (REPO / params["spec"]).is_file()
+    assert "adaptflow curate ${spec} --json" in stages["curate"]["cmd"]
+    assert "adaptflow run ${spec} --method ${method} --json" in stages["run"]["cmd"]
+
+
+def test_prefect_deployment_entrypoint_is_the_pipeline_flow() -> None:
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    (deployment,) = [d for d in config["deployments"] if d["name"] == "adapt-pipeline"]
+    module, attribute = deployment["entrypoint"].split(":")
+    assert module == "flows/pipeline.py"
+    from flows import pipeline
+
+    flow = getattr(pipeline, attribute)
+    assert flow.name == "adapt-pipeline"
+    assert set(deployment["parameters"]) <= set(flow.parameters.properties)
+    assert (REPO / deployment["parameters"]["spec_path"]).is_file()
