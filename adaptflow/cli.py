@@ -86,10 +86,10 @@ def _prepare(check_prefect: bool = True) -> Any:
     health.check_mlflow(settings.mlflow_tracking_uri)
     if check_prefect:
         health.check_prefect(settings.prefect_api_url)
-        import prefect  # noqa: F401  (configures Prefect's logging handlers)
-
-        for handler in logging.getLogger("prefect").handlers:
-            handler.addFilter(_HideUserTracebacks())
+        # Logger-level filters see every record these loggers create, whichever handlers
+        # Prefect's logging set-up attaches later.
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).addFilter(_HideUserTracebacks())
     where = settings.prefect_api_url or "embedded (ephemeral)"
     err.print(
         f"[dim]adaptflow: home {settings.home} | MLflow {settings.mlflow_tracking_uri} | "
