@@ -56,6 +56,16 @@ def test_jsonl_bad_lines_are_quarantined_with_line_and_reason(tmp_path: Path) ->
     assert result.quarantined[0].raw == "not json at all"
 
 
+def test_bad_last_line_with_newline_is_not_called_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "ok", "label": "a"}\n{"text": "cut\n')
+    assert _reasons(read_records(path, FIELDS)) == {
+        2: "invalid JSON: Unterminated string starting at"
+    }
+    path.write_text('{"text": "ok", "label": "a"}\n{"text": "cut')
+    assert _reasons(read_records(path, FIELDS)) == {2: "truncated last line"}
+
+
 def test_id_field_and_duplicate_ids(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     rows = [

@@ -119,8 +119,10 @@ def _validate(obj: Any, fields: Fields, default_id: str) -> Record | str:
 def _jsonl_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
     """Yield (line, raw, parsed, error) for each non-blank line of a JSONL file."""
     with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        lines = handle.read().splitlines()
-    last = len(lines)
+        content = handle.read()
+    lines = content.splitlines()
+    # Only a final line without its newline can have been cut off mid-write.
+    unterminated = len(lines) if content and not content.endswith(("\n", "\r")) else 0
     for number, raw in enumerate(lines, start=1):
         if number == 1:
             raw = raw.removeprefix("\ufeff")
@@ -130,7 +132,7 @@ def _jsonl_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
         try:
             yield number, raw, json.loads(raw), None
         except json.JSONDecodeError as exc:
-            truncated = number == last and exc.msg.startswith(("Unterminated", "Expecting"))
+            truncated = number == unterminated
             reason = "truncated last line" if truncated else f"invalid JSON: {exc.msg}"
             if _has_surrogates(raw):
                 reason = "invalid UTF-8"
