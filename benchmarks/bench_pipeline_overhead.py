@@ -127,6 +127,21 @@ def _machine_facts() -> dict[str, Any]:
     return {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
+def _worker_result(
+    model: Any, train_tokens: int, seconds: float, steps: int, f1: float
+) -> dict[str, Any]:
+    """The JSON line a worker reports (same keys for every contender)."""
+    return {
+        "train_seconds": seconds,
+        "train_tokens": train_tokens,
+        "tokens_per_second": train_tokens / seconds,
+        "steps": steps,
+        "f1_macro": f1,
+        "trainable_params": int(model.get_nb_trainable_parameters()[0]),
+        **_machine_facts(),
+    }
+
+
 def bare_trainer_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     """Train with transformers ``Trainer`` + peft LoRA the way a user would by hand.
 
@@ -177,16 +192,7 @@ def bare_trainer_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     f1 = _macro_f1([row["label"] for row in eval_rows], predicted)
     model.save_pretrained(str(Path(cfg["out_dir"]) / "adapter"))
 
-    train_tokens = tokens * cfg["epoch_count"]
-    return {
-        "train_seconds": seconds,
-        "train_tokens": train_tokens,
-        "tokens_per_second": train_tokens / seconds,
-        "steps": int(output.global_step),
-        "f1_macro": f1,
-        "trainable_params": int(model.get_nb_trainable_parameters()[0]),
-        **_machine_facts(),
-    }
+    return _worker_result(model, tokens * cfg["epoch_count"], seconds, int(output.global_step), f1)
 
 
 def plain_loop_worker(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -254,16 +260,7 @@ def plain_loop_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     f1 = _macro_f1([row["label"] for row in eval_rows], predicted)
     model.save_pretrained(str(Path(cfg["out_dir"]) / "adapter"))
 
-    train_tokens = tokens * cfg["epoch_count"]
-    return {
-        "train_seconds": seconds,
-        "train_tokens": train_tokens,
-        "tokens_per_second": train_tokens / seconds,
-        "steps": steps,
-        "f1_macro": f1,
-        "trainable_params": int(model.get_nb_trainable_parameters()[0]),
-        **_machine_facts(),
-    }
+    return _worker_result(model, tokens * cfg["epoch_count"], seconds, steps, f1)
 
 
 WORKERS = {"bare": bare_trainer_worker, "loop": plain_loop_worker}
