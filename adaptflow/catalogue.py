@@ -96,3 +96,64 @@ def resolve_base_model(ref: str) -> str:
             f"base model '{ref}' needs the package '{entry.package}', which is not installed"
         ) from exc
     return str(Path(module.get_model_path()).resolve())
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the advisor needs to know about a base model, read from its config only."""
+
+    family: str
+    params: int | None
+    layers: int = 0
+    hidden: int = 0
+    heads: int = 0
+    note: str = ""
+
+
+def _first(config: object, *names: str) -> int:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _family(config: object, ref: str) -> str:
+    if ref in CATALOGUE:
+        return CATALOGUE[ref].family
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    architectures = " ".join(getattr(config, "architectures", None) or [])
+    if "CausalLM" in architectures or getattr(config, "model_type", "") in DECODER_TYPES:
+        return "decoder"
+    return "encoder"
+
+
+DECODER_TYPES = frozenset({"gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi"})
+
+
+def model_shape(ref: str) -> ModelShape:
+    """Parameter count, depth and width of a base model, without loading its weights.
+
+    The model is built on PyTorch's ``meta`` device from its config, so the count is exact
+    (embeddings, heads and all) and costs no memory. A reference whose config cannot be read
+    (no hub access, a broken folder) gives ``params=None`` and a note saying why.
+    """
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModel
+
+        config = AutoConfig.from_pretrained(resolve_base_model(ref))
+        with torch.device("meta"):
+            model = AutoModel.from_config(config)
+        params = sum(p.numel() for p in model.parameters())
+    except Exception as exc:  # no hub, unknown architecture: advice still works, without sizes
+        return ModelShape("encoder", None, note=f"cannot read the config of '{ref}': {exc}")
+    text = getattr(config, "text_config", None) or config
+    return ModelShape(
+        family=_family(config, ref),
+        params=int(params),
+        layers=_first(text, "num_hidden_layers", "n_layer", "num_layers"),
+        hidden=_first(text, "hidden_size", "n_embd", "d_model"),
+        heads=_first(text, "num_attention_heads", "n_head", "num_heads"),
+    )

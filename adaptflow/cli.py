@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from adaptflow.errors import AdaptflowError
+from adaptflow.errors import TARGET_NOT_MET_EXIT, AdaptflowError
 
 app = typer.Typer(
     help="Adapt open language models to your own data: curate -> adapt -> evaluate -> register.",
@@ -82,6 +82,10 @@ def _prepare(check_prefect: bool = True) -> Any:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # Weight-loading and artifact-download bars flash by in well under a second; the bars
+    # that matter (training, embedding) are drawn by tqdm directly and stay.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings = apply_settings()
     health.check_mlflow(settings.mlflow_tracking_uri)
     if check_prefect:
@@ -118,23 +122,65 @@ def _summary_table(summary: dict[str, Any]) -> Table:
 @app.command()
 def run(
     spec: Annotated[Path, typer.Argument(help="Use-case spec (YAML).")],
-    method: Annotated[str | None, typer.Option(help="Override the spec's method.")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="Override the spec's method (auto, ladder, icl, lora, ...).")
+    ] = None,
+    ladder: Annotated[
+        bool, typer.Option("--ladder", help="Climb the escalation ladder (= --method ladder).")
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Run the whole pipeline (curate -> adapt -> evaluate -> register) as a Prefect flow."""
+    """Run the whole pipeline (curate -> adapt -> evaluate -> register) as a Prefect flow.
+
+    Exits 4 when the ladder ran and no rung met the target (the best is registered as
+    challenger, not promoted).
+    """
     with _guard(json_out):
-        from adaptflow.methods import resolve_method
+        from adaptflow.methods import check_method
         from adaptflow.spec import load_spec
 
+        if ladder and method not in (None, "ladder"):
+            raise AdaptflowError(f"--ladder and --method {method} contradict each other")
+        method = "ladder" if ladder else method
         parsed = load_spec(spec)  # a bad spec fails here, before any server starts
-        resolve_method(parsed.task, method or parsed.method)
+        check_method(parsed.task, method or parsed.method)
         _prepare()
         from flows.pipeline import adapt_pipeline
 
         summary = adapt_pipeline(str(spec), method)
+    ladder_missed = summary["ladder"] is not None and not summary["ladder"]["target_met"]
     if json_out:
         _emit(summary)
-        return
+    else:
+        _print_run(summary)
+    if ladder_missed:
+        raise typer.Exit(TARGET_NOT_MET_EXIT)
+
+
+def _ladder_table(summary: dict[str, Any]) -> Table:
+    ladder = summary["ladder"]
+    metric = summary["target"]["metric"]
+    table = Table(title=f"escalation ladder (target {metric} ≥ {summary['target']['min']})")
+    for column in ("rung", "method", metric, "meets target", "est. train h", "train s"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for i, rung in enumerate(ladder["rungs"], start=1):
+        hours = rung["estimate"].get("train_gpu_hours")
+        table.add_row(
+            str(i),
+            rung["method"],
+            _fmt(rung["metrics"][metric]),
+            "yes" if rung["met_target"] else "no",
+            "?" if hours is None else f"{hours:.3g}",
+            f"{rung['train_seconds']:.1f}",
+        )
+    for method in ladder["planned"][len(ladder["rungs"]) :]:
+        table.add_row("", f"[dim]{method}[/]", "[dim]not needed[/]", "", "", "")
+    return table
+
+
+def _print_run(summary: dict[str, Any]) -> None:
+    if summary["ladder"] is not None:
+        err.print(_ladder_table(summary))
     err.print(_summary_table(summary))
     cur = summary["curation"]
     err.print(
@@ -146,6 +192,88 @@ def run(
         f"\nMLflow run {summary['mlflow_run_id']}",
         highlight=False,
     )
+    ladder = summary["ladder"]
+    if ladder is not None and not ladder["target_met"]:
+        err.print(
+            f"[bold yellow]no rung met the target[/] {summary['target']['metric']} ≥ "
+            f"{summary['target']['min']}; best was {ladder['winner']} "
+            f"(exit code {TARGET_NOT_MET_EXIT})",
+            highlight=False,
+        )
+
+
+@app.command()
+def recommend(
+    spec: Annotated[Path, typer.Argument(help="Use-case spec (YAML).")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Rank every adaptation method for the spec (advice only; nothing runs)."""
+    with _guard(json_out):
+        from adaptflow.spec import load_spec
+
+        parsed = load_spec(spec)
+        import os
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        from tasks.advise import recommend as advise_spec
+
+        advice = advise_spec(parsed).as_dict()
+    if json_out:
+        _emit(advice)
+        return
+    console = Console()
+    if not console.is_terminal:  # piped or captured: no terminal width to respect
+        console = Console(width=160)
+    console.print(_advice_table(advice))
+    for note in advice["notes"]:
+        err.print(f"[dim]note: {note}[/]", highlight=False)
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def _advice_table(advice: dict[str, Any]) -> Table:
+    facts = advice["facts"]
+    table = Table(
+        title=f"recommended: [bold]{advice['recommended'] or 'nothing suitable'}[/]"
+        + (
+            f" (runs here: {advice['recommended_runnable']})"
+            if advice["recommended_runnable"] not in (None, advice["recommended"])
+            else ""
+        )
+        + f" — ladder: {' → '.join(advice['ladder']) or 'none'}",
+        caption=f"{facts['labelled']:,} labelled examples, {facts['labelled_tokens']:,} tokens; "
+        f"model {_count(facts['params'])} params; budget {facts['budget_hours']:g} h on "
+        f"{facts['hardware']}",
+        title_justify="left",
+        show_lines=True,
+    )
+    table.caption = (table.caption or "") + " | * suitable, not runnable in this version"
+    table.add_column("method", no_wrap=True)
+    table.add_column("suitable", justify="center", no_wrap=True)
+    table.add_column("train h", justify="right")
+    table.add_column("peak GB", justify="right")
+    table.add_column("tokens/query", justify="right")
+    table.add_column("reasons", min_width=50, ratio=1)
+    for item in advice["ranking"]:
+        est = item["estimate"]
+        hours = est["train_gpu_hours"]
+        memory = est["peak_memory_gb"]
+        verdict = "[green]yes[/]" if item["suitable"] else "[red]no[/]"
+        if item["suitable"] and not item["runnable"]:
+            verdict += "[dim]*[/]"
+        table.add_row(
+            item["method"],
+            verdict,
+            "?" if hours is None else f"{hours:.3g}",
+            "?" if memory is None else f"{memory:.2f}",
+            f"{est['inference_tokens_per_query']:g}",
+            "\n".join(f"• {reason}" for reason in item["reasons"]),
+        )
+    return table
 
 
 @app.command()

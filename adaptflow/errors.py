@@ -26,3 +26,8 @@ class ServiceError(AdaptflowError):
 
 class RegistryError(AdaptflowError):
     """A registry operation is not possible (unknown model, version or alias)."""
+
+
+#: Exit code of ``adaptflow run`` when the ladder ran and no rung met the spec's target (the
+#: best rung is registered as challenger, not promoted). Errors exit 2 (user) or 3 (server).
+TARGET_NOT_MET_EXIT = 4

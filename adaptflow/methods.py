@@ -1,34 +1,63 @@
-"""Which methods this version can run for which task, and what ``auto`` means.
+"""Which methods this version can run for which task, and what ``auto`` and ``ladder`` mean.
 
-The advisor (adaptflow/advisor.py, its own issue) will rank every method; until then ``auto``
-picks the default below, and anything not runnable yet fails before any work with a clear error.
+``auto`` runs the advisor's best suitable method among the runnable ones; ``ladder`` climbs
+the advisor's suitable, runnable methods cheapest first (see ``adaptflow.advisor``). Anything
+not runnable yet fails before any work with a clear error.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from adaptflow.errors import SpecError
 
 RUNNABLE: dict[str, tuple[str, ...]] = {
-    "classification": ("lora", "dora", "ia3"),
+    "classification": ("icl", "lora", "dora", "ia3"),
 }
-AUTO_DEFAULT = {"classification": "lora"}
+CHOSEN_BY_ADVISOR = ("auto", "ladder")
 
 
-def resolve_method(task: str, requested: str) -> str:
-    """Turn the spec's (or ``--method``'s) method into one this version can run.
+def runnable_methods(task: str) -> tuple[str, ...]:
+    """Methods this version can run for ``task`` (empty when none)."""
+    return RUNNABLE.get(task, ())
+
+
+def check_method(task: str, requested: str) -> None:
+    """Fail early when ``requested`` cannot run for ``task`` in this version.
 
     Raises:
         SpecError: When the task or the method is not runnable yet.
     """
-    runnable = RUNNABLE.get(task)
-    if runnable is None:
+    runnable = runnable_methods(task)
+    if not runnable:
         raise SpecError(
             f"task '{task}' cannot run in this version yet; runnable tasks: {', '.join(RUNNABLE)}"
         )
-    method = AUTO_DEFAULT[task] if requested == "auto" else requested
-    if method not in runnable:
+    if requested not in runnable and requested not in CHOSEN_BY_ADVISOR:
         raise SpecError(
             f"method '{requested}' is not available for task '{task}' in this version; "
-            f"available: auto, {', '.join(runnable)}"
+            f"available: {', '.join(CHOSEN_BY_ADVISOR + runnable)}"
         )
-    return method
+
+
+def resolve_method(task: str, requested: str, advice: dict[str, Any] | None = None) -> str:
+    """Turn the spec's (or ``--method``'s) method into one this version can run.
+
+    Args:
+        task: The spec's task.
+        requested: A method name, or ``auto``.
+        advice: The advisor's JSON (``recommend --json``); needed for ``auto``.
+
+    Raises:
+        SpecError: When the method cannot run, or the advisor found nothing suitable to run.
+    """
+    check_method(task, requested)
+    if requested != "auto":
+        return requested
+    chosen = (advice or {}).get("recommended_runnable")
+    if chosen is None:
+        raise SpecError(
+            f"method 'auto': the advisor found no suitable method this version can run for task "
+            f"'{task}' (see 'adaptflow recommend SPEC' for the reasons)"
+        )
+    return str(chosen)

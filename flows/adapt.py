@@ -1,4 +1,4 @@
-"""Stage flow: adapt the base model with the chosen method."""
+"""Stage flow: adapt the base model with the chosen method (one recipe per method family)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ from prefect import flow
 
 from adaptflow.settings import load_settings
 from adaptflow.spec import Spec
+from tasks.icl.knn import build_knn_classifier_task
 from tasks.train.peft import Hyper, train_peft_classifier_task
 
 
 @flow(name="adapt")
 def adapt(spec: Spec, method: str, train_file: str, run_id: str) -> dict[str, Any]:
-    """Train a candidate; returns the training result (package path, cost, loss history)."""
-    hyper = Hyper(**spec.train.model_dump(), seed=spec.seed)
+    """Build a candidate; returns its package path and what it cost (and the loss history)."""
     out = load_settings().work_dir / spec.name / run_id / "package"
+    if method == "icl":
+        return build_knn_classifier_task(Path(train_file), spec.base_model, out, spec.metric)
+    hyper = Hyper(**spec.train.model_dump(), seed=spec.seed)
     result = train_peft_classifier_task(Path(train_file), spec.base_model, method, hyper, out)
     return asdict(result) | {"tokens_per_second": result.tokens_per_second}

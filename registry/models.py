@@ -19,35 +19,50 @@ PREVIOUS_TAG = "adaptflow.previous_champion"
 SERVING_DIR = Path(__file__).parent / "serving"
 
 
+#: Which serving module wraps each package kind (the ``kind`` in ``adaptflow_model.json``).
+SERVING = {"encoder-classifier": "encoder_classifier.py", "knn-classifier": "knn_classifier.py"}
+
+
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    packages = ("adaptflow", "torch", "transformers", "peft", "mlflow")
+    packages = ("adaptflow", "torch", "transformers", "peft", "sentence-transformers", "mlflow")
     return [f"{name}=={version(name).split('+')[0]}" for name in packages]
 
 
-def log_model_package(
-    run_id: str, package_dir: Path, card_markdown: str, kind: str = "encoder_classifier"
-) -> str:
+def _package_kind(package_dir: Path) -> str:
+    import json
+
+    try:
+        kind = json.loads((package_dir / "adaptflow_model.json").read_text())["kind"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise RegistryError(f"{package_dir} is not a model package: {exc}") from None
+    if kind not in SERVING:
+        raise RegistryError(f"{package_dir}: no serving module for package kind '{kind}'")
+    return str(kind)
+
+
+def log_model_package(run_id: str, package_dir: Path, card_markdown: str) -> str:
     """Log a model package as an MLflow pyfunc (models from code) on run ``run_id``.
 
     Args:
         run_id: The pipeline's MLflow run.
-        package_dir: Folder written by a training recipe (adapter, tokenizer, manifest).
+        package_dir: Folder written by a recipe (manifest plus adapter, weights or index); its
+            manifest's ``kind`` picks the serving module under ``registry/serving``.
         card_markdown: The model card, stored next to the model as ``README.md``.
-        kind: Which serving module under ``registry/serving`` wraps the package.
 
     Returns:
         The logged model's URI (``models:/m-…``).
     """
     import mlflow
 
+    serving = SERVING_DIR / SERVING[_package_kind(package_dir)]
     (package_dir / "README.md").write_text(card_markdown)
     mlflow.set_tracking_uri(client().tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(SERVING_DIR / f"{kind}.py"),
+            python_model=str(serving),
             artifacts={"package": str(package_dir)},
             pip_requirements=_requirements(),
         )

@@ -24,6 +24,7 @@ def decide_promotion(
     candidate: dict[str, float],
     baseline: dict[str, float] | None,
     champion: dict[str, float] | None,
+    baseline_name: str = "",
 ) -> GateDecision:
     """Apply the gate on ``metric``; every number compared comes from the same eval set.
 
@@ -32,13 +33,15 @@ def decide_promotion(
         candidate: The candidate's metrics.
         baseline: The no-training baseline's metrics (None: no baseline for this task).
         champion: The current champion re-scored on the same eval set (None: no champion).
+        baseline_name: What the baseline is, for the reasons (e.g. "majority class").
 
     Returns:
         The decision; strictly better is required (a tie does not promote).
     """
     value = candidate[metric]
     decision = GateDecision(promote=True)
-    for who, other in (("baseline", baseline), ("champion", champion)):
+    named = f"baseline ({baseline_name})" if baseline_name else "baseline"
+    for who, other in ((named, baseline), ("champion", champion)):
         if other is None:
             decision.reasons.append(f"no {who} to compare")
             continue

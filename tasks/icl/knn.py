@@ -1,72 +1,238 @@
-"""Nearest-neighbour vote over encoder embeddings: the encoder analogue of few-shot prompting.
+"""In-context learning for an encoder classifier: a vote of the nearest labelled examples.
 
-Used as the no-training baseline every candidate must beat, on the same eval split.
+The encoder analogue of few-shot prompting (DESIGN.md §1): no weights change; the labelled
+examples are embedded once into an index, and a query takes the similarity-weighted vote of its
+``k`` nearest examples. ``k`` is tuned by leave-one-out on the training examples themselves
+(each example is classified by the others), so no examples are held back from the index and the
+eval split stays untouched for the comparison with other methods.
+
+The same vote is the no-training baseline that trained candidates must beat.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import time
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.curate.records import read_jsonl
+from tasks.curate.records import read_jsonl, write_jsonl
 from tasks.evaluate.classification import classification_metrics
+from tasks.train.encoder import PackageManifest
+
+K_CANDIDATES = (1, 3, 5, 7, 9, 11, 15, 21, 31)
+KIND = "knn-classifier"
+#: Queries scored per block, so the similarity matrix stays small (block x index size).
+BLOCK_ROWS = 1024
+
+
+def nearest(index: Any, queries: Any, k: int, exclude_self: bool = False) -> tuple[Any, Any]:
+    """The ``k`` most similar index rows per query, most similar first.
+
+    Args:
+        index: (n, d) L2-normalised vectors.
+        queries: (m, d) L2-normalised vectors.
+        k: Neighbours to return (capped at what the index holds).
+        exclude_self: Queries *are* the index (leave-one-out): row i never returns itself.
+
+    Returns:
+        (similarities, indices), both (m, k); ties keep index order.
+    """
+    import numpy as np
+
+    index = np.asarray(index, dtype=np.float32)
+    queries = np.asarray(queries, dtype=np.float32)
+    k = max(1, min(k, len(index) - (1 if exclude_self else 0)))
+    sims, idx = [], []
+    for start in range(0, len(queries), BLOCK_ROWS):
+        block = queries[start : start + BLOCK_ROWS] @ index.T
+        if exclude_self:
+            rows = np.arange(len(block))
+            block[rows, rows + start] = -np.inf
+        order = np.argsort(-block, axis=1, kind="stable")[:, :k]
+        idx.append(order)
+        sims.append(np.take_along_axis(block, order, axis=1))
+    if not sims:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate(sims), np.concatenate(idx)
+
+
+def vote(sims: Any, idx: Any, label_ids: Any, n_labels: int, k: int) -> Any:
+    """Label id per query: the similarity-weighted vote of its first ``k`` neighbours.
+
+    A tie goes to the lower label id (labels are sorted, so alphabetically first).
+    """
+    import numpy as np
+
+    sims, idx = sims[:, :k], idx[:, :k]
+    votes = np.zeros((len(sims), n_labels))
+    rows = np.repeat(np.arange(len(sims)), sims.shape[1])
+    np.add.at(votes, (rows, np.asarray(label_ids)[idx].ravel()), sims.ravel())
+    return votes.argmax(axis=1)
 
 
 def knn_vote(
-    train_vectors: object, train_labels: list[str], query_vectors: object, k: int
+    train_vectors: Any, train_labels: Sequence[str], query_vectors: Any, k: int
 ) -> list[str]:
     """Label each query by a similarity-weighted vote of its ``k`` nearest training vectors.
 
     Vectors must be L2-normalised (cosine similarity is then a dot product). Ties go to the
     label whose members are most similar in total, then alphabetically.
     """
-    import numpy as np
-
-    train = np.asarray(train_vectors)
-    queries = np.asarray(query_vectors)
-    k = max(1, min(k, len(train_labels)))
-    similarity = queries @ train.T
-    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
-    predictions = []
-    for row, neighbours in enumerate(nearest):
-        votes: dict[str, float] = defaultdict(float)
-        for j in neighbours:
-            votes[train_labels[j]] += float(similarity[row, j])
-        predictions.append(min(votes, key=lambda label: (-votes[label], label)))
-    return predictions
+    labels = sorted(set(train_labels))
+    label_ids = [labels.index(label) for label in train_labels]
+    sims, idx = nearest(train_vectors, query_vectors, k)
+    return [labels[i] for i in vote(sims, idx, label_ids, len(labels), k)]
 
 
-def knn_baseline(
-    train_path: Path, eval_path: Path, base_model: str, k: int = 5
-) -> dict[str, float]:
-    """Metrics of the nearest-neighbour vote on the eval split (no training).
-
-    Args:
-        train_path: Curated training JSONL (the labelled pool to vote from).
-        eval_path: Curated eval JSONL.
-        base_model: The encoder used for embeddings (alias, folder or hub id).
-        k: Neighbours per vote.
+def tune_k(
+    vectors: Any, labels: Sequence[str], metric: str = "f1_macro"
+) -> tuple[int, dict[int, float]]:
+    """Pick ``k`` by leave-one-out over the labelled examples.
 
     Returns:
-        The same metric keys as a trained candidate's evaluation.
+        The best ``k`` (the smallest among equals) and the score of every candidate tried.
     """
+    names = sorted(set(labels))
+    label_ids = [names.index(label) for label in labels]
+    candidates = [k for k in K_CANDIDATES if k < len(labels)] or [1]
+    sims, idx = nearest(vectors, vectors, max(candidates), exclude_self=True)
+    scores = {}
+    for k in candidates:
+        predicted = [names[i] for i in vote(sims, idx, label_ids, len(names), k)]
+        scores[k] = classification_metrics(list(labels), predicted)[metric]
+    best = max(candidates, key=lambda k: (scores[k], -k))
+    return best, scores
+
+
+def _encoder(base_model: str) -> Any:
     from sentence_transformers import SentenceTransformer
 
     from adaptflow.catalogue import resolve_base_model
 
+    return SentenceTransformer(resolve_base_model(base_model), device="cpu")
+
+
+def embed(encoder: Any, texts: list[str]) -> Any:
+    """L2-normalised float32 embeddings of ``texts``."""
+    return encoder.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def build_knn_classifier(
+    train_path: Path, base_model: str, out: Path, metric: str = "f1_macro"
+) -> dict[str, Any]:
+    """Build the ICL package: embed the labelled examples, tune ``k``, save the index.
+
+    Args:
+        train_path: Curated training JSONL (``id``, ``text``, ``label``).
+        base_model: The encoder (alias, folder or hub id), referenced by the package.
+        out: Package folder to write (manifest, ``index/vectors.npy``, ``index/examples.jsonl``).
+        metric: Classification metric that ``k`` is tuned for.
+
+    Returns:
+        The same keys as a training recipe's result, plus ``k`` and ``k_scores``.
+    """
+    import numpy as np
+
+    rows = read_jsonl(train_path)
+    labels = [row["label"] for row in rows]
+    started = time.perf_counter()
+    encoder = _encoder(base_model)
+    vectors = embed(encoder, [row["text"] for row in rows])
+    k, scores = tune_k(vectors, labels, metric)
+    seconds = time.perf_counter() - started
+    (out / "index").mkdir(parents=True, exist_ok=True)
+    np.save(out / "index" / "vectors.npy", vectors.astype(np.float32))
+    write_jsonl(out / "index" / "examples.jsonl", rows)
+    total = sum(p.numel() for p in encoder.parameters())
+    PackageManifest(
+        kind=KIND,
+        method="icl",
+        base_model=base_model,
+        labels=sorted(set(labels)),
+        max_length=int(encoder.max_seq_length),
+        trainable_params=0,
+        total_params=int(total),
+        options={"k": k, "metric": metric, "k_scores": scores, "examples": len(rows)},
+    ).write(out)
+    tokens = sum(len(ids) for ids in encoder.tokenizer([r["text"] for r in rows])["input_ids"])
+    return {
+        "package_dir": str(out),
+        "method": "icl",
+        "trainable_params": 0,
+        "total_params": int(total),
+        "train_seconds": seconds,
+        "train_tokens": tokens,
+        "steps": 0,
+        "loss_history": [],
+        "tokens_per_second": tokens / seconds if seconds else 0.0,
+        "k": k,
+        "k_scores": {str(key): value for key, value in scores.items()},
+    }
+
+
+class KnnClassifier:
+    """A loaded ICL package: text in, label out."""
+
+    def __init__(self, folder: Path) -> None:
+        import numpy as np
+
+        self.manifest = PackageManifest.read(folder)
+        self.vectors = np.load(folder / "index" / "vectors.npy")
+        examples = read_jsonl(folder / "index" / "examples.jsonl")
+        labels = self.manifest.labels
+        self.label_ids = [labels.index(row["label"]) for row in examples]
+        self.k = int(self.manifest.options["k"])
+        self.encoder = _encoder(self.manifest.base_model)
+
+    def predict(self, texts: list[str]) -> list[str]:
+        """One label per text."""
+        if not texts:
+            return []
+        sims, idx = nearest(self.vectors, embed(self.encoder, texts), self.k)
+        labels = self.manifest.labels
+        return [labels[i] for i in vote(sims, idx, self.label_ids, len(labels), self.k)]
+
+
+def knn_baseline(
+    train_path: Path, eval_path: Path, base_model: str, metric: str = "f1_macro"
+) -> dict[str, Any]:
+    """The no-training baseline: the ICL vote (``k`` tuned on train) scored on the eval split.
+
+    Returns:
+        ``metrics`` (the same keys as a trained candidate's) and ``method`` (which baseline).
+    """
     train_rows = read_jsonl(train_path)
     eval_rows = read_jsonl(eval_path)
-    encoder = SentenceTransformer(resolve_base_model(base_model), device="cpu")
+    encoder = _encoder(base_model)
+    train_vectors = embed(encoder, [row["text"] for row in train_rows])
+    train_labels = [row["label"] for row in train_rows]
+    k, _ = tune_k(train_vectors, train_labels, metric)
+    eval_vectors = embed(encoder, [row["text"] for row in eval_rows])
+    predicted = knn_vote(train_vectors, train_labels, eval_vectors, k)
+    return {
+        "metrics": classification_metrics([row["label"] for row in eval_rows], predicted),
+        "method": f"nearest-neighbour vote (k={k}, tuned by leave-one-out)",
+    }
 
-    def embed(rows: list[dict[str, str]]) -> object:
-        texts = [row["text"] for row in rows]
-        return encoder.encode(texts, batch_size=64, normalize_embeddings=True)
 
-    predicted = knn_vote(embed(train_rows), [r["label"] for r in train_rows], embed(eval_rows), k)
-    return classification_metrics([row["label"] for row in eval_rows], predicted)
+def majority_baseline(train_path: Path, eval_path: Path) -> dict[str, Any]:
+    """The baseline for a no-training candidate: always predict the commonest training label."""
+    counts = Counter(row["label"] for row in read_jsonl(train_path))
+    top = min(counts, key=lambda label: (-counts[label], label))
+    truth = [row["label"] for row in read_jsonl(eval_path)]
+    return {
+        "metrics": classification_metrics(truth, [top] * len(truth)),
+        "method": f"majority class ('{top}')",
+    }
 
 
+build_knn_classifier_task = task(name="build_knn_index", cache_policy=NO_CACHE)(
+    build_knn_classifier
+)
 knn_baseline_task = task(name="knn_baseline", cache_policy=NO_CACHE)(knn_baseline)
+majority_baseline_task = task(name="majority_baseline", cache_policy=NO_CACHE)(majority_baseline)

@@ -1,14 +1,16 @@
 """The encoder-classifier model package: how a trained classifier is saved, loaded and run.
 
 A package is a folder holding ``adaptflow_model.json`` (kind, method, base-model reference,
-labels), the tokenizer, and either a PEFT adapter (``adapter/``) or full weights (``weights/``),
-all in safetensors. The base model is referenced, not copied, when only an adapter is trained.
+labels). A trained package (kind ``encoder-classifier``) adds the tokenizer and either a PEFT
+adapter (``adapter/``) or full weights (``weights/``), all in safetensors; the base model is
+referenced, not copied, when only an adapter is trained. An ICL package (kind
+``knn-classifier``, see ``tasks/icl/knn.py``) adds the embedded example index instead.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ class PackageManifest:
     max_length: int
     trainable_params: int = 0
     total_params: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # kind-specific settings (ICL: k)
 
     def write(self, folder: Path) -> None:
         """Write the manifest into ``folder``."""
@@ -97,7 +100,11 @@ def predict_proba(
 
 
 def predict_labels(folder: Path, texts: list[str]) -> list[str]:
-    """Load the package in ``folder`` and return one label per text."""
+    """Load the package in ``folder`` (any kind) and return one label per text."""
+    if PackageManifest.read(folder).kind == "knn-classifier":
+        from tasks.icl.knn import KnnClassifier
+
+        return KnnClassifier(folder).predict(texts)
     model, tokenizer, manifest = load_classifier(folder)
     probs = predict_proba(model, tokenizer, texts, manifest.max_length)
     return [manifest.labels[i] for i in probs.argmax(axis=1)]

@@ -1,0 +1,479 @@
+"""The method advisor: DESIGN.md §1 as a table of rules, plus a cost model with stated formulas.
+
+Inputs are the spec's ``task``, ``needs`` and ``budget`` plus facts measured from the data
+(labelled examples, tokens, unlabelled corpus size) and the base model (parameter count and
+shape from its config). The output ranks *every* method: suitable or not, the reasons (each
+quoting the inputs it used), and an estimate of training cost, peak memory and inference tokens.
+
+How a method is judged, in order:
+
+1. Every rule in ``RULES`` whose condition holds adds its reason; its effect either makes the
+   method unsuitable (``BLOCK``) or moves its score.
+2. A method's score starts at minus its cost rank (``COST_RANK``: cheapest first), so with no
+   rule firing the cheapest suitable method ranks first: *start simple*.
+3. Suitable methods rank above unsuitable ones, then by score, then by cost rank.
+
+Cost model (each number comes from one of these formulas; the constants are below):
+
+- training FLOPs: ``6·N·D`` for full training (``full``, ``cpt``, ``pretrain``) and ``4·N·D``
+  for LoRA-style methods whose base weights are frozen (no weight gradients);
+  ``freeze`` is ``2·N·D + 4·N_top·D``. N is the base model's parameter count, D the training
+  tokens (labelled tokens × epochs; for ``cpt`` the corpus plus replay; for ``pretrain`` at least
+  20 tokens per parameter).
+- hours = FLOPs / (peak FLOP/s × utilisation) / 3600, for the hardware in ``HARDWARE``.
+- peak training memory: AdamW full training 16 bytes/parameter; LoRA-style 2 bytes/parameter of
+  frozen 16-bit weights plus 16 bytes per trainable parameter; plus activations of
+  ``s·b·h·(34 + 5·a·s/h)`` bytes per layer (Korthikanti et al. 2022, 16-bit, no recomputation).
+- inference tokens per query: the query itself, plus shown examples (decoder ICL), retrieved
+  passages (RAG) or virtual tokens (prefix / prompt tuning).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# --- constants the rules and the cost model use (documented, so the advice can be argued with)
+
+#: Labelled examples below which fine-tuning of any kind is not suggested ("hundreds+", §1).
+MIN_LABELLED_FINE_TUNE = 100
+#: Below this, full fine-tuning overfits and forgets more than it gains over PEFT.
+MIN_LABELLED_FULL = 1_000
+#: Unlabelled tokens below which continued pre-training cannot move a model's language
+#: (published domain-adaptive pre-training uses 1e8-1e10 tokens; below 1e8 use PEFT or RAG).
+CPT_MIN_CORPUS_TOKENS = 100_000_000
+#: Share of general-domain "replay" text mixed into CPT to limit forgetting.
+CPT_REPLAY = 0.25
+#: Tokens per parameter for compute-optimal pre-training (Hoffmann et al. 2022, "Chinchilla").
+CHINCHILLA_TOKENS_PER_PARAM = 20
+#: When ``budget.gpu_hours`` is 0 (unstated), assume this many hours: a quick experiment.
+UNSTATED_BUDGET_HOURS = 1.0
+#: Models above this size make full fine-tuning an expensive first choice.
+LARGE_MODEL_PARAMS = 1_000_000_000
+#: Decoder few-shot prompts show at most this many examples (and stay within the context).
+FEW_SHOT_EXAMPLES = 8
+#: RAG prompt: passages retrieved per query, tokens per passage, answer tokens.
+RAG_PASSAGES, RAG_PASSAGE_TOKENS, ANSWER_TOKENS = 5, 256, 64
+#: Virtual tokens prepended by prefix / prompt / p-tuning.
+VIRTUAL_TOKENS = 20
+#: LoRA rank assumed when the spec sets none, and the attention matrices it adapts per layer.
+LORA_MATRICES_PER_LAYER = 2
+#: Parameters of the embedder RAG indexes with (all-MiniLM-L6-v2).
+EMBEDDER_PARAMS = 22_700_000
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Peak dense 16-bit FLOP/s (fp32 for CPU), memory, and the utilisation assumed."""
+
+    peak_flops: float
+    memory_gb: float
+    utilisation: float
+    note: str
+
+
+HARDWARE: dict[str, Hardware] = {
+    "cpu": Hardware(4e11, 24, 0.40, "2 cores with AVX-512 FMA, fp32 (the CI machine)"),
+    "t4": Hardware(65e12, 16, 0.35, "NVIDIA T4, fp16 tensor cores"),
+    "a10": Hardware(125e12, 24, 0.35, "NVIDIA A10, bf16 tensor cores"),
+    "l4": Hardware(121e12, 24, 0.35, "NVIDIA L4, bf16 tensor cores"),
+    "a100": Hardware(312e12, 80, 0.35, "NVIDIA A100 80GB, bf16 tensor cores"),
+    "h100": Hardware(989e12, 80, 0.35, "NVIDIA H100 SXM, bf16 tensor cores"),
+}
+
+PEFT = ("lora", "dora", "ia3", "prefix", "prompt-tuning", "p-tuning")
+FINE_TUNING = (*PEFT, "freeze", "full")
+TRAINED = (*FINE_TUNING, "cpt", "pretrain")
+METHODS = ("icl", "rag", *FINE_TUNING, "cpt", "pretrain")
+
+#: Cheapest first; a method's score starts at minus its rank.
+COST_RANK: dict[str, float] = {
+    "icl": 0,
+    "rag": 1,
+    "lora": 2,
+    "ia3": 2.1,
+    "dora": 2.2,
+    "prefix": 2.3,
+    "prompt-tuning": 2.4,
+    "p-tuning": 2.5,
+    "freeze": 3,
+    "full": 4,
+    "cpt": 5,
+    "pretrain": 6,
+}
+#: Which family a method belongs to (the ladder climbs one rung per family).
+FAMILY = {m: "peft" for m in PEFT} | {
+    "icl": "icl",
+    "rag": "rag",
+    "freeze": "freeze",
+    "full": "full",
+    "cpt": "cpt",
+    "pretrain": "pretrain",
+}
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the advisor decides from (spec fields + measured facts)."""
+
+    task: str
+    family: str  # encoder | decoder | encoder-decoder (of the base model)
+    params: int | None  # base-model parameters; None when its config could not be read
+    layers: int = 0
+    hidden: int = 0
+    heads: int = 0
+    labelled: int = 0  # usable labelled examples (text + label, or text + target)
+    labelled_tokens: int = 0  # tokens over those examples (inputs and targets)
+    mean_tokens: float = 0.0  # mean tokens per example
+    corpus_tokens: int = 0  # unlabelled domain text (language-modelling data or knowledge)
+    knowledge_tokens: int = 0  # the RAG corpus (data.knowledge)
+    has_knowledge: bool = False
+    external_knowledge: bool = False
+    knowledge_changes_often: bool = False
+    custom_behavior: bool = False
+    new_domain_language: bool = False
+    hallucination_tolerance: str = "medium"
+    gpu_hours: float = 0.0
+    hardware: str = "cpu"
+    epochs: float = 3.0
+    batch_size: int = 16
+    max_length: int = 128
+    lora_r: int = 8
+    notes: tuple[str, ...] = ()  # how the facts were measured (shown with the advice)
+
+    @property
+    def budget_hours(self) -> float:
+        """The training budget in hours on ``hardware`` (unstated: ``UNSTATED_BUDGET_HOURS``)."""
+        return self.gpu_hours if self.gpu_hours > 0 else UNSTATED_BUDGET_HOURS
+
+    @property
+    def generative(self) -> bool:
+        """Whether the task produces text (rather than a label)."""
+        return self.task != "classification"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The cost of one method under the stated formulas (None: not computable)."""
+
+    train_flops: float | None
+    train_hours: float | None
+    hardware: str
+    peak_memory_gb: float | None
+    inference_tokens_per_query: float
+    trainable_params: int | None
+    formula: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``train_gpu_hours`` is the hours on the stated hardware)."""
+        out = asdict(self)
+        out["train_gpu_hours"] = out.pop("train_hours")
+        return out
+
+
+def _trainable(method: str, f: Facts) -> int | None:
+    """Parameters a method trains (adapter sizes from the model's shape)."""
+    if f.params is None:
+        return None
+    h, layers = f.hidden, f.layers
+    sizes: dict[str, float] = {
+        "lora": layers * LORA_MATRICES_PER_LAYER * f.lora_r * 2 * h,
+        "dora": layers * LORA_MATRICES_PER_LAYER * (f.lora_r * 2 * h + h),
+        "ia3": layers * 3 * h,
+        "prefix": layers * 2 * VIRTUAL_TOKENS * h,
+        "prompt-tuning": VIRTUAL_TOKENS * h,
+        "p-tuning": VIRTUAL_TOKENS * h + 2 * h * h,
+        "freeze": f.params / max(1, layers) * max(1, layers // 4) if layers else f.params / 4,
+        "full": f.params,
+        "cpt": f.params,
+        "pretrain": f.params,
+    }
+    value = sizes.get(method)
+    return None if value is None else int(value)
+
+
+def _activation_bytes(f: Facts) -> float:
+    s, b, h, a = f.max_length, f.batch_size, f.hidden, max(1, f.heads)
+    if not h:
+        return 0.0
+    return f.layers * s * b * h * (34 + 5 * a * s / h)
+
+
+def _train_tokens(method: str, f: Facts) -> float:
+    if method == "cpt":
+        return f.corpus_tokens * (1 + CPT_REPLAY)
+    if method == "pretrain":
+        return max(f.corpus_tokens, CHINCHILLA_TOKENS_PER_PARAM * (f.params or 0))
+    return f.labelled_tokens * f.epochs
+
+
+def _inference_tokens(method: str, f: Facts) -> float:
+    query = f.mean_tokens or 0.0
+    answer = ANSWER_TOKENS if f.generative else 0
+    if method == "icl":
+        shots = FEW_SHOT_EXAMPLES * query if f.family != "encoder" else 0
+        return query + shots + answer
+    if method == "rag":
+        return query + RAG_PASSAGES * RAG_PASSAGE_TOKENS + answer
+    if method in ("prefix", "prompt-tuning", "p-tuning"):
+        return query + VIRTUAL_TOKENS + answer
+    return query + answer
+
+
+def estimate(method: str, f: Facts) -> Estimate:
+    """The cost of ``method`` for these facts (see the module docstring for the formulas)."""
+    hw = HARDWARE[f.hardware]
+    tokens_per_query = round(_inference_tokens(method, f), 1)
+    if f.params is None:
+        return Estimate(None, None, f.hardware, None, tokens_per_query, None, "unknown model size")
+    n = f.params
+    trainable = _trainable(method, f)
+    if method == "icl":
+        flops, formula = 2.0 * n * f.labelled_tokens, "index build 2·N·D_labelled (forward only)"
+        memory = 2.0 * n
+    elif method == "rag":
+        flops = 2.0 * EMBEDDER_PARAMS * f.knowledge_tokens
+        formula = "index build 2·N_embedder·D_knowledge (forward only)"
+        memory = 2.0 * n + 2 * EMBEDDER_PARAMS
+    else:
+        d = _train_tokens(method, f)
+        if method in ("full", "cpt", "pretrain"):
+            flops, formula = 6.0 * n * d, "6·N·D"
+            memory = 16 * n + _activation_bytes(f)
+        elif method == "freeze":
+            flops, formula = 2.0 * n * d + 4.0 * (trainable or 0) * d, "2·N·D + 4·N_top·D"
+            memory = 2 * n + 16 * (trainable or 0) + _activation_bytes(f)
+        else:
+            flops, formula = 4.0 * n * d, "4·N·D"
+            memory = 2 * n + 16 * (trainable or 0) + _activation_bytes(f)
+    hours = flops / (hw.peak_flops * hw.utilisation) / 3600
+    return Estimate(
+        train_flops=flops,
+        train_hours=hours,
+        hardware=f.hardware,
+        peak_memory_gb=memory / 1e9,
+        inference_tokens_per_query=tokens_per_query,
+        trainable_params=0 if method in ("icl", "rag") else trainable,
+        formula=formula,
+    )
+
+
+# --- the rules: (methods, condition, effect, reason). Data, read top to bottom. ---------------
+
+BLOCK = None  # an effect that makes the method unsuitable
+Condition = Callable[[Facts, Estimate], bool]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """When ``when`` holds for a method in ``methods``: apply ``effect`` and say ``reason``.
+
+    ``reason`` is a format string over the facts, the estimate and a few derived values
+    (``hours``, ``budget``, ``memory``, ``device_memory``, ``tokens_needed``).
+    """
+
+    methods: tuple[str, ...]
+    when: Condition
+    effect: float | None
+    reason: str
+
+
+def _chinchilla_tokens(f: Facts) -> int:
+    return CHINCHILLA_TOKENS_PER_PARAM * (f.params or 0)
+
+
+def _over_budget(f: Facts, e: Estimate) -> bool:
+    return e.train_hours is not None and e.train_hours > f.budget_hours
+
+
+def _over_memory(f: Facts, e: Estimate) -> bool:
+    return e.peak_memory_gb is not None and e.peak_memory_gb > HARDWARE[f.hardware].memory_gb
+
+
+# fmt: off
+RULES: tuple[Rule, ...] = (
+    # In-context learning: always the first rung when there is anything to show.
+    Rule(("icl",), lambda f, e: f.task == "language-modeling", BLOCK,
+         "language modelling has no input -> output examples to show"),
+    Rule(("icl",), lambda f, e: f.labelled == 0 and f.task != "language-modeling", BLOCK,
+         "no labelled examples to show or vote with"),
+    Rule(("icl",), lambda f, e: f.labelled > 0 and f.task != "language-modeling", 0,
+         "cheapest: no training; draws on {labelled:,} labelled examples at inference"),
+    # Retrieval: external or changing knowledge, grounded answers.
+    Rule(("rag",), lambda f, e: not f.has_knowledge, BLOCK,
+         "no knowledge corpus to retrieve from (data.knowledge is not set)"),
+    Rule(("rag",), lambda f, e: f.task in ("classification", "language-modeling"), BLOCK,
+         "task '{task}' does not answer from documents"),
+    Rule(("rag",), lambda f, e: f.has_knowledge, 0,
+         "a knowledge corpus of {knowledge_tokens:,} tokens to retrieve from; "
+         "indexing it takes ~{hours} h on {hardware}"),
+    Rule(("rag",), lambda f, e: f.external_knowledge, 3,
+         "answers depend on external knowledge (needs.external_knowledge)"),
+    Rule(("rag",), lambda f, e: f.knowledge_changes_often, 2,
+         "the knowledge changes often: re-index instead of retraining "
+         "(needs.knowledge_changes_often)"),
+    Rule(("rag",), lambda f, e: f.hallucination_tolerance == "low", 1,
+         "low hallucination tolerance: retrieved passages ground and cite the answer"),
+    # Fine-tuning: custom behaviour from labelled data.
+    Rule(FINE_TUNING, lambda f, e: f.labelled < MIN_LABELLED_FINE_TUNE, BLOCK,
+         "{labelled:,} labelled examples; fine-tuning needs at least "
+         f"{MIN_LABELLED_FINE_TUNE}"),
+    Rule(PEFT, lambda f, e: f.labelled >= MIN_LABELLED_FINE_TUNE, 0,
+         "{labelled:,} labelled examples: enough for parameter-efficient fine-tuning, "
+         "which changes few weights and forgets little"),
+    Rule(PEFT, lambda f, e: f.custom_behavior, 2.5,
+         "custom behaviour (needs.custom_behavior) is what fine-tuning teaches"),
+    Rule(("freeze", "full"), lambda f, e: f.custom_behavior, 1.5,
+         "custom behaviour (needs.custom_behavior) is what fine-tuning teaches"),
+    Rule(FINE_TUNING, lambda f, e: f.knowledge_changes_often, -1,
+         "the knowledge changes often: a fine-tuned model goes stale between retrainings"),
+    Rule(PEFT, lambda f, e: f.new_domain_language, -1,
+         "a new language or domain vocabulary is more than a small adapter learns"),
+    Rule(("full",), lambda f, e: MIN_LABELLED_FINE_TUNE <= f.labelled < MIN_LABELLED_FULL, -1,
+         "{labelled:,} labelled examples (< " f"{MIN_LABELLED_FULL:,}" "): full fine-tuning "
+         "tends to overfit and forget more than PEFT"),
+    Rule(("full",), lambda f, e: (f.params or 0) > LARGE_MODEL_PARAMS, -1,
+         "{params:,} parameters: full fine-tuning is costly at this size; PEFT first"),
+    Rule(("freeze",), lambda f, e: 0 < (f.params or 0) <= LARGE_MODEL_PARAMS, 0,
+         "small model ({params:,} parameters): training the top layers is a cheap middle way"),
+    # Continued pre-training: a new language or domain vocabulary, a large corpus, a budget.
+    Rule(("cpt",), lambda f, e: not f.new_domain_language, BLOCK,
+         "the model needs no new language or vocabulary (needs.new_domain_language is false)"),
+    Rule(("cpt",), lambda f, e: f.corpus_tokens < CPT_MIN_CORPUS_TOKENS, BLOCK,
+         "{corpus_tokens:,} unlabelled tokens; continued pre-training needs at least "
+         f"{CPT_MIN_CORPUS_TOKENS:,}"),
+    Rule(("cpt",), lambda f, e: f.new_domain_language, 4,
+         "a new language or domain vocabulary (needs.new_domain_language) is what CPT teaches; "
+         f"mix in {CPT_REPLAY:.0%} general text against catastrophic forgetting"),
+    # Pre-training from scratch: almost never.
+    Rule(("pretrain",), lambda f, e: f.corpus_tokens < _chinchilla_tokens(f), BLOCK,
+         "{corpus_tokens:,} tokens; pre-training a model this size needs ~{tokens_needed:,}"
+         f" ({CHINCHILLA_TOKENS_PER_PARAM} per parameter)"),
+    Rule(("pretrain",), lambda f, e: True, -3,
+         "from scratch discards everything the base model knows; for a small team almost never"),
+    # Cost and fit, from the estimate.
+    Rule(TRAINED, _over_budget, BLOCK,
+         "needs ~{hours} h on {hardware}; the budget is {budget} h"),
+    Rule(TRAINED, lambda f, e: not _over_budget(f, e) and (e.train_hours or 0) > 0, 0,
+         "~{hours} h on {hardware}, within the {budget} h budget"),
+    Rule(METHODS, _over_memory, BLOCK,
+         "needs ~{memory} GB at peak; {hardware} has {device_memory} GB"),
+    Rule(TRAINED, lambda f, e: e.train_hours is None, 0,
+         "cost unknown: the base model's size could not be read"),
+)
+# fmt: on
+
+
+@dataclass
+class Assessment:
+    """One method's verdict."""
+
+    method: str
+    suitable: bool
+    score: float
+    reasons: list[str]
+    estimate: Estimate
+    runnable: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The contract's ranking entry (plus ``runnable`` and ``score``)."""
+        return {
+            "method": self.method,
+            "suitable": self.suitable,
+            "runnable": self.runnable,
+            "score": round(self.score, 2),
+            "reasons": self.reasons,
+            "estimate": self.estimate.as_dict(),
+        }
+
+
+@dataclass
+class Advice:
+    """The ranking of every method, best first."""
+
+    ranking: list[Assessment]
+    facts: Facts
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def recommended(self) -> str | None:
+        """The best suitable method (runnable or not); None if none is suitable."""
+        return next((a.method for a in self.ranking if a.suitable), None)
+
+    @property
+    def recommended_runnable(self) -> str | None:
+        """The best suitable method this version can run (what ``method: auto`` runs)."""
+        return next((a.method for a in self.ranking if a.suitable and a.runnable), None)
+
+    def ladder(self) -> list[Assessment]:
+        """Rungs: suitable, runnable methods, cheapest first, one per family (its best)."""
+        best: dict[str, Assessment] = {}
+        for item in self.ranking:  # ranking is best first, so the first per family wins
+            if item.suitable and item.runnable:
+                best.setdefault(FAMILY[item.method], item)
+        return sorted(best.values(), key=lambda a: COST_RANK[a.method])
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON for ``adaptflow recommend --json``."""
+        facts = asdict(self.facts)
+        facts["budget_hours"] = self.facts.budget_hours
+        return {
+            "recommended": self.recommended,
+            "recommended_runnable": self.recommended_runnable,
+            "ranking": [a.as_dict() for a in self.ranking],
+            "ladder": [a.method for a in self.ladder()],
+            "facts": facts,
+            "notes": list(self.notes),
+        }
+
+
+def _fmt_hours(hours: float | None) -> str:
+    if hours is None:
+        return "?"
+    if hours == 0:
+        return "0"
+    digits = max(0, 2 - int(math.floor(math.log10(hours))))
+    return f"{hours:,.{min(digits, 6)}f}"
+
+
+def _context(f: Facts, e: Estimate) -> dict[str, Any]:
+    return asdict(f) | {
+        "params": f.params or 0,
+        "hours": _fmt_hours(e.train_hours),
+        "budget": _fmt_hours(f.budget_hours),
+        "memory": f"{e.peak_memory_gb:.1f}" if e.peak_memory_gb is not None else "?",
+        "device_memory": f"{HARDWARE[f.hardware].memory_gb:g}",
+        "tokens_needed": CHINCHILLA_TOKENS_PER_PARAM * (f.params or 0),
+    }
+
+
+def assess(method: str, f: Facts, runnable: bool = False) -> Assessment:
+    """Apply every rule to one method."""
+    e = estimate(method, f)
+    context = _context(f, e)
+    suitable, score, reasons = True, -COST_RANK[method], []
+    for rule in RULES:
+        if method in rule.methods and rule.when(f, e):
+            reasons.append(rule.reason.format(**context))
+            if rule.effect is BLOCK:
+                suitable = False
+            else:
+                score += rule.effect
+    return Assessment(method, suitable, score, reasons, e, runnable)
+
+
+def advise(f: Facts, runnable: tuple[str, ...] = ()) -> Advice:
+    """Rank every method for these facts.
+
+    Args:
+        f: The spec's fields and the measured facts.
+        runnable: Methods this version can run for the task (marks ``runnable`` in the ranking).
+
+    Returns:
+        Every method, suitable ones first, then by score, then cheapest first.
+    """
+    items = [assess(m, f, m in runnable) for m in METHODS]
+    items.sort(key=lambda a: (not a.suitable, -a.score, COST_RANK[a.method]))
+    return Advice(ranking=items, facts=f, notes=list(f.notes))

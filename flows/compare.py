@@ -1,0 +1,46 @@
+"""Stage flow: score what a candidate must beat, on the candidate's own eval split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from adaptflow.spec import Spec
+from tasks.icl.knn import knn_baseline_task, majority_baseline_task
+from tasks.tracking import current_champion, score_champion
+
+
+@flow(name="compare")
+def compare(
+    spec: Spec,
+    method: str,
+    train_file: str,
+    eval_file: str,
+    known_baseline: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The no-training baseline and the current champion, both scored on ``eval_file``.
+
+    The baseline of a trained candidate is the in-context vote (the ICL method itself); the
+    baseline of an ICL candidate is the majority class. ``known_baseline`` (``metrics`` and
+    ``method``) skips re-scoring one already measured on the same split (the ladder's ICL rung).
+
+    Returns:
+        ``baseline`` (metrics), ``baseline_method``, ``champion_version``, ``champion_metrics``.
+    """
+    train, held_out = Path(train_file), Path(eval_file)
+    baseline = known_baseline
+    if baseline is None:
+        baseline = (
+            majority_baseline_task(train, held_out)
+            if method == "icl"
+            else knn_baseline_task(train, held_out, spec.base_model, spec.metric)
+        )
+    champion_version = current_champion(spec.name)
+    return {
+        "baseline": baseline["metrics"],
+        "baseline_method": baseline["method"],
+        "champion_version": champion_version,
+        "champion_metrics": score_champion(spec.name, champion_version, eval_file),
+    }

@@ -1,0 +1,172 @@
+"""Wiring shared by the pipeline and the ladder (plain functions that call flows and tasks).
+
+Not a flow itself: these are the few lines both ``adapt-pipeline`` and ``ladder`` would
+otherwise repeat (run parameters and provenance, logging a stage, trying one candidate).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.runtime import flow_run
+
+from adaptflow.provenance import git_commit
+from adaptflow.spec import LOWER_IS_BETTER, Spec
+from flows.adapt import adapt
+from flows.evaluate import evaluate
+from tasks.tracking import log_stage
+
+TRAIN_KEYS = ("trainable_params", "train_seconds", "tokens_per_second")
+
+
+def run_params(spec: Spec, method: str) -> dict[str, Any]:
+    """The MLflow params of a pipeline (or rung) run."""
+    return {
+        "task": spec.task,
+        "method": method,
+        "base_model": spec.base_model,
+        "target_metric": spec.metric,
+        "target_min": spec.target.min,
+        "seed": spec.seed,
+        "data.train": spec.data.train,
+        "data.eval": spec.data.eval,
+        **{f"train.{k}": v for k, v in spec.train.model_dump().items()},
+    }
+
+
+def provenance(spec: Spec, method: str) -> dict[str, str]:
+    """Tags that say where a run came from (spec hash, git commit, Prefect flow run)."""
+    return {
+        "adaptflow.spec_hash": spec.spec_hash(),
+        "adaptflow.git_commit": git_commit(spec.source.parent if spec.source else None) or "",
+        "adaptflow.flow_run_id": str(flow_run.id or ""),
+        "adaptflow.method": method,
+    }
+
+
+def log_curation(
+    run_id: str, spec: Spec, curation: dict[str, Any], advice: dict[str, Any] | None
+) -> None:
+    """Log the curation counts, data hash, report and the resolved spec (and the advice)."""
+    json_artifacts: dict[str, Any] = {"spec.resolved.json": spec.model_dump(mode="json")}
+    if advice is not None:
+        json_artifacts["advice.json"] = advice
+    log_stage(
+        run_id,
+        {k: curation[k] for k in ("input", "kept", "quarantined")},
+        prefix="curation.",
+        tags={"adaptflow.data_hash": curation["data_hash"]},
+        artifacts=[curation["report"], curation["quarantine"], str(spec.source)],
+        json_artifacts=json_artifacts,
+    )
+
+
+def attempt(spec: Spec, method: str, curation: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Adapt with ``method`` and score the candidate on the eval split, logging both on the run.
+
+    Returns:
+        ``trained`` (the recipe's result without the loss history) and ``evaluation``.
+    """
+    trained = adapt(spec, method, curation["train_file"], run_id)
+    extra = {"icl_k": float(trained["k"])} if "k" in trained else {}
+    log_stage(
+        run_id,
+        {k: trained[k] for k in TRAIN_KEYS} | extra,
+        prefix="train.",
+        series={"train.loss": trained["loss_history"]},
+    )
+    evaluation = evaluate(trained["package_dir"], curation["eval_file"])
+    log_stage(run_id, evaluation["metrics"], artifacts=[evaluation["confusion_matrix"]])
+    return {"trained": {k: v for k, v in trained.items() if k != "loss_history"}} | {
+        "evaluation": evaluation
+    }
+
+
+def meets_target(spec: Spec, metrics: dict[str, float]) -> bool:
+    """Whether ``metrics`` reach the spec's ``target.min`` (always true when none is set)."""
+    if spec.target.min is None:
+        return True
+    value = metrics[spec.metric]
+    return value <= spec.target.min if spec.metric in LOWER_IS_BETTER else value >= spec.target.min
+
+
+def card_facts(
+    spec: Spec,
+    method: str,
+    curation: dict[str, Any],
+    candidate: dict[str, Any],
+    references: dict[str, Any],
+    gate: list[str],
+    tags: dict[str, str],
+    run_id: str,
+) -> dict[str, Any]:
+    """What the model card says about one registered candidate."""
+    trained = candidate["trained"]
+    return {
+        "name": spec.name,
+        "task": spec.task,
+        "method": method,
+        "base_model": spec.base_model,
+        "target": spec.target.model_dump(),
+        "needs": spec.needs.model_dump(),
+        "data": {"train": str(spec.data.train), "eval": spec.data.eval and str(spec.data.eval)},
+        "curation": curation,
+        "metrics": candidate["evaluation"]["metrics"],
+        "baseline": references["baseline"],
+        "baseline_method": references["baseline_method"],
+        "trainable_params": trained["trainable_params"],
+        "total_params": trained["total_params"],
+        "gate": gate,
+        "git_commit": tags["adaptflow.git_commit"],
+        "flow_run_id": tags["adaptflow.flow_run_id"],
+        "mlflow_run_id": run_id,
+    }
+
+
+def version_tags(
+    tags: dict[str, str], curation: dict[str, Any], run_id: str, metrics: dict[str, float]
+) -> dict[str, str]:
+    """Tags of a registered version: provenance, data hash, run id and the metrics."""
+    return tags | {
+        "adaptflow.data_hash": curation["data_hash"],
+        "adaptflow.mlflow_run_id": run_id,
+        **{f"metric.{k}": f"{v:.6f}" for k, v in metrics.items()},
+    }
+
+
+def summary(
+    spec: Spec,
+    method: str,
+    run_id: str,
+    curation: dict[str, Any],
+    candidate: dict[str, Any],
+    references: dict[str, Any],
+    registered: dict[str, Any],
+    gate: list[str],
+    advice: dict[str, Any] | None,
+    ladder: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The pipeline's result: what ``adaptflow run --json`` prints (DESIGN.md §3 keys)."""
+    metrics = candidate["evaluation"]["metrics"]
+    return {
+        "name": spec.name,
+        "method": method,
+        "metrics": metrics,
+        "baseline": references["baseline"],
+        "baseline_method": references["baseline_method"],
+        "champion_metrics_before": references["champion_metrics"],
+        "mlflow_run_id": run_id,
+        "model_uri": registered["model_uri"],
+        "model_version": registered["version"],
+        "promoted": registered["promoted"],
+        "champion_version": registered["champion_version"],
+        "gate": gate,
+        "target": spec.target.model_dump(),
+        "target_met": meets_target(spec, metrics),
+        "curation": curation,
+        "train": candidate["trained"],
+        "recommendation": None
+        if advice is None
+        else {k: advice[k] for k in ("recommended", "recommended_runnable", "ladder")},
+        "ladder": ladder,
+    }

@@ -1,0 +1,213 @@
+"""The advisor's table: which methods fit which use case, with reasons and stated-formula costs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from adaptflow.advisor import (
+    CPT_MIN_CORPUS_TOKENS,
+    HARDWARE,
+    METHODS,
+    UNSTATED_BUDGET_HOURS,
+    Facts,
+    advise,
+    estimate,
+)
+from adaptflow.errors import SpecError
+from adaptflow.methods import resolve_method
+
+REPO = Path(__file__).resolve().parents[1]
+MINILM = {"params": 22_713_216, "layers": 6, "hidden": 384, "heads": 12}
+LLAMA_1B = {"params": 1_235_814_400, "layers": 16, "hidden": 2048, "heads": 32}
+
+
+def _facts(**overrides) -> Facts:
+    base = {"task": "classification", "family": "encoder", **MINILM}
+    return Facts(**(base | overrides))
+
+
+def _by_method(advice) -> dict:
+    return {item.method: item for item in advice.ranking}
+
+
+def test_dynamic_external_knowledge_puts_rag_first() -> None:
+    facts = _facts(
+        task="qa",
+        family="decoder",
+        **LLAMA_1B,
+        labelled=300,
+        labelled_tokens=60_000,
+        mean_tokens=200,
+        has_knowledge=True,
+        knowledge_tokens=2_000_000,
+        external_knowledge=True,
+        knowledge_changes_often=True,
+        hallucination_tolerance="low",
+        hardware="a10",
+        gpu_hours=10,
+    )
+    advice = advise(facts)
+    assert advice.recommended == "rag"
+    assert advice.ranking[0].method == "rag"
+    rag = _by_method(advice)["rag"]
+    assert any("external knowledge" in r for r in rag.reasons)
+    assert any("changes often" in r for r in rag.reasons)
+    # fine-tuning is still possible but penalised: it would go stale
+    lora = _by_method(advice)["lora"]
+    assert lora.suitable and any("stale" in r for r in lora.reasons)
+    assert rag.estimate.inference_tokens_per_query == pytest.approx(200 + 5 * 256 + 64)
+
+
+def test_rag_without_a_corpus_is_unsuitable_and_says_why() -> None:
+    advice = advise(_facts(task="qa", family="decoder", labelled=300, external_knowledge=True))
+    rag = _by_method(advice)["rag"]
+    assert not rag.suitable
+    assert "no knowledge corpus" in rag.reasons[0]
+
+
+def test_labelled_data_and_custom_behaviour_means_icl_or_peft_never_cpt() -> None:
+    facts = _facts(labelled=780, labelled_tokens=6_073, mean_tokens=7.8, custom_behavior=True)
+    advice = advise(facts, runnable=("icl", "lora", "dora", "ia3"))
+    ranking = _by_method(advice)
+    assert advice.recommended in ("icl", "lora", "dora", "ia3")
+    assert advice.recommended == "lora"  # custom behaviour is what fine-tuning teaches
+    assert ranking["icl"].suitable
+    assert not ranking["cpt"].suitable
+    assert not ranking["pretrain"].suitable
+    assert any("needs.new_domain_language is false" in r for r in ranking["cpt"].reasons)
+    assert any("20 per parameter" in r for r in ranking["pretrain"].reasons)
+    assert advice.ladder()[0].method == "icl"
+    assert [a.method for a in advice.ladder()] == ["icl", "lora"]  # one rung per family
+
+
+def test_new_language_with_small_corpus_and_budget_still_rules_out_cpt() -> None:
+    facts = _facts(
+        task="instruction",
+        family="decoder",
+        **LLAMA_1B,
+        labelled=2_000,
+        labelled_tokens=400_000,
+        mean_tokens=200,
+        corpus_tokens=5_000_000,
+        new_domain_language=True,
+        gpu_hours=2,
+        hardware="t4",
+    )
+    ranking = _by_method(advise(facts))
+    assert not ranking["cpt"].suitable
+    assert any("continued pre-training needs at least" in r for r in ranking["cpt"].reasons)
+    assert not ranking["pretrain"].suitable
+    # a 1.2B model does not fit full AdamW fine-tuning in a T4's 16 GB
+    assert not ranking["full"].suitable
+    assert any("GB at peak; t4 has 16 GB" in r for r in ranking["full"].reasons)
+
+
+def test_new_language_large_corpus_and_large_budget_makes_cpt_suitable() -> None:
+    facts = _facts(
+        task="language-modeling",
+        family="decoder",
+        **LLAMA_1B,
+        corpus_tokens=500_000_000,
+        new_domain_language=True,
+        gpu_hours=500,
+        hardware="h100",
+    )
+    advice = advise(facts)
+    cpt = _by_method(advice)["cpt"]
+    assert cpt.suitable, cpt.reasons
+    assert advice.recommended == "cpt"
+    n, d = LLAMA_1B["params"], 500_000_000 * 1.25  # corpus plus 25% replay
+    assert cpt.estimate.train_flops == pytest.approx(6 * n * d)
+    h100 = HARDWARE["h100"]
+    assert cpt.estimate.train_hours == pytest.approx(
+        6 * n * d / (h100.peak_flops * h100.utilisation) / 3600
+    )
+    assert cpt.estimate.train_hours < 500
+    # the same corpus on a tiny budget: over budget, not suitable
+    poor = _by_method(advise(replace(facts, gpu_hours=0.5)))["cpt"]
+    assert not poor.suitable
+    assert any("the budget is 0.500 h" in r for r in poor.reasons)
+    assert not _by_method(advice)["icl"].suitable  # nothing to show for language modelling
+
+
+@pytest.mark.parametrize(
+    "facts",
+    [
+        _facts(labelled=780, labelled_tokens=6_073, mean_tokens=7.8),
+        _facts(labelled=12, labelled_tokens=100, mean_tokens=8.3),
+        _facts(task="qa", family="decoder", **LLAMA_1B, has_knowledge=True, knowledge_tokens=1e6),
+        _facts(task="language-modeling", family="decoder", corpus_tokens=CPT_MIN_CORPUS_TOKENS),
+        _facts(params=None, layers=0, hidden=0, heads=0, labelled=500, labelled_tokens=5_000),
+    ],
+)
+def test_every_method_has_reasons_and_an_estimate(facts: Facts) -> None:
+    advice = advise(facts)
+    assert sorted(a.method for a in advice.ranking) == sorted(METHODS)
+    for item in advice.ranking:
+        assert item.reasons, item.method
+        entry = item.as_dict()
+        assert set(entry) >= {"method", "suitable", "reasons", "estimate"}
+        est = entry["estimate"]
+        assert {"train_gpu_hours", "peak_memory_gb", "inference_tokens_per_query"} <= set(est)
+        if facts.params is None:
+            assert est["train_gpu_hours"] is None
+        else:
+            assert est["train_gpu_hours"] >= 0 and est["peak_memory_gb"] > 0
+    # suitable methods come first
+    verdicts = [a.suitable for a in advice.ranking]
+    assert verdicts == sorted(verdicts, reverse=True)
+
+
+def test_too_few_labelled_examples_rules_out_fine_tuning() -> None:
+    ranking = _by_method(advise(_facts(labelled=12, labelled_tokens=100, mean_tokens=8.3)))
+    assert ranking["icl"].suitable
+    for method in ("lora", "ia3", "full", "freeze"):
+        assert not ranking[method].suitable
+        assert "12 labelled examples; fine-tuning needs at least 100" in ranking[method].reasons
+
+
+def test_estimates_follow_the_stated_formulas() -> None:
+    facts = _facts(labelled=1_000, labelled_tokens=20_000, epochs=3, batch_size=8, max_length=64)
+    n, d = MINILM["params"], 20_000 * 3
+    lora, full = estimate("lora", facts), estimate("full", facts)
+    assert lora.train_flops == pytest.approx(4 * n * d)
+    assert full.train_flops == pytest.approx(6 * n * d)
+    cpu = HARDWARE["cpu"]
+    assert lora.train_hours == pytest.approx(4 * n * d / (cpu.peak_flops * cpu.utilisation) / 3600)
+    # activations s*b*h*(34 + 5*a*s/h) per layer
+    activations = 6 * 64 * 8 * 384 * (34 + 5 * 12 * 64 / 384)
+    assert full.peak_memory_gb == pytest.approx((16 * n + activations) / 1e9)
+    adapter = 6 * 2 * 8 * 2 * 384  # layers x (q, v) x r x (d_in + d_out)
+    assert lora.trainable_params == adapter
+    assert lora.peak_memory_gb == pytest.approx((2 * n + 16 * adapter + activations) / 1e9)
+    assert facts.budget_hours == UNSTATED_BUDGET_HOURS
+
+
+def test_auto_runs_the_best_runnable_suitable_method() -> None:
+    facts = _facts(labelled=780, labelled_tokens=6_073, mean_tokens=7.8)
+    advice = advise(facts, runnable=("icl", "lora")).as_dict()
+    assert advice["recommended"] == "icl"  # no custom behaviour asked for: cheapest first
+    assert resolve_method("classification", "auto", advice) == "icl"
+    assert resolve_method("classification", "lora", advice) == "lora"
+    nothing = advise(_facts(labelled=0), runnable=("lora",)).as_dict()
+    with pytest.raises(SpecError, match="no suitable method this version can run"):
+        resolve_method("classification", "auto", nothing)
+    with pytest.raises(SpecError, match="not available for task 'classification'"):
+        resolve_method("classification", "prefix", advice)
+
+
+def test_facts_are_measured_from_the_real_data_and_model() -> None:
+    from adaptflow.spec import load_spec
+    from tasks.advise import spec_facts
+
+    facts = spec_facts(load_spec(REPO / "examples" / "unicode-categories" / "spec.yaml"))
+    assert facts.labelled == 780
+    assert facts.params == 22_713_216  # all-MiniLM-L6-v2, counted from its config
+    assert (facts.layers, facts.hidden, facts.heads) == (6, 384, 12)
+    assert facts.family == "encoder"
+    assert 780 * 5 < facts.labelled_tokens < 780 * 20  # short Unicode names, with [CLS]/[SEP]
+    assert facts.mean_tokens == pytest.approx(facts.labelled_tokens / 780, abs=0.1)
+    assert facts.custom_behavior is True and facts.hardware == "cpu"
