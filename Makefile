@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: setup
+	$(BIN)/adaptflow recommend $(DEMO)
 	$(BIN)/adaptflow run $(DEMO)
 	$(BIN)/adaptflow predict "models:/unicode-categories@champion" \
 		"LATIN SMALL LETTER SHARP S" "CYRILLIC CAPITAL LETTER ZHE" "ARABIC-INDIC DIGIT SEVEN" \
@@ -31,6 +32,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline_overhead.py
+	$(BIN)/python benchmarks/bench_ladder_overhead.py
 
 lint: setup
 	$(BIN)/ruff check .

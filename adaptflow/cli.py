@@ -154,6 +154,13 @@ def run(
     else:
         _print_run(summary)
     if ladder_missed:
+        err.print(
+            f"[bold yellow]no rung met the target[/] {summary['target']['metric']} ≥ "
+            f"{summary['target']['min']}; the best, {summary['method']}, is registered as "
+            f"challenger version {summary['model_version']}, not promoted "
+            f"(exit code {TARGET_NOT_MET_EXIT})",
+            highlight=False,
+        )
         raise typer.Exit(TARGET_NOT_MET_EXIT)
 
 
@@ -192,14 +199,6 @@ def _print_run(summary: dict[str, Any]) -> None:
         f"\nMLflow run {summary['mlflow_run_id']}",
         highlight=False,
     )
-    ladder = summary["ladder"]
-    if ladder is not None and not ladder["target_met"]:
-        err.print(
-            f"[bold yellow]no rung met the target[/] {summary['target']['metric']} ≥ "
-            f"{summary['target']['min']}; best was {ladder['winner']} "
-            f"(exit code {TARGET_NOT_MET_EXIT})",
-            highlight=False,
-        )
 
 
 @app.command()

@@ -91,3 +91,33 @@ def test_predict_without_input_is_an_error() -> None:
     result = run_cli("predict", "models:/x@champion", stdin="")
     assert result.returncode == 2
     assert "no input" in result.stderr
+
+
+def test_recommend_prints_the_ranking_of_every_method() -> None:
+    spec = REPO / "examples" / "unicode-categories" / "spec.yaml"
+    result = run_cli("recommend", str(spec), "--json")
+    assert result.returncode == 0, result.stderr
+    advice = json.loads(result.stdout)
+    assert advice["recommended"] == "lora"  # the spec asks for custom behaviour
+    assert advice["ladder"] == ["icl", "lora"]
+    methods = [item["method"] for item in advice["ranking"]]
+    assert sorted(methods) == sorted(
+        ["icl", "rag", "lora", "dora", "ia3", "prefix", "prompt-tuning", "p-tuning"]
+        + ["freeze", "full", "cpt", "pretrain"]
+    )
+    by_method = {item["method"]: item for item in advice["ranking"]}
+    assert by_method["cpt"]["suitable"] is False and by_method["icl"]["suitable"] is True
+    assert all(item["reasons"] for item in advice["ranking"])
+    assert advice["facts"]["labelled"] == 780
+    table = run_cli("recommend", str(spec))
+    assert table.returncode == 0
+    assert "recommended: lora" in table.stdout and "ladder: icl → lora" in table.stdout
+
+
+def test_ladder_and_another_method_contradict(tmp_path: Path) -> None:
+    (tmp_path / "t.jsonl").write_text('{"text": "a", "label": "b"}\n')
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\ntask: classification\ndata: {train: t.jsonl}\n")
+    result = run_cli("run", str(spec), "--ladder", "--method", "lora")
+    assert result.returncode == 2
+    assert "--ladder and --method lora contradict each other" in result.stderr

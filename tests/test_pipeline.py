@@ -56,11 +56,12 @@ def test_first_candidate_is_registered_and_promoted(first_run) -> None:
     assert summary["model_version"] == "1"
     assert summary["promoted"] is True
     assert summary["champion_version"] == "1"
-    # Fixed seed, fixed data: macro-F1 measured 0.905 on 2 CPU threads; LoRA must clearly beat
-    # the no-training nearest-neighbour vote (0.883) on this data.
-    assert summary["metrics"]["f1_macro"] == pytest.approx(0.905, abs=0.03)
+    # Fixed seed, fixed data: macro-F1 measured 0.936 on 2 CPU threads; LoRA must beat the
+    # no-training nearest-neighbour vote (0.9095 with k=3, tuned by leave-one-out) on this data.
+    assert summary["metrics"]["f1_macro"] == pytest.approx(0.936, abs=0.02)
     assert summary["metrics"]["f1_macro"] > summary["baseline"]["f1_macro"]
-    assert summary["baseline"]["f1_macro"] == pytest.approx(0.883, abs=0.02)
+    assert summary["baseline"]["f1_macro"] == pytest.approx(0.9095, abs=0.01)
+    assert summary["baseline_method"] == "nearest-neighbour vote (k=3, tuned by leave-one-out)"
     cur = summary["curation"]
     assert (cur["input"], cur["kept"], cur["quarantined"]) == (780, 780, 0)
     assert (cur["train_examples"], cur["eval_examples"]) == (624, 156)
