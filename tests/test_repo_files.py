@@ -24,13 +24,17 @@ def test_dvc_pipeline_parses_and_uses_adaptflow_commands() -> None:
 
 
 def test_prefect_deployment_entrypoint_is_the_pipeline_flow() -> None:
-    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    (deployment,) = [d for d in config["deployments"] if d["name"] == "adapt-pipeline"]
-    module, attribute = deployment["entrypoint"].split(":")
-    assert module == "flows/pipeline.py"
+    from adaptflow.spec import Method
     from flows import pipeline
 
-    flow = getattr(pipeline, attribute)
-    assert flow.name == "adapt-pipeline"
-    assert set(deployment["parameters"]) <= set(flow.parameters.properties)
-    assert (REPO / deployment["parameters"]["spec_path"]).is_file()
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    names = [d["name"] for d in config["deployments"]]
+    assert names == ["adapt-pipeline", "adapt-ladder"]
+    for deployment in config["deployments"]:
+        module, attribute = deployment["entrypoint"].split(":")
+        assert module == "flows/pipeline.py"
+        flow = getattr(pipeline, attribute)
+        assert flow.name == "adapt-pipeline"
+        assert set(deployment["parameters"]) <= set(flow.parameters.properties)
+        assert (REPO / deployment["parameters"]["spec_path"]).is_file()
+        assert deployment["parameters"].get("method", "auto") in Method.__args__
