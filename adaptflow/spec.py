@@ -1,8 +1,8 @@
 """The use-case spec: one pydantic model, YAML in, validated before any work starts.
 
-Fields follow the contract in DESIGN.md §3. Extensions (``seed``, ``data.eval_fraction`` and
-the ``train`` block) only add optional keys with defaults. Unknown keys are errors. Relative
-paths resolve against the spec file's folder.
+Fields follow the contract in DESIGN.md §3. Extensions (``seed``, ``data.eval_fraction``, the
+``train`` and ``curation`` blocks) only add optional keys with defaults. Unknown keys are
+errors. Relative paths resolve against the spec file's folder.
 """
 
 from __future__ import annotations
@@ -155,6 +155,60 @@ class TrainSpec(_Strict):
     weight_decay: float = Field(0.0, ge=0)
 
 
+class NearDedupSpec(_Strict):
+    """Near-duplicate removal with MinHash LSH over word n-grams."""
+
+    enabled: bool = True
+    ngram: int = Field(5, ge=1, le=50, description="Words per shingle")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
+    threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity that counts")
+
+
+class SemanticDedupSpec(_Strict):
+    """Optional removal of paraphrases by embedding cosine (uses the base model's encoder)."""
+
+    enabled: bool = False
+    threshold: float = Field(0.95, gt=0, le=1)
+
+
+class QualitySpec(_Strict):
+    """Quality heuristics. Keys left out take the task's defaults; ``null`` switches one off."""
+
+    enabled: bool = True
+    min_words: int | None = Field(None, ge=0)
+    max_words: int | None = Field(None, ge=1)
+    min_mean_word_length: float | None = Field(None, ge=0)
+    max_mean_word_length: float | None = Field(None, ge=0)
+    max_symbol_ratio: float | None = Field(None, ge=0)
+    min_alpha_word_ratio: float | None = Field(None, ge=0, le=1)
+    max_duplicate_line_ratio: float | None = Field(None, ge=0, le=1)
+    max_top_ngram_ratio: float | None = Field(None, ge=0, le=1)
+
+    def overrides(self) -> dict[str, Any]:
+        """The limits the spec sets explicitly (``None`` included: that rule is off)."""
+        return {k: getattr(self, k) for k in self.model_fields_set if k != "enabled"}
+
+
+class DecontaminateSpec(_Strict):
+    """Drop training records sharing a word n-gram with the eval set."""
+
+    enabled: bool = True
+    ngram: int = Field(8, ge=1, le=50)
+
+
+class CurationSpec(_Strict):
+    """Which curation blocks run, in this order (an extension of the contract)."""
+
+    normalize: bool = Field(True, description="Unicode NFC, mojibake repair, whitespace")
+    quality: QualitySpec = Field(default_factory=QualitySpec)
+    pii: bool = Field(True, description="Redact e-mails, phones, IPs, card numbers, API keys")
+    label_conflicts: bool = Field(True, description="Quarantine one text with several labels")
+    exact_dedup: bool = True
+    near_dedup: NearDedupSpec = Field(default_factory=NearDedupSpec)
+    semantic_dedup: SemanticDedupSpec = Field(default_factory=SemanticDedupSpec)
+    decontaminate: DecontaminateSpec = Field(default_factory=DecontaminateSpec)
+
+
 class Spec(_Strict):
     """A use case: what to adapt, on which data, judged by which metric."""
 
@@ -168,6 +222,7 @@ class Spec(_Strict):
     target: Target = Field(default_factory=Target)
     seed: int = Field(42, description="Seed for splits, initialisation and data order")
     train: TrainSpec = Field(default_factory=TrainSpec)
+    curation: CurationSpec = Field(default_factory=CurationSpec)
 
     _source: Path | None = PrivateAttr(None)
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)

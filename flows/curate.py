@@ -14,7 +14,7 @@ from tasks.curate.stage import CurationInputs, curate_dataset_task
 
 @flow(name="curate")
 def curate(spec: Spec) -> dict[str, Any]:
-    """Curate ``spec``'s data; returns the curation summary."""
+    """Curate ``spec``'s data (read, blocks, split, version); returns the curation summary."""
     settings = load_settings()
     data = spec.data
     inputs = CurationInputs(
@@ -22,10 +22,16 @@ def curate(spec: Spec) -> dict[str, Any]:
         train=data.train,
         eval=data.eval,
         fields=Fields(
-            text=data.text_field, label=data.label_field, target=data.target_field, id=data.id_field
+            text=data.text_field,
+            label=data.label_field if spec.task == "classification" else None,
+            target=data.target_field,
+            id=data.id_field,
         ),
         eval_fraction=data.eval_fraction,
         seed=spec.seed,
         needs_labels=spec.task == "classification",
+        task=spec.task,
+        base_model=spec.base_model,
+        blocks=spec.curation,
     )
     return curate_dataset_task(inputs, settings.curated_dir, settings.home)

@@ -51,12 +51,21 @@ def log_curation(
     json_artifacts: dict[str, Any] = {"spec.resolved.json": spec.model_dump(mode="json")}
     if advice is not None:
         json_artifacts["advice.json"] = advice
+    counts = {k: curation[k] for k in ("input", "kept", "quarantined")}
+    counts["dropped"] = sum(curation["dropped"].values())
+    counts |= {f"pii.{kind}": n for kind, n in curation["pii"].items()}
     log_stage(
         run_id,
-        {k: curation[k] for k in ("input", "kept", "quarantined")},
+        counts,
         prefix="curation.",
         tags={"adaptflow.data_hash": curation["data_hash"]},
-        artifacts=[curation["report"], curation["quarantine"], str(spec.source)],
+        artifacts=[
+            curation["report"],
+            curation["funnel_chart"],
+            curation["quarantine"],
+            curation["dropped_file"],
+            str(spec.source),
+        ],
         json_artifacts=json_artifacts,
     )
 

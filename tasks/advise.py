@@ -78,7 +78,13 @@ def measure_data(spec: Spec) -> DataFacts:
     counter = _TokenCounter(spec.base_model)
     notes = [counter.note] if counter.note else []
     labelled, labelled_tokens, corpus_tokens = 0, 0, 0
-    if data.train.is_dir():
+    if data.train.is_dir() and spec.task == "classification":
+        from tasks.curate.documents import read_folder
+
+        documents = read_folder(data.train, labelled=True).records
+        labelled = len(documents)
+        labelled_tokens = counter.count([r.text for r in documents])
+    elif data.train.is_dir():
         corpus_tokens = counter.count(_folder_texts(data.train))
     else:
         label = data.label_field if spec.task == "classification" else None

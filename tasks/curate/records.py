@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ class Record:
     text: str
     label: str | None = None
     target: str | None = None
+    file: str = ""  # where it was read (for the quarantine); not written to curated output
+    line: int = 0
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,8 @@ def read_records(path: Path, fields: Fields) -> ReadResult:
                 result.blank_lines += 1
                 continue
             outcome = error or _validate(obj, fields, default_id=str(line))
+            if isinstance(outcome, Record):
+                outcome = replace(outcome, file=str(path), line=line)
             if isinstance(outcome, Record) and outcome.id in seen:
                 outcome = f"duplicate id '{outcome.id}' (first at line {seen[outcome.id]})"
             if isinstance(outcome, str):
@@ -220,6 +224,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+CURATED_FIELDS = ("id", "text", "label", "target")
+
+
 def record_rows(records: list[Record]) -> list[dict[str, Any]]:
-    """Records as plain dicts, without empty optional fields."""
-    return [{k: v for k, v in asdict(r).items() if v is not None} for r in records]
+    """Records as plain dicts (id, text, label, target), without empty optional fields."""
+    rows = []
+    for record in records:
+        row = asdict(record)
+        rows.append({k: row[k] for k in CURATED_FIELDS if row[k] is not None})
+    return rows
