@@ -33,6 +33,7 @@ test-fast: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline_overhead.py
 	$(BIN)/python benchmarks/bench_ladder_overhead.py
+	$(BIN)/python benchmarks/bench_curation.py
 
 lint: setup
 	$(BIN)/ruff check .

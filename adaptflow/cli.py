@@ -280,7 +280,7 @@ def curate(
     spec: Annotated[Path, typer.Argument(help="Use-case spec (YAML).")],
     json_out: JsonFlag = False,
 ) -> None:
-    """Curate the spec's data only: validate, quarantine, split, version with DVC."""
+    """Curate the spec's data only: read, run the curation blocks, split, version with DVC."""
     with _guard(json_out):
         from adaptflow.spec import load_spec
 
@@ -292,9 +292,16 @@ def curate(
     if json_out:
         _emit(summary)
         return
+    funnel = Table("step", "records", title="curation funnel", title_justify="left")
+    for step, count in summary["funnel"]:
+        funnel.add_row(step, f"{count:,}")
+    err.print(funnel)
+    dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items()) or "none"
+    pii = ", ".join(f"{k} {v}" for k, v in summary["pii"].items()) or "none"
     err.print(
         f"input {summary['input']}: kept {summary['kept']} (train {summary['train_examples']}, "
-        f"eval {summary['eval_examples']}), quarantined {summary['quarantined']}\n"
+        f"eval {summary['eval_examples']}), dropped {sum(summary['dropped'].values())} "
+        f"({dropped}), quarantined {summary['quarantined']}; PII redacted: {pii}\n"
         f"output {summary['output']}\nreport {summary['report']}\nDVC hash {summary['data_hash']}",
         highlight=False,
     )

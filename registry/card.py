@@ -49,7 +49,9 @@ def render_model_card(facts: dict[str, Any]) -> str:
         f"- Eval source: `{facts['data'].get('eval') or 'held-out split of the training source'}`",
         f"- Curated data DVC hash: `{cur['data_hash']}`",
         f"- Records: input {cur['input']}, kept {cur['kept']} (train {cur['train_examples']}, "
-        f"eval {cur['eval_examples']}), quarantined {cur['quarantined']}",
+        f"eval {cur['eval_examples']}), dropped {sum(cur.get('dropped', {}).values())} "
+        f"({', '.join(f'{k}: {v}' for k, v in cur.get('dropped', {}).items()) or 'none'}), "
+        f"quarantined {cur['quarantined']}",
         f"- Code: git commit `{facts.get('git_commit') or 'unknown'}`; Prefect flow run "
         f"`{facts.get('flow_run_id') or 'none'}`; MLflow run `{facts['mlflow_run_id']}`",
         "",
