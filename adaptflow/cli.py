@@ -191,7 +191,8 @@ def _print_run(summary: dict[str, Any]) -> None:
     err.print(_summary_table(summary))
     cur = summary["curation"]
     err.print(
-        f"curation: input {cur['input']}, kept {cur['kept']}, quarantined {cur['quarantined']}"
+        f"curation: input {cur['input']}, kept {cur['kept']}, dropped "
+        f"{sum(cur['dropped'].values())}, quarantined {cur['quarantined']}"
         f" (data {cur['data_hash']})\n"
         f"registered [bold]{summary['name']}[/] version {summary['model_version']} "
         f"(challenger); champion is version {summary['champion_version']}"
