@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -28,12 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 def adaptflow_home() -> Path:
     """The session's ADAPTFLOW_HOME."""
     return _HOME
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

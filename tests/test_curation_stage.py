@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import built_corpus, pii_canaries
 
 from adaptflow.errors import DataError
 from adaptflow.spec import CurationSpec, NearDedupSpec
 from tasks.curate.dedup import jaccard, shingles
 from tasks.curate.records import Fields
 from tasks.curate.stage import CurationInputs, curate_dataset
-from tests.test_curation_blocks import _built_corpus, pii_canaries
 
 
 def _inputs(name: str, train: Path, **changes) -> CurationInputs:
@@ -116,7 +116,7 @@ def test_pii_canaries_never_reach_the_curated_output(tmp_path: Path) -> None:
 
 
 def test_split_leakage_is_zero_even_with_near_dedup_off(tmp_path: Path) -> None:
-    records = _built_corpus(seed=11)
+    records = built_corpus(seed=11)
     data = tmp_path / "corpus.jsonl"
     data.write_text(
         "".join(json.dumps({"id": r.id, "text": r.text, "label": r.label}) + "\n" for r in records)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_jsonl
 
 from tasks.icl.knn import (
     KnnClassifier,
@@ -16,7 +17,6 @@ from tasks.icl.knn import (
     vote,
 )
 from tasks.train.encoder import PackageManifest, predict_labels
-from tests.conftest import write_jsonl
 
 
 def _unit(rows: list[list[float]]) -> np.ndarray:
