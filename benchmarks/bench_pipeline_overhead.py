@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = REPO_ROOT / "examples" / "unicode-categories" / "spec.yaml"
@@ -120,6 +120,27 @@ def _examples(tokenizer: Any, rows: list[dict[str, Any]], labels: list[str], max
     return examples, tokens
 
 
+class _Prepared(NamedTuple):
+    tokenizer: Any
+    model: Any
+    labels: list[str]
+    train_set: list[dict[str, Any]]
+    tokens: int
+    eval_set: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+
+
+def _prepare_worker(cfg: dict[str, Any]) -> _Prepared:
+    """What both hand-written contenders start from: LoRA model, tokenised train and eval."""
+    train_rows = _read_jsonl(cfg["train_file"])
+    eval_rows = _read_jsonl(cfg["eval_file"])
+    labels = sorted({row["label"] for row in train_rows})
+    tokenizer, model = _load_lora_model(cfg, labels)
+    train_set, tokens = _examples(tokenizer, train_rows, labels, cfg["max_length"])
+    eval_set, _ = _examples(tokenizer, eval_rows, labels, cfg["max_length"])
+    return _Prepared(tokenizer, model, labels, train_set, tokens, eval_set, eval_rows)
+
+
 def _machine_facts() -> dict[str, Any]:
     """Facts about the process that trained: torch version and thread count."""
     import torch
@@ -154,12 +175,7 @@ def bare_trainer_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    train_rows = _read_jsonl(cfg["train_file"])
-    eval_rows = _read_jsonl(cfg["eval_file"])
-    labels = sorted({row["label"] for row in train_rows})
-    tokenizer, model = _load_lora_model(cfg, labels)
-    train_set, tokens = _examples(tokenizer, train_rows, labels, cfg["max_length"])
-    eval_set, _ = _examples(tokenizer, eval_rows, labels, cfg["max_length"])
+    tokenizer, model, labels, train_set, tokens, eval_set, eval_rows = _prepare_worker(cfg)
 
     args = TrainingArguments(
         output_dir=str(Path(cfg["out_dir"]) / "trainer"),
@@ -211,12 +227,7 @@ def plain_loop_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     from torch.utils.data import DataLoader
     from transformers import DataCollatorWithPadding
 
-    train_rows = _read_jsonl(cfg["train_file"])
-    eval_rows = _read_jsonl(cfg["eval_file"])
-    labels = sorted({row["label"] for row in train_rows})
-    tokenizer, model = _load_lora_model(cfg, labels)
-    train_set, tokens = _examples(tokenizer, train_rows, labels, cfg["max_length"])
-    eval_set, _ = _examples(tokenizer, eval_rows, labels, cfg["max_length"])
+    tokenizer, model, labels, train_set, tokens, eval_set, eval_rows = _prepare_worker(cfg)
     collate = DataCollatorWithPadding(tokenizer)
 
     loader = DataLoader(
