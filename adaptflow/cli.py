@@ -70,15 +70,11 @@ class _HideUserTracebacks(logging.Filter):
         return True
 
 
-def _prepare(check_prefect: bool = True) -> Any:
-    """Apply settings (before prefect/mlflow import) and check configured servers."""
+def _quiet_libraries() -> None:
+    """Silence library chatter meant for library authors (before those libraries import)."""
     import os
     import warnings
 
-    from adaptflow.settings import apply_settings
-    from registry import health
-
-    # Library deprecation chatter and load reports are for library authors, not our users.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -86,6 +82,14 @@ def _prepare(check_prefect: bool = True) -> Any:
     # that matter (training, embedding) are drawn by tqdm directly and stay.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _prepare(check_prefect: bool = True) -> Any:
+    """Apply settings (before prefect/mlflow import) and check configured servers."""
+    from adaptflow.settings import apply_settings
+    from registry import health
+
+    _quiet_libraries()
     settings = apply_settings()
     health.check_mlflow(settings.mlflow_tracking_uri)
     if check_prefect:
@@ -212,11 +216,7 @@ def recommend(
         from adaptflow.spec import load_spec
 
         parsed = load_spec(spec)
-        import os
-        import warnings
-
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        _quiet_libraries()
         from tasks.advise import recommend as advise_spec
 
         advice = advise_spec(parsed).as_dict()
