@@ -89,8 +89,10 @@ def ladder(spec: Spec, advice: dict[str, Any]) -> dict[str, Any]:
         met = [rung for rung in tried if rung["met_target"]]
         winner = met[0] if met else best_rung(tried, spec.metric)
         out_dir = load_settings().work_dir / spec.name / parent
+        # what the table, the chart and the summary show of each rung (no packages or tags)
+        shown = [{k: v for k, v in r.items() if k not in ("candidate", "tags")} for r in tried]
         report = ladder_report_task(
-            [{k: v for k, v in r.items() if k not in ("candidate", "tags")} for r in tried],
+            shown,
             spec.metric,
             spec.target.min,
             out_dir,
@@ -145,7 +147,7 @@ def ladder(spec: Spec, advice: dict[str, Any]) -> dict[str, Any]:
     close_run(parent, succeeded=True)
     ladder_summary = {
         "planned": rungs,
-        "rungs": [{k: v for k, v in r.items() if k not in ("candidate", "tags")} for r in tried],
+        "rungs": shown,
         "winner": winner["method"],
         "winner_run_id": winner["mlflow_run_id"],
         "target_met": bool(met),

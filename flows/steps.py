@@ -86,9 +86,8 @@ def attempt(spec: Spec, method: str, curation: dict[str, Any], run_id: str) -> d
     )
     evaluation = evaluate(trained["package_dir"], curation["eval_file"])
     log_stage(run_id, evaluation["metrics"], artifacts=[evaluation["confusion_matrix"]])
-    return {"trained": {k: v for k, v in trained.items() if k != "loss_history"}} | {
-        "evaluation": evaluation
-    }
+    trained.pop("loss_history")
+    return {"trained": trained, "evaluation": evaluation}
 
 
 def meets_target(spec: Spec, metrics: dict[str, float]) -> bool:
