@@ -68,10 +68,14 @@ class CurationInputs:
     blocks: CurationSpec = field(default_factory=CurationSpec)
 
 
+def _near_params(inputs: CurationInputs) -> NearDupParams:
+    near = inputs.blocks.near_dedup
+    return NearDupParams(near.ngram, near.num_perm, near.threshold)
+
+
 def build_blocks(inputs: CurationInputs) -> list[tuple[str, Block]]:
     """The blocks the spec switches on, in the order they run."""
     cfg = inputs.blocks
-    near = cfg.near_dedup
     blocks: list[tuple[str, Block]] = []
     if cfg.normalize:
         blocks.append(("normalize", normalize))
@@ -84,9 +88,8 @@ def build_blocks(inputs: CurationInputs) -> list[tuple[str, Block]]:
         blocks.append(("label_conflicts", label_conflicts))
     if cfg.exact_dedup:
         blocks.append(("exact_dedup", exact_dedup))
-    if near.enabled:
-        params = NearDupParams(near.ngram, near.num_perm, near.threshold)
-        blocks.append(("near_dedup", partial(near_dedup, params=params)))
+    if cfg.near_dedup.enabled:
+        blocks.append(("near_dedup", partial(near_dedup, params=_near_params(inputs))))
     if cfg.semantic_dedup.enabled:
         threshold = cfg.semantic_dedup.threshold
         blocks.append(
@@ -104,11 +107,9 @@ def _split(inputs: CurationInputs, records: list[Record]) -> tuple[list[Record],
     With near dedup on, no two kept records are near duplicates (the same LSH would find
     them), so only a run with near dedup off needs the clustering pass.
     """
-    near = inputs.blocks.near_dedup
     groups = None
-    if not near.enabled:
-        params = NearDupParams(near.ngram, near.num_perm, near.threshold)
-        groups = clusters(len(records), near_duplicate_pairs(records, params))
+    if not inputs.blocks.near_dedup.enabled:
+        groups = clusters(len(records), near_duplicate_pairs(records, _near_params(inputs)))
     return stratified_split(records, inputs.eval_fraction, inputs.seed, groups)
 
 
@@ -234,20 +235,16 @@ def curate_dataset(inputs: CurationInputs, out_root: Path, dvc_root: Path) -> di
     train_read = _read(inputs.train, inputs.fields)
     eval_read = _read(inputs.eval, inputs.fields) if inputs.eval else None
     total_input = train_read.input + (eval_read.input if eval_read else 0)
-    funnel = Funnel(steps=[("input", total_input)])
-    funnel.steps.append(
-        ("valid", len(train_read.records) + len(eval_read.records if eval_read else []))
+    train, funnel = run_blocks(
+        train_read.records, blocks, Funnel(steps=[("valid", len(train_read.records))])
     )
-    train, train_funnel = run_blocks(train_read.records, blocks, Funnel(steps=[("valid", 0)]))
     evaluation: list[Record] = []
     if eval_read is not None:
         evaluation, eval_funnel = run_blocks(
-            eval_read.records, blocks, Funnel(steps=[("valid", 0)])
+            eval_read.records, blocks, Funnel(steps=[("valid", len(eval_read.records))])
         )
-        train_funnel = _merge(train_funnel, eval_funnel)
-    funnel.steps += train_funnel.steps[1:]
-    funnel.dropped, funnel.quarantined = train_funnel.dropped, train_funnel.quarantined
-    funnel.counts = train_funnel.counts
+        funnel = _merge(funnel, eval_funnel)
+    funnel.steps.insert(0, ("input", total_input))
     quarantine = train_read.quarantined + (eval_read.quarantined if eval_read else [])
     quarantine += [_quarantine_row(item) for item in funnel.quarantined]
 
