@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +105,16 @@ def _minhashes(sets: Sequence[set[str]], params: NearDupParams) -> list[Any]:
     )
 
 
+def _confirmed(
+    lsh: Any, minhash: Any, sets: Sequence[set[str]], i: int, threshold: float
+) -> Iterator[tuple[int, float]]:
+    """Indexed records whose exact Jaccard with record ``i`` reaches ``threshold``, in order."""
+    for j in sorted(lsh.query(minhash)):
+        similarity = jaccard(sets[i], sets[j])
+        if similarity >= threshold:
+            yield j, similarity
+
+
 def near_duplicate_pairs(
     records: Sequence[Record], params: NearDupParams
 ) -> list[tuple[int, int, float]]:
@@ -116,10 +126,7 @@ def near_duplicate_pairs(
     lsh = params.lsh()
     pairs = []
     for i, minhash in enumerate(_minhashes(sets, params)):
-        for j in sorted(lsh.query(minhash)):
-            similarity = jaccard(sets[i], sets[j])
-            if similarity >= params.threshold:
-                pairs.append((j, i, similarity))
+        pairs += [(j, i, sim) for j, sim in _confirmed(lsh, minhash, sets, i, params.threshold)]
         lsh.insert(i, minhash)
     return pairs
 
@@ -130,12 +137,7 @@ def near_dedup(records: list[Record], params: NearDupParams) -> Outcome:
     lsh = params.lsh()
     kept, dropped = [], []
     for i, minhash in enumerate(_minhashes(sets, params)):
-        match = None
-        for j in sorted(lsh.query(minhash)):
-            similarity = jaccard(sets[i], sets[j])
-            if similarity >= params.threshold:
-                match = (j, similarity)
-                break
+        match = next(_confirmed(lsh, minhash, sets, i, params.threshold), None)
         if match is None:
             lsh.insert(i, minhash)
             kept.append(records[i])
