@@ -219,3 +219,19 @@ def test_run_blocks_records_the_funnel_and_accounts_for_everything() -> None:
     ]
     assert len(kept) + len(funnel.dropped) + len(funnel.quarantined) == len(records)
     assert funnel.counts == Counter({"pii.email": 2})
+
+
+def test_semantic_dedup_drops_paraphrases_by_cosine() -> None:
+    from tasks.curate.dedup import semantic_dedup
+
+    records = _records(
+        ("The cat sat on the mat.", "x"),
+        ("Interest rates rose again this quarter.", "x"),
+        ("A cat sat on the mat.", "x"),  # cosine 0.993 with record 0
+    )
+    outcome = semantic_dedup(records, threshold=0.95, base_model="minilm")
+    assert [r.id for r in outcome.kept] == ["0", "1"]
+    (dropped,) = outcome.dropped
+    assert (dropped.record.id, dropped.reason) == ("2", "semantic duplicate")
+    assert dropped.detail.startswith("of id 0 (cosine 0.9")
+    assert semantic_dedup(records, threshold=0.9999, base_model="minilm").dropped == []

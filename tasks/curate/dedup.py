@@ -167,11 +167,11 @@ def semantic_dedup(records: list[Record], threshold: float, base_model: str) -> 
     """Drop records whose embedding is within cosine ``threshold`` of an earlier kept record."""
     import numpy as np
 
-    from tasks.icl.knn import _encoder, embed
+    from tasks.icl.knn import embed, load_encoder
 
     if not records:
         return Outcome(kept=[])
-    vectors = embed(_encoder(base_model), [r.text for r in records])
+    vectors = embed(load_encoder(base_model), [r.text for r in records])
     kept_rows: list[int] = []
     kept, dropped = [], []
     for i, record in enumerate(records):

@@ -109,7 +109,8 @@ def tune_k(
     return best, scores
 
 
-def _encoder(base_model: str) -> Any:
+def load_encoder(base_model: str) -> Any:
+    """The base model as a sentence-transformers encoder on CPU."""
     from sentence_transformers import SentenceTransformer
 
     from adaptflow.catalogue import resolve_base_model
@@ -141,7 +142,7 @@ def build_knn_classifier(
     rows = read_jsonl(train_path)
     labels = [row["label"] for row in rows]
     started = time.perf_counter()
-    encoder = _encoder(base_model)
+    encoder = load_encoder(base_model)
     vectors = embed(encoder, [row["text"] for row in rows])
     k, scores = tune_k(vectors, labels, metric)
     seconds = time.perf_counter() - started
@@ -187,7 +188,7 @@ class KnnClassifier:
         labels = self.manifest.labels
         self.label_ids = [labels.index(row["label"]) for row in examples]
         self.k = int(self.manifest.options["k"])
-        self.encoder = _encoder(self.manifest.base_model)
+        self.encoder = load_encoder(self.manifest.base_model)
 
     def predict(self, texts: list[str]) -> list[str]:
         """One label per text."""
@@ -208,7 +209,7 @@ def knn_baseline(
     """
     train_rows = read_jsonl(train_path)
     eval_rows = read_jsonl(eval_path)
-    encoder = _encoder(base_model)
+    encoder = load_encoder(base_model)
     train_vectors = embed(encoder, [row["text"] for row in train_rows])
     train_labels = [row["label"] for row in train_rows]
     k, _ = tune_k(train_vectors, train_labels, metric)
