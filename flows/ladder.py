@@ -16,16 +16,14 @@ from adaptflow.settings import load_settings
 from adaptflow.spec import Spec
 from flows.compare import compare
 from flows.curate import curate
-from flows.register import register
 from flows.steps import (
     attempt,
-    card_facts,
     log_curation,
     meets_target,
     provenance,
+    register_attempt,
     run_params,
     summary,
-    version_tags,
 )
 from tasks.evaluate.gate import decide_promotion
 from tasks.evaluate.ladder import best_rung, ladder_report_task
@@ -130,16 +128,8 @@ def ladder(spec: Spec, advice: dict[str, Any]) -> dict[str, Any]:
         candidate, run_id = winner["candidate"], winner["mlflow_run_id"]
         tags = winner["tags"] | {"adaptflow.ladder_parent_run_id": parent}
         tags.pop("mlflow.parentRunId")
-        registered = register(
-            spec.name,
-            run_id,
-            candidate["trained"]["package_dir"],
-            card_facts(
-                spec, winner["method"], curation, candidate, refs, gate.reasons, tags, run_id
-            ),
-            version_tags(tags, curation, run_id, winner["metrics"]),
-            gate.promote,
-            refs["champion_version"],
+        registered = register_attempt(
+            spec, winner["method"], run_id, curation, candidate, refs, gate, tags
         )
     except BaseException:
         close_run(parent, succeeded=False)

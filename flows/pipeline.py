@@ -11,15 +11,13 @@ from adaptflow.spec import load_spec
 from flows.compare import compare
 from flows.curate import curate
 from flows.ladder import ladder
-from flows.register import register
 from flows.steps import (
     attempt,
-    card_facts,
     log_curation,
     provenance,
+    register_attempt,
     run_params,
     summary,
-    version_tags,
 )
 from tasks.advise import recommend_task
 from tasks.evaluate.gate import decide_promotion
@@ -57,15 +55,7 @@ def adapt_pipeline(spec_path: str, method: str | None = None) -> dict[str, Any]:
             refs["champion_metrics"],
             refs["baseline_method"],
         )
-        registered = register(
-            spec.name,
-            run_id,
-            candidate["trained"]["package_dir"],
-            card_facts(spec, chosen, curation, candidate, refs, gate.reasons, tags, run_id),
-            version_tags(tags, curation, run_id, metrics),
-            gate.promote,
-            refs["champion_version"],
-        )
+        registered = register_attempt(spec, chosen, run_id, curation, candidate, refs, gate, tags)
     except BaseException:
         close_run(run_id, succeeded=False)
         raise

@@ -14,6 +14,8 @@ from adaptflow.provenance import git_commit
 from adaptflow.spec import LOWER_IS_BETTER, Spec
 from flows.adapt import adapt
 from flows.evaluate import evaluate
+from flows.register import register
+from tasks.evaluate.gate import GateDecision
 from tasks.tracking import log_stage
 
 TRAIN_KEYS = ("trainable_params", "train_seconds", "tokens_per_second")
@@ -140,6 +142,28 @@ def version_tags(
         "adaptflow.mlflow_run_id": run_id,
         **{f"metric.{k}": f"{v:.6f}" for k, v in metrics.items()},
     }
+
+
+def register_attempt(
+    spec: Spec,
+    method: str,
+    run_id: str,
+    curation: dict[str, Any],
+    candidate: dict[str, Any],
+    references: dict[str, Any],
+    gate: GateDecision,
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    """Register the candidate logged on ``run_id`` with its card and tags; promote per the gate."""
+    return register(
+        spec.name,
+        run_id,
+        candidate["trained"]["package_dir"],
+        card_facts(spec, method, curation, candidate, references, gate.reasons, tags, run_id),
+        version_tags(tags, curation, run_id, candidate["evaluation"]["metrics"]),
+        gate.promote,
+        references["champion_version"],
+    )
 
 
 def summary(
