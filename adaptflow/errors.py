@@ -14,6 +14,10 @@ class SpecError(AdaptflowError):
     """The use-case spec is missing, malformed or invalid."""
 
 
+class SettingsError(AdaptflowError):
+    """An environment setting (``ADAPTFLOW_*``) has an unusable value."""
+
+
 class DataError(AdaptflowError):
     """The data cannot be used (nothing valid left, a single label, unreadable file)."""
 

@@ -4,6 +4,8 @@ The embedded default keeps everything under ``ADAPTFLOW_HOME`` (default ``./.ada
 Prefect's home with its ephemeral SQLite server, the MLflow SQLite store and artifacts, the
 Chroma persistent store, curated datasets and the DVC cache. The usual variables switch to real
 servers with no code change: ``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL``, ``ADAPTFLOW_CHROMA_URL``.
+Curation shards run on a local Dask cluster of ``ADAPTFLOW_CURATION_WORKERS`` processes (default:
+one per core) when there are several, or on the cluster at ``ADAPTFLOW_DASK_ADDRESS``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from adaptflow.errors import SettingsError
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,8 @@ class Settings:
     mlflow_tracking_uri: str
     prefect_api_url: str | None
     chroma_url: str | None
+    dask_address: str | None = None  # a Dask scheduler for curation shards
+    curation_workers: int = 1  # local Dask workers for curation when there are several shards
 
     @property
     def prefect_home(self) -> Path:
@@ -76,7 +82,18 @@ def load_settings(env: MutableMapping[str, str] | None = None) -> Settings:
         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or default_tracking,
         prefect_api_url=env.get("PREFECT_API_URL") or None,
         chroma_url=env.get("ADAPTFLOW_CHROMA_URL") or None,
+        dask_address=env.get("ADAPTFLOW_DASK_ADDRESS") or None,
+        curation_workers=_positive_int(env, "ADAPTFLOW_CURATION_WORKERS", os.cpu_count() or 1),
     )
+
+
+def _positive_int(env: MutableMapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise SettingsError(f"{name} must be a positive integer, got {raw!r}")
+    return int(raw)
 
 
 def apply_settings(settings: Settings | None = None) -> Settings:

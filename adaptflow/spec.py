@@ -207,6 +207,11 @@ class CurationSpec(_Strict):
     near_dedup: NearDedupSpec = Field(default_factory=NearDedupSpec)
     semantic_dedup: SemanticDedupSpec = Field(default_factory=SemanticDedupSpec)
     decontaminate: DecontaminateSpec = Field(default_factory=DecontaminateSpec)
+    shard_size: int = Field(
+        50_000,
+        ge=1,
+        description="Records per shard; shards run as parallel mapped tasks (Dask when several)",
+    )
 
 
 class Spec(_Strict):

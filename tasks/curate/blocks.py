@@ -8,11 +8,13 @@ that kept + dropped + quarantined equals what went in.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from tasks.curate.records import Record
+from tasks.curate.records import Quarantined, Record, record_rows
 
 
 @dataclass(frozen=True)
@@ -70,3 +72,23 @@ def run_blocks(
         funnel.quarantined += outcome.quarantined
         funnel.counts.update(outcome.counts)
     return records, funnel
+
+
+def removed_row(item: Removed) -> dict[str, Any]:
+    """A dropped record as a row of ``dropped.jsonl``: the record, where it was, and why."""
+    (row,) = record_rows([item.record])
+    return row | {
+        "file": item.record.file,
+        "line": item.record.line,
+        "block": item.block,
+        "reason": item.reason,
+        "detail": item.detail,
+    }
+
+
+def quarantine_row(item: Removed) -> Quarantined:
+    """A quarantined record as a row of ``quarantine.jsonl`` (file, line, reason, raw)."""
+    (row,) = record_rows([item.record])
+    raw = json.dumps(row, ensure_ascii=False)
+    reason = f"{item.reason}: {item.detail}" if item.detail else item.reason
+    return Quarantined(item.record.file, item.record.line, reason, raw)

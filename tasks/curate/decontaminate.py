@@ -8,23 +8,40 @@ shorter than n words is compared whole.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from tasks.curate.blocks import Outcome, Removed
 from tasks.curate.dedup import shingles
 from tasks.curate.records import Record
 
+REASON = "overlaps eval set"
 
-def decontaminate(train: list[Record], evaluation: list[Record], ngram: int) -> Outcome:
-    """Drop training records with any word ``ngram``-gram that also occurs in ``evaluation``."""
+
+def eval_ngrams(evaluation: Iterable[Record], ngram: int) -> dict[str, str]:
+    """Every word ``ngram``-gram of the eval records -> the id of the first record holding it."""
     owners: dict[str, str] = {}
     for record in evaluation:
         for gram in shingles(record.text, ngram):
             owners.setdefault(gram, record.id)
+    return owners
+
+
+def contamination(text: str, owners: dict[str, str], ngram: int) -> str | None:
+    """Why ``text`` is contaminated (the shared n-gram and its eval id), or None."""
+    hit = next((g for g in shingles(text, ngram) if g in owners), None)
+    if hit is None:
+        return None
+    return f"shares {ngram}-gram '{hit[:80]}' with eval id {owners[hit]}"
+
+
+def decontaminate(train: list[Record], evaluation: list[Record], ngram: int) -> Outcome:
+    """Drop training records with any word ``ngram``-gram that also occurs in ``evaluation``."""
+    owners = eval_ngrams(evaluation, ngram)
     kept, dropped = [], []
     for record in train:
-        hit = next((g for g in shingles(record.text, ngram) if g in owners), None)
-        if hit is None:
+        detail = contamination(record.text, owners, ngram)
+        if detail is None:
             kept.append(record)
         else:
-            detail = f"shares {ngram}-gram '{hit[:80]}' with eval id {owners[hit]}"
-            dropped.append(Removed(record, "decontaminate", "overlaps eval set", detail))
+            dropped.append(Removed(record, "decontaminate", REASON, detail))
     return Outcome(kept=kept, dropped=dropped)

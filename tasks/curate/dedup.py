@@ -1,11 +1,23 @@
 """Duplicates and contradictions: label conflicts, exact duplicates, near duplicates.
 
-Near duplicates use datasketch's MinHash and MinHashLSH (word n-gram shingles). LSH's band
-structure catches a pair *at* its threshold only about half the time, so candidates are drawn
-at ``threshold - CANDIDATE_MARGIN`` and every candidate is confirmed with the exact Jaccard of
-the two shingle sets: a record is dropped only for a measured similarity at or above the
-threshold, never for a hash collision alone. On the test corpus this lifts pair recall at 0.8
-from 0.66-0.73 (LSH at 0.8) to 0.985-1.0, for ~30% more candidates to check.
+Every block here has an array core that works on record *positions* (so the curation stage can
+run it over a million records it keeps on disk, holding only compact arrays) and a
+``list[Record] -> Outcome`` wrapper over the same core (what the unit tests and small callers
+use). One implementation, two shapes.
+
+Near duplicates use MinHash with datasketch's hash function, permutations and mixing, batched
+across documents (``signatures``: one numpy product and ``minimum.reduceat`` per batch instead
+of a ``MinHash`` object per document; a test pins the values to ``MinHash.bulk``'s). LSH
+banding uses datasketch's optimal (bands, rows) for the candidate threshold, but the buckets
+are found by sorting each band's 64-bit key column instead of datasketch's dict-of-sets index:
+at a million records that index alone took several GB (see benchmarks/bench_curation.py),
+while the sorted columns take ``8 * bands`` bytes per record.
+
+LSH's band structure catches a pair *at* its threshold only about half the time, so candidates
+are drawn at ``threshold - CANDIDATE_MARGIN`` and every candidate is confirmed with the exact
+Jaccard of the two shingle sets: a record is dropped only for a measured similarity at or above
+the threshold, never for a hash collision alone. On the test corpus this lifts pair recall at
+0.8 from 0.66-0.73 (LSH at 0.8) to 0.985-1.0, for ~30% more candidates to check.
 The first record of a group (in input order) is kept; later ones name it in their reason.
 """
 
@@ -13,35 +25,78 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
+
+import numpy as np
 
 from tasks.curate.blocks import Outcome, Removed
 from tasks.curate.records import Record
 
+#: Positions of the records a block looks at, ascending (an int64 array).
+Index = np.ndarray
 
-def _key(record: Record) -> str:
-    """Identity of a record's content (text, and target for generative tasks)."""
+
+def content_key(record: Record) -> bytes:
+    """Identity of a record's content (text, and target for generative tasks): 16 bytes."""
     content = record.text if record.target is None else record.text + "\x00" + record.target
-    return hashlib.blake2b(content.encode("utf-8"), digest_size=16).hexdigest()
+    return hashlib.blake2b(content.encode("utf-8"), digest_size=16).digest()
+
+
+def content_keys(records: Sequence[Record]) -> np.ndarray:
+    """``content_key`` of each record, as a fixed-width bytes array."""
+    return np.array([content_key(r) for r in records], dtype="S16")
+
+
+def first_of(keys: np.ndarray, index: Index) -> Index:
+    """For each position in ``index``, the first position in ``index`` with the same key."""
+    if len(index) == 0:
+        return index
+    _, first, inverse = np.unique(keys[index], return_index=True, return_inverse=True)
+    return index[first[inverse.ravel()]]
+
+
+def conflicting_labels(
+    keys: np.ndarray, labels: Sequence[str | None], index: Index
+) -> dict[int, str]:
+    """Positions whose exact content also appears with another label -> those other labels."""
+    if len(index) == 0:
+        return {}
+    _, inverse = np.unique(keys[index], return_inverse=True)
+    inverse = inverse.ravel()
+    codes: dict[str | None, int] = {}
+    label_codes = np.array([codes.setdefault(labels[i], len(codes)) for i in index])
+    groups = inverse.max() + 1
+    low = np.full(groups, len(codes))
+    high = np.full(groups, -1)
+    np.minimum.at(low, inverse, label_codes)
+    np.maximum.at(high, inverse, label_codes)
+    mixed = np.flatnonzero(low != high)
+    if len(mixed) == 0:
+        return {}
+    members = np.flatnonzero(np.isin(inverse, mixed))
+    seen: dict[int, set[str | None]] = defaultdict(set)
+    for m in members:
+        seen[int(inverse[m])].add(labels[index[m]])
+    out = {}
+    for m in members:
+        own = labels[index[m]]
+        others = ", ".join(sorted(repr(label) for label in seen[int(inverse[m])] if label != own))
+        out[int(index[m])] = others
+    return out
 
 
 def label_conflicts(records: list[Record]) -> Outcome:
     """Quarantine every record whose exact text also appears with a different label."""
-    labels: dict[str, set[str | None]] = defaultdict(set)
-    for record in records:
-        labels[_key(record)].add(record.label)
+    index = np.arange(len(records))
+    conflicts = conflicting_labels(content_keys(records), [r.label for r in records], index)
     kept, quarantined = [], []
-    for record in records:
-        seen = labels[_key(record)]
-        if len(seen) > 1:
-            others = ", ".join(sorted(repr(label) for label in seen if label != record.label))
-            quarantined.append(
-                Removed(
-                    record, "label_conflicts", "label conflict", f"same text also labelled {others}"
-                )
-            )
+    for i, record in enumerate(records):
+        if i in conflicts:
+            detail = f"same text also labelled {conflicts[i]}"
+            quarantined.append(Removed(record, "label_conflicts", "label conflict", detail))
         else:
             kept.append(record)
     return Outcome(kept=kept, quarantined=quarantined)
@@ -49,14 +104,14 @@ def label_conflicts(records: list[Record]) -> Outcome:
 
 def exact_dedup(records: list[Record]) -> Outcome:
     """Drop records whose normalised text (and target) repeats an earlier record's."""
-    first: dict[str, str] = {}
+    index = np.arange(len(records))
+    first = first_of(content_keys(records), index)
     kept, dropped = [], []
-    for record in records:
-        key = _key(record)
-        if key in first:
-            dropped.append(Removed(record, "exact_dedup", "exact duplicate", f"of id {first[key]}"))
+    for i, record in enumerate(records):
+        if first[i] != i:
+            detail = f"of id {records[first[i]].id}"
+            dropped.append(Removed(record, "exact_dedup", "exact duplicate", detail))
         else:
-            first[key] = record.id
             kept.append(record)
     return Outcome(kept=kept, dropped=dropped)
 
@@ -74,12 +129,18 @@ class NearDupParams:
     threshold: float = 0.8
     seed: int = 1
 
-    def lsh(self) -> Any:
-        """An empty MinHashLSH index that draws candidates below the threshold."""
+    @property
+    def candidate_threshold(self) -> float:
+        """The Jaccard level LSH is tuned to catch (below ``threshold``, see the docstring)."""
+        return max(0.1, self.threshold - CANDIDATE_MARGIN)
+
+    @cached_property
+    def bands(self) -> tuple[int, int]:
+        """(bands, rows per band): datasketch's optimum for the candidate threshold."""
         from datasketch import MinHashLSH
 
-        candidate = max(0.1, self.threshold - CANDIDATE_MARGIN)
-        return MinHashLSH(threshold=candidate, num_perm=self.num_perm)
+        lsh = MinHashLSH(threshold=self.candidate_threshold, num_perm=self.num_perm)
+        return lsh.b, lsh.r
 
 
 def shingles(text: str, n: int) -> set[str]:
@@ -95,57 +156,173 @@ def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def _minhashes(sets: Sequence[set[str]], params: NearDupParams) -> list[Any]:
+#: Shingles hashed per numpy product in ``signatures`` (bounds its memory: x num_perm x 4 B).
+SIGNATURE_BATCH = 50_000
+
+
+def _permuter(params: NearDupParams) -> tuple[Callable[[bytes], int], Callable[..., Any], Any]:
+    """The hash function, pre-mix and (a, b) permutations datasketch uses here."""
     from datasketch import MinHash
+    from datasketch.minhash import _SCHEME_WIDTHS, _fmix  # the exact mixing MinHash applies
 
-    return MinHash.bulk(
-        ([s.encode("utf-8") for s in shingle_set] for shingle_set in sets),
-        num_perm=params.num_perm,
-        seed=params.seed,
-    )
+    template = MinHash(num_perm=params.num_perm, seed=params.seed)
+    width = _SCHEME_WIDTHS[template.scheme]
+    return template.hashfunc, (lambda hv: _fmix(hv, width)), template.permutations
 
 
-def _confirmed(
-    lsh: Any, minhash: Any, sets: Sequence[set[str]], i: int, threshold: float
-) -> Iterator[tuple[int, float]]:
-    """Indexed records whose exact Jaccard with record ``i`` reaches ``threshold``, in order."""
-    for j in sorted(lsh.query(minhash)):
-        similarity = jaccard(sets[i], sets[j])
-        if similarity >= threshold:
-            yield j, similarity
+def signatures(sets: Sequence[set[str]], params: NearDupParams) -> np.ndarray:
+    """MinHash signature of each shingle set: ``(len(sets), num_perm)``, datasketch's values.
+
+    Equal to ``MinHash.bulk(...)[i].hashvalues`` (tested), computed a batch of documents at a
+    time: hash every shingle, permute all of them in one product, and take each document's
+    minimum with ``np.minimum.reduceat``.
+    """
+    hashfunc, mix, (a, b) = _permuter(params)
+    out = np.empty((len(sets), params.num_perm), dtype=a.dtype)
+    start = 0
+    while start < len(sets):
+        stop, hashes, sizes = start, [], []
+        while stop < len(sets) and (not hashes or len(hashes) < SIGNATURE_BATCH):
+            encoded = [s.encode("utf-8") for s in sets[stop]]
+            hashes += [hashfunc(e) for e in encoded]
+            sizes.append(len(encoded))
+            stop += 1
+        values = mix(np.array(hashes, dtype=a.dtype))
+        permuted = values[:, None] * a[None, :] + b[None, :]  # wraps mod 2^width, as datasketch
+        offsets = np.concatenate(([0], np.cumsum(sizes[:-1]))).astype(np.int64)
+        out[start:stop] = np.minimum.reduceat(permuted, offsets, axis=0)
+        start = stop
+    return out
+
+
+def band_keys(sigs: np.ndarray, params: NearDupParams) -> np.ndarray:
+    """One 64-bit key per LSH band per record: ``(n, bands)``.
+
+    Two records share a key when their band rows are equal (and, rarely, by a 64-bit hash
+    collision, which only adds a candidate that the exact Jaccard then rejects).
+    """
+    bands, rows = params.bands
+    keys = np.empty((len(sigs), bands), dtype=np.uint64)
+    prime = np.uint64(0x100000001B3)
+    for k in range(bands):
+        h = np.full(len(sigs), 0xCBF29CE484222325, dtype=np.uint64)
+        for col in sigs[:, k * rows : (k + 1) * rows].T.astype(np.uint64):
+            h = (h ^ col) * prime
+        keys[:, k] = h
+    return keys
+
+
+@dataclass(frozen=True)
+class SharedBuckets:
+    """(record, bucket) pairs for records that share an LSH bucket with another record.
+
+    Sorted by record then bucket. Records absent from it have no near-duplicate candidate.
+    """
+
+    record: np.ndarray
+    bucket: np.ndarray
+
+    @property
+    def records(self) -> np.ndarray:
+        """The positions that have at least one candidate."""
+        return np.unique(self.record)
+
+
+def shared_buckets(keys: np.ndarray, index: Index) -> SharedBuckets:
+    """Sort each band's key column and keep the buckets with two or more of ``index``."""
+    records, buckets = [], []
+    next_id = 0
+    for k in range(keys.shape[1]):
+        column = keys[index, k]
+        order = np.argsort(column, kind="stable")
+        ordered = column[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        sizes = np.diff(np.r_[starts, len(ordered)])
+        group = np.repeat(np.arange(len(starts)), sizes)
+        shared = sizes[group] > 1
+        records.append(index[order[shared]])
+        buckets.append(group[shared] + next_id)
+        next_id += len(starts)
+    record = np.concatenate(records) if records else np.empty(0, dtype=np.int64)
+    bucket = np.concatenate(buckets) if buckets else np.empty(0, dtype=np.int64)
+    order = np.lexsort((bucket, record))
+    return SharedBuckets(record[order], bucket[order])
+
+
+def near_matches(
+    shared: SharedBuckets,
+    similarity: Callable[[int, int], float],
+    threshold: float,
+    all_pairs: bool = False,
+) -> Iterator[tuple[int, int, float]]:
+    """Confirmed near-duplicate pairs ``(earlier, later, Jaccard)``, in order of ``later``.
+
+    With ``all_pairs=False`` (dedup) a record is compared only with earlier records that were
+    themselves kept, and only its first match (lowest position) is reported; a matched record
+    is not a candidate for later ones. With ``all_pairs=True`` every confirmed pair is reported.
+
+    Args:
+        shared: From ``shared_buckets``.
+        similarity: Exact Jaccard of two positions.
+        threshold: Minimum Jaccard to confirm a pair.
+        all_pairs: Report every pair instead of each record's first kept match.
+    """
+    if len(shared.record) == 0:
+        return
+    members: dict[int, list[int]] = defaultdict(list)
+    bounds = np.flatnonzero(np.r_[True, shared.record[1:] != shared.record[:-1], True])
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        i = int(shared.record[lo])
+        buckets = shared.bucket[lo:hi].tolist()
+        matched = False
+        for j in sorted({j for bucket in buckets for j in members[bucket]}):
+            score = similarity(j, i)
+            if score >= threshold:
+                yield j, i, score
+                matched = True
+                if not all_pairs:
+                    break
+        if all_pairs or not matched:
+            for bucket in buckets:
+                members[bucket].append(i)
+
+
+def _lsh_over(
+    records: Sequence[Record], params: NearDupParams
+) -> tuple[list[set[str]], SharedBuckets]:
+    sets = [shingles(r.text, params.ngram) for r in records]
+    keys = band_keys(signatures(sets, params), params)
+    return sets, shared_buckets(keys, np.arange(len(records)))
 
 
 def near_duplicate_pairs(
     records: Sequence[Record], params: NearDupParams
 ) -> list[tuple[int, int, float]]:
-    """(earlier, later, Jaccard) for every confirmed near-duplicate pair, by LSH + exact check.
-
-    Each record is queried against the records before it, so every pair is reported once.
-    """
-    sets = [shingles(r.text, params.ngram) for r in records]
-    lsh = params.lsh()
-    pairs = []
-    for i, minhash in enumerate(_minhashes(sets, params)):
-        pairs += [(j, i, sim) for j, sim in _confirmed(lsh, minhash, sets, i, params.threshold)]
-        lsh.insert(i, minhash)
-    return pairs
+    """(earlier, later, Jaccard) for every confirmed near-duplicate pair, by LSH + exact check."""
+    sets, shared = _lsh_over(records, params)
+    similar = lambda j, i: jaccard(sets[j], sets[i])  # noqa: E731
+    return list(near_matches(shared, similar, params.threshold, all_pairs=True))
 
 
 def near_dedup(records: list[Record], params: NearDupParams) -> Outcome:
     """Drop each record that is a near duplicate of an earlier *kept* record."""
-    sets = [shingles(r.text, params.ngram) for r in records]
-    lsh = params.lsh()
+    sets, shared = _lsh_over(records, params)
+    similar = lambda j, i: jaccard(sets[j], sets[i])  # noqa: E731
+    matches = {i: (j, s) for j, i, s in near_matches(shared, similar, params.threshold)}
     kept, dropped = [], []
-    for i, minhash in enumerate(_minhashes(sets, params)):
-        match = next(_confirmed(lsh, minhash, sets, i, params.threshold), None)
-        if match is None:
-            lsh.insert(i, minhash)
-            kept.append(records[i])
+    for i, record in enumerate(records):
+        if i in matches:
+            j, similarity = matches[i]
+            detail = near_detail(records[j].id, similarity)
+            dropped.append(Removed(record, "near_dedup", "near duplicate", detail))
         else:
-            j, similarity = match
-            detail = f"of id {records[j].id} (Jaccard {similarity:.2f})"
-            dropped.append(Removed(records[i], "near_dedup", "near duplicate", detail))
+            kept.append(record)
     return Outcome(kept=kept, dropped=dropped)
+
+
+def near_detail(of_id: str, similarity: float) -> str:
+    """The ``detail`` of a near-duplicate drop."""
+    return f"of id {of_id} (Jaccard {similarity:.2f})"
 
 
 def clusters(n: int, pairs: Sequence[tuple[int, int, float]]) -> list[int]:

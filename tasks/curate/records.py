@@ -119,26 +119,28 @@ def _validate(obj: Any, fields: Fields, default_id: str) -> Record | str:
 
 
 def _jsonl_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
-    """Yield (line, raw, parsed, error) for each non-blank line of a JSONL file."""
+    """Yield (line, raw, parsed, error) for each line of a JSONL file, one line at a time.
+
+    Lines end at LF, CRLF or CR (``newline=""`` splits on exactly these, unlike
+    ``str.splitlines``, which would also split inside a JSON string holding U+2028).
+    """
     with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        content = handle.read()
-    lines = content.splitlines()
-    # Only a final line without its newline can have been cut off mid-write.
-    unterminated = len(lines) if content and not content.endswith(("\n", "\r")) else 0
-    for number, raw in enumerate(lines, start=1):
-        if number == 1:
-            raw = raw.removeprefix("\ufeff")
-        if not raw.strip():
-            yield number, raw, None, "blank"
-            continue
-        try:
-            yield number, raw, json.loads(raw), None
-        except json.JSONDecodeError as exc:
-            truncated = number == unterminated
-            reason = "truncated last line" if truncated else f"invalid JSON: {exc.msg}"
-            if _has_surrogates(raw):
-                reason = "invalid UTF-8"
-            yield number, raw, None, reason
+        for number, raw in enumerate(handle, start=1):
+            # Only a final line without its newline can have been cut off mid-write.
+            unterminated = not raw.endswith(("\n", "\r"))
+            raw = raw.rstrip("\r\n")
+            if number == 1:
+                raw = raw.removeprefix("\ufeff")
+            if not raw.strip():
+                yield number, raw, None, "blank"
+                continue
+            try:
+                yield number, raw, json.loads(raw), None
+            except json.JSONDecodeError as exc:
+                reason = "truncated last line" if unterminated else f"invalid JSON: {exc.msg}"
+                if _has_surrogates(raw):
+                    reason = "invalid UTF-8"
+                yield number, raw, None, reason
 
 
 def _csv_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
@@ -169,6 +171,39 @@ def _parquet_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
 READERS = {".jsonl": _jsonl_objects, ".csv": _csv_objects, ".parquet": _parquet_objects}
 
 
+def iter_records(path: Path, fields: Fields) -> Iterator[Record | Quarantined | None]:
+    """Stream one data file: a Record or a Quarantined per input record, None per blank line.
+
+    Memory stays bounded by one line (plus the ids seen, to catch a repeated id).
+
+    Raises:
+        DataError: When the file cannot be opened or its type is unsupported.
+    """
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unsupported data file type '{path.suffix}'")
+    file = str(path)
+    seen: dict[str, int] = {}
+    try:
+        for line, raw, obj, error in reader(path):
+            if error == "blank":
+                yield None
+                continue
+            outcome = error or _validate(obj, fields, default_id=str(line))
+            if isinstance(outcome, Record):
+                if outcome.id in seen:
+                    outcome = f"duplicate id '{outcome.id}' (first at line {seen[outcome.id]})"
+                else:
+                    seen[outcome.id] = line
+                    yield replace(outcome, file=file, line=line)
+                    continue
+            yield Quarantined(file, line, outcome, _printable(raw))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # a corrupt Parquet or CSV container, not a bad record
+        raise DataError(f"{path}: cannot parse as {path.suffix[1:]}: {exc}") from None
+
+
 def read_records(path: Path, fields: Fields) -> ReadResult:
     """Read one data file, quarantining every record that cannot be used.
 
@@ -182,30 +217,14 @@ def read_records(path: Path, fields: Fields) -> ReadResult:
     Raises:
         DataError: When the file cannot be opened or its type is unsupported.
     """
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(f"{path}: unsupported data file type '{path.suffix}'")
     result = ReadResult()
-    seen: dict[str, int] = {}
-    try:
-        for line, raw, obj, error in reader(path):
-            if error == "blank":
-                result.blank_lines += 1
-                continue
-            outcome = error or _validate(obj, fields, default_id=str(line))
-            if isinstance(outcome, Record):
-                outcome = replace(outcome, file=str(path), line=line)
-            if isinstance(outcome, Record) and outcome.id in seen:
-                outcome = f"duplicate id '{outcome.id}' (first at line {seen[outcome.id]})"
-            if isinstance(outcome, str):
-                result.quarantined.append(Quarantined(str(path), line, outcome, _printable(raw)))
-            else:
-                seen[outcome.id] = line
-                result.records.append(outcome)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except Exception as exc:  # a corrupt Parquet or CSV container, not a bad record
-        raise DataError(f"{path}: cannot parse as {path.suffix[1:]}: {exc}") from None
+    for item in iter_records(path, fields):
+        if item is None:
+            result.blank_lines += 1
+        elif isinstance(item, Record):
+            result.records.append(item)
+        else:
+            result.quarantined.append(item)
     return result
 
 
