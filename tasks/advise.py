@@ -20,7 +20,6 @@ from adaptflow.methods import runnable_methods
 from adaptflow.spec import Spec
 from tasks.curate.records import Fields, read_records
 
-TEXT_SUFFIXES = (".txt", ".md", ".html", ".htm")
 #: Texts tokenised to measure tokens per word; the rest is counted in words and scaled.
 TOKEN_SAMPLE = 2_000
 #: Tokens per whitespace word when no tokenizer can be loaded (typical for English BPE).
@@ -68,8 +67,10 @@ class _TokenCounter:
 
 
 def _folder_texts(folder: Path) -> list[str]:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES)
-    return [p.read_text(encoding="utf-8", errors="replace") for p in files if p.is_file()]
+    """Texts of a document folder as curation reads them (markup removed, bad files skipped)."""
+    from tasks.curate.documents import read_folder
+
+    return [r.text for r in read_folder(folder, labelled=False).records]
 
 
 def measure_data(spec: Spec) -> DataFacts:

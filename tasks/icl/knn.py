@@ -123,6 +123,20 @@ def embed(encoder: Any, texts: list[str]) -> Any:
     return encoder.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
 
 
+def tuned_index(
+    encoder: Any, rows: list[dict[str, Any]], metric: str
+) -> tuple[Any, list[str], int, dict[int, float]]:
+    """Embed labelled rows and tune ``k`` on them: (vectors, labels, k, score per k).
+
+    The one place the ICL classifier and the kNN baseline build their index, so the baseline
+    a trained candidate must beat is exactly the ICL method.
+    """
+    labels = [row["label"] for row in rows]
+    vectors = embed(encoder, [row["text"] for row in rows])
+    k, scores = tune_k(vectors, labels, metric)
+    return vectors, labels, k, scores
+
+
 def build_knn_classifier(
     train_path: Path, base_model: str, out: Path, metric: str = "f1_macro"
 ) -> dict[str, Any]:
@@ -140,11 +154,9 @@ def build_knn_classifier(
     import numpy as np
 
     rows = read_jsonl(train_path)
-    labels = [row["label"] for row in rows]
     started = time.perf_counter()
     encoder = load_encoder(base_model)
-    vectors = embed(encoder, [row["text"] for row in rows])
-    k, scores = tune_k(vectors, labels, metric)
+    vectors, labels, k, scores = tuned_index(encoder, rows, metric)
     seconds = time.perf_counter() - started
     (out / "index").mkdir(parents=True, exist_ok=True)
     np.save(out / "index" / "vectors.npy", vectors.astype(np.float32))
@@ -207,12 +219,9 @@ def knn_baseline(
     Returns:
         ``metrics`` (the same keys as a trained candidate's) and ``method`` (which baseline).
     """
-    train_rows = read_jsonl(train_path)
     eval_rows = read_jsonl(eval_path)
     encoder = load_encoder(base_model)
-    train_vectors = embed(encoder, [row["text"] for row in train_rows])
-    train_labels = [row["label"] for row in train_rows]
-    k, _ = tune_k(train_vectors, train_labels, metric)
+    train_vectors, train_labels, k, _ = tuned_index(encoder, read_jsonl(train_path), metric)
     eval_vectors = embed(encoder, [row["text"] for row in eval_rows])
     predicted = knn_vote(train_vectors, train_labels, eval_vectors, k)
     return {
