@@ -181,7 +181,7 @@ def signatures(sets: Sequence[set[str]], params: NearDupParams) -> np.ndarray:
     out = np.empty((len(sets), params.num_perm), dtype=a.dtype)
     start = 0
     while start < len(sets):
-        stop, hashes, sizes = start, [], []
+        stop, hashes, sizes = start, list[int](), list[int]()
         while stop < len(sets) and (not hashes or len(hashes) < SIGNATURE_BATCH):
             encoded = [s.encode("utf-8") for s in sets[stop]]
             hashes += [hashfunc(e) for e in encoded]
