@@ -303,6 +303,7 @@ def curate(
         f"input {summary['input']}: kept {summary['kept']} (train {summary['train_examples']}, "
         f"eval {summary['eval_examples']}), dropped {sum(summary['dropped'].values())} "
         f"({dropped}), quarantined {summary['quarantined']}; PII redacted: {pii}\n"
+        f"{summary['shards']} shard(s) on {summary['shard_processes']} process(es)\n"
         f"output {summary['output']}\nreport {summary['report']}\nDVC hash {summary['data_hash']}",
         highlight=False,
     )

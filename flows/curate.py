@@ -58,6 +58,8 @@ def dask_runner(settings: Settings, shards: int) -> Any | None:
     """The Dask task runner for ``shards`` shards, or None to run them in this process."""
     from prefect_dask import DaskTaskRunner
 
+    # distributed logs every connection and worker start/stop at INFO; keep warnings only
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
     workers = min(settings.curation_workers, shards)

@@ -96,11 +96,10 @@ def document_sections(path: Path, raw: str) -> list[Section]:
     suffix = path.suffix.lower()
     if suffix in (".md", ".markdown"):
         return markdown_sections(raw)
-    text = html_to_text(raw) if suffix in (".html", ".htm") else raw.removeprefix("\ufeff")
     if suffix in (".html", ".htm"):
-        paragraphs = tuple(_lines(text))
+        paragraphs = tuple(_lines(html_to_text(raw)))  # one line per block element
     else:
-        paragraphs = tuple(_paragraphs(text))
+        paragraphs = tuple(_paragraphs(raw.removeprefix("\ufeff")))
     return [Section("", paragraphs)] if paragraphs else []
 
 
