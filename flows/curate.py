@@ -48,10 +48,15 @@ def curation_inputs(spec: Spec) -> CurationInputs:
     )
 
 
+def map_shards(jobs: list[ShardJob], inputs: CurationInputs) -> list[ShardResult]:
+    """The per-record blocks over every shard, as mapped tasks on the current task runner."""
+    return [future.result() for future in curate_shard_task.map(jobs, unmapped(inputs))]
+
+
 @flow(name="curate-shards")
 def curate_shards(jobs: list[ShardJob], inputs: CurationInputs) -> list[ShardResult]:
-    """The per-record blocks over every shard, as mapped tasks on this flow's task runner."""
-    return [future.result() for future in curate_shard_task.map(jobs, unmapped(inputs))]
+    """``map_shards`` in a subflow, so it can run on a Dask task runner."""
+    return map_shards(jobs, inputs)
 
 
 def dask_runner(settings: Settings, shards: int) -> Any | None:
@@ -86,10 +91,10 @@ def curate(spec: Spec) -> dict[str, Any]:
     settings = load_settings()
     inputs = curation_inputs(spec)
     plan = plan_curation_task(inputs, settings.curated_dir)
+    # One shard never needs Dask: skip importing it (and starting a cluster) altogether.
     runner = dask_runner(settings, len(plan.jobs)) if len(plan.jobs) > 1 else None
     if runner is None:
-        futures = curate_shard_task.map(plan.jobs, unmapped(inputs))
-        results = [future.result() for future in futures]
+        results = map_shards(plan.jobs, inputs)
     else:
         results = curate_shards.with_options(task_runner=runner)(plan.jobs, inputs)
     return finish_curation_task(inputs, plan, results, settings.home)

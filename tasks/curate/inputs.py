@@ -54,6 +54,11 @@ def record_blocks(inputs: CurationInputs) -> list[tuple[str, Block]]:
     return blocks
 
 
+def record_steps(inputs: CurationInputs) -> list[str]:
+    """The funnel steps a shard reports: ``valid``, then each per-record block."""
+    return ["valid"] + [name for name, _ in record_blocks(inputs)]
+
+
 def global_blocks(inputs: CurationInputs) -> list[str]:
     """The blocks that compare records with each other, in order: they run on the driver."""
     cfg = inputs.blocks

@@ -25,7 +25,7 @@ import numpy as np
 
 from tasks.curate.blocks import Funnel, quarantine_row, removed_row, run_blocks
 from tasks.curate.dedup import band_keys, content_keys, shingles, signatures
-from tasks.curate.inputs import CurationInputs, record_blocks
+from tasks.curate.inputs import CurationInputs, record_blocks, record_steps
 from tasks.curate.records import Record
 
 #: Records per chunk inside a shard (bounds a shard's memory, whatever its size).
@@ -89,7 +89,6 @@ def curate_shard(job: ShardJob, inputs: CurationInputs) -> ShardResult:
     near = inputs.near_params
     want_bands = inputs.blocks.near_dedup.enabled or inputs.eval is None
     steps: Counter[str] = Counter()
-    order: list[str] = []
     counts: Counter[str] = Counter()
     ids: list[str] = []
     labels: list[str | None] = []
@@ -104,10 +103,7 @@ def curate_shard(job: ShardJob, inputs: CurationInputs) -> ShardResult:
     ):
         while chunk := list(islice(records, CHUNK)):
             kept, funnel = run_blocks(chunk, blocks, Funnel(steps=[("valid", len(chunk))]))
-            for name, n in funnel.steps:
-                if name not in steps:
-                    order.append(name)
-                steps[name] += n
+            steps.update(dict(funnel.steps))
             counts.update(funnel.counts)
             for item in funnel.dropped:
                 dropped_out.write(json.dumps(removed_row(item), ensure_ascii=False) + "\n")
@@ -127,7 +123,7 @@ def curate_shard(job: ShardJob, inputs: CurationInputs) -> ShardResult:
     n_bands = near.bands[0] if want_bands else 0
     return ShardResult(
         job=job,
-        steps=[(name, steps[name]) for name in order] or [("valid", 0)],
+        steps=[(name, steps[name]) for name in record_steps(inputs)],
         counts=dict(counts),
         dropped=dict(dropped),
         quarantined=quarantined,

@@ -52,7 +52,7 @@ from tasks.curate.dedup import (
     shingles,
 )
 from tasks.curate.documents import read_folder
-from tasks.curate.inputs import CurationInputs, block_names, global_blocks, record_blocks
+from tasks.curate.inputs import CurationInputs, block_names, global_blocks, record_steps
 from tasks.curate.records import Fields, Quarantined, Record, iter_records, record_rows
 from tasks.curate.shards import ShardJob, ShardResult, curate_shard, read_stored, stored_row
 from tasks.curate.split import held_out
@@ -144,7 +144,7 @@ class _Source:
         steps: Counter[str] = Counter()
         for result in results:
             steps.update(dict(result.steps))
-        names = ["valid"] + [n for n, _ in record_blocks(inputs)]
+        names = record_steps(inputs)
         return cls(
             name=name,
             results=results,

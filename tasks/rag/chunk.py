@@ -59,7 +59,8 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _paragraphs(text: str) -> list[str]:
+def paragraphs(text: str) -> list[str]:
+    """Blank-line separated paragraphs, whitespace collapsed."""
     return [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
@@ -97,10 +98,10 @@ def document_sections(path: Path, raw: str) -> list[Section]:
     if suffix in (".md", ".markdown"):
         return markdown_sections(raw)
     if suffix in (".html", ".htm"):
-        paragraphs = tuple(_lines(html_to_text(raw)))  # one line per block element
+        found = tuple(_lines(html_to_text(raw)))  # one line per block element
     else:
-        paragraphs = tuple(_paragraphs(raw.removeprefix("\ufeff")))
-    return [Section("", paragraphs)] if paragraphs else []
+        found = tuple(paragraphs(raw.removeprefix("\ufeff")))
+    return [Section("", found)] if found else []
 
 
 @dataclass(frozen=True)

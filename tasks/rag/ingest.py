@@ -9,11 +9,12 @@ indexed (they may be legitimate documentation), and retrieved text is always fen
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.rag.chunk import Section, document_sections
+from tasks.rag.chunk import Section, document_sections, paragraphs
 
 SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf")
 MAX_BYTES = 20_000_000
@@ -74,18 +75,14 @@ def _pdf_sections(path: Path) -> list[Section]:
 
     sections = []
     for number, page in enumerate(PdfReader(path).pages, start=1):
-        paragraphs = tuple(
-            " ".join(p.split()) for p in re.split(r"\n\s*\n", page.extract_text() or "")
-        )
-        if any(paragraphs):
-            sections.append(Section(f"page {number}", tuple(p for p in paragraphs if p)))
+        found = tuple(paragraphs(page.extract_text() or ""))
+        if found:
+            sections.append(Section(f"page {number}", found))
     return sections
 
 
 def read_document(path: Path, source: str, max_bytes: int = MAX_BYTES) -> Document | str:
     """A Document, or the reason the file is skipped."""
-    import hashlib
-
     if path.suffix.lower() not in SUFFIXES:
         return f"unsupported file type '{path.suffix or '(none)'}'"
     try:
