@@ -194,9 +194,16 @@ def _print_run(summary: dict[str, Any]) -> None:
         err.print(_ladder_table(summary))
     err.print(_summary_table(summary))
     cur = summary["curation"]
+    index = summary["train"].get("index")
+    if index is not None:
+        err.print(
+            f"index: {index['chunks']} chunks in {index['collection']} ({index['embedded']} "
+            f"embedded, {index['deleted']} deleted this run; version {index['index_version']})",
+            highlight=False,
+        )
     err.print(
-        f"curation: input {cur['input']}, kept {cur['kept']}, dropped "
-        f"{sum(cur['dropped'].values())}, quarantined {cur['quarantined']}"
+        f"{'questions' if index else 'curation'}: input {cur['input']}, kept {cur['kept']}, "
+        f"dropped {sum(cur['dropped'].values())}, quarantined {cur['quarantined']}"
         f" (data {cur['data_hash']})\n"
         f"registered [bold]{summary['name']}[/] version {summary['model_version']} "
         f"(challenger); champion is version {summary['champion_version']}"
@@ -287,11 +294,19 @@ def curate(
 
         parsed = load_spec(spec)
         _prepare()
-        from flows.curate import curate as curate_flow
+        if parsed.task == "retrieval-qa":
+            from flows.rag import curate_knowledge
 
-        summary = curate_flow(parsed)
+            summary = curate_knowledge(parsed)
+        else:
+            from flows.curate import curate as curate_flow
+
+            summary = curate_flow(parsed)
     if json_out:
         _emit(summary)
+        return
+    if parsed.task == "retrieval-qa":
+        _print_knowledge(summary)
         return
     funnel = Table("step", "records", title="curation funnel", title_justify="left")
     for step, count in summary["funnel"]:
@@ -306,6 +321,66 @@ def curate(
         f"{summary['shards']} shard(s) on {summary['shard_processes']} process(es)\n"
         f"output {summary['output']}\nreport {summary['report']}\nDVC hash {summary['data_hash']}",
         highlight=False,
+    )
+
+
+def _print_knowledge(summary: dict[str, Any]) -> None:
+    knowledge = summary["knowledge"]
+    skipped = "".join(f"\n  skipped {s}: {why}" for s, why in knowledge["skipped"].items())
+    flagged = "".join(f"\n  flagged {s}: {', '.join(n)}" for s, n in knowledge["flagged"].items())
+    err.print(
+        f"knowledge: {knowledge['files']} files, {knowledge['documents']} readable{skipped}"
+        f"{flagged}\nquestions: input {summary['input']}: kept {summary['kept']}, dropped "
+        f"{sum(summary['dropped'].values())}, quarantined {summary['quarantined']}\n"
+        f"output {summary['output']}\nreport {summary['report']}\nDVC hash {summary['data_hash']}",
+        highlight=False,
+    )
+
+
+@app.command()
+def index(
+    spec: Annotated[Path, typer.Argument(help="A retrieval-qa spec (YAML).")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Index (or re-index) the spec's knowledge folder: only added or changed files are embedded.
+
+    The collection is the one the spec's registered RAG versions search, so this refreshes
+    what they serve without a new version.
+    """
+    with _guard(json_out):
+        from adaptflow.spec import load_spec
+
+        parsed = load_spec(spec)
+        if parsed.data.knowledge is None:
+            raise AdaptflowError(f"{spec}: data.knowledge is not set; nothing to index")
+        settings = _prepare(check_prefect=False)
+        from tasks.rag.package import index_knowledge
+
+        result = index_knowledge(
+            parsed.name,
+            parsed.data.knowledge,
+            parsed.base_model,
+            parsed.retrieval.model_dump(),
+            settings.home,
+            settings.chroma_url,
+        )
+    if json_out:
+        _emit(result)
+        return
+    files = ", ".join(f"{k} {v}" for k, v in result["files"].items())
+    err.print(
+        f"{result['collection']}: {result['chunks']} chunks; embedded {result['embedded']}, "
+        f"deleted {result['deleted']}, moved {result['updated']} in {result['seconds']:.1f} s\n"
+        f"files: {files}; skipped {len(result['ingest']['skipped'])}, flagged "
+        f"{len(result['ingest']['flagged'])}\nindex version {result['index_version']}",
+        highlight=False,
+    )
+
+
+def _passages(prediction: dict[str, Any]) -> str:
+    return "\n".join(
+        f"[{p['rank']}] {p['source']}" + (f" — {p['title']}" if p["title"] else "")
+        for p in prediction["passages"]
     )
 
 
@@ -327,13 +402,16 @@ def predict(
         _prepare(check_prefect=False)
         from registry.models import load_model
 
-        predictions = [str(p) for p in load_model(model_uri).predict(inputs)]
+        # Classifiers give a label per input; RAG packages give ranked passages and a prompt.
+        raw = list(load_model(model_uri).predict(inputs))
+        predictions = [p if isinstance(p, dict) else str(p) for p in raw]
     if json_out:
         _emit({"model_uri": model_uri, "predictions": predictions})
         return
     table = Table("input", "prediction")
-    for text, label in zip(inputs, predictions, strict=True):
-        table.add_row(text if len(text) < 80 else text[:77] + "...", label)
+    for text, found in zip(inputs, predictions, strict=True):
+        shown = _passages(found) if isinstance(found, dict) else found
+        table.add_row(text if len(text) < 80 else text[:77] + "...", shown)
     Console().print(table)
 
 

@@ -13,8 +13,11 @@ from adaptflow.errors import SpecError
 
 RUNNABLE: dict[str, tuple[str, ...]] = {
     "classification": ("icl", "lora", "dora", "ia3"),
+    "retrieval-qa": ("rag",),
 }
 CHOSEN_BY_ADVISOR = ("auto", "ladder")
+#: Tasks with more than one runnable rung to climb.
+LADDER_TASKS = ("classification",)
 
 
 def runnable_methods(task: str) -> tuple[str, ...]:
@@ -37,6 +40,11 @@ def check_method(task: str, requested: str) -> None:
         raise SpecError(
             f"method '{requested}' is not available for task '{task}' in this version; "
             f"available: {', '.join(CHOSEN_BY_ADVISOR + runnable)}"
+        )
+    if requested == "ladder" and task not in LADDER_TASKS:
+        raise SpecError(
+            f"method 'ladder' climbs from one method to the next, but task '{task}' runs only "
+            f"{', '.join(runnable)} in this version; use method: auto or {runnable[0]}"
         )
 
 

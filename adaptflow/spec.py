@@ -1,8 +1,10 @@
 """The use-case spec: one pydantic model, YAML in, validated before any work starts.
 
 Fields follow the contract in DESIGN.md §3. Extensions (``seed``, ``data.eval_fraction``, the
-``train`` and ``curation`` blocks) only add optional keys with defaults. Unknown keys are
-errors. Relative paths resolve against the spec file's folder.
+``train``, ``curation`` and ``retrieval`` blocks) only add optional keys with defaults, and
+``data.train`` may be left out for ``retrieval-qa`` (which reads ``data.knowledge`` and
+``data.questions`` instead). Unknown keys are errors. Relative paths resolve against the spec
+file's folder.
 """
 
 from __future__ import annotations
@@ -81,14 +83,20 @@ def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
 class DataSpec(_Strict):
     """Where the data is and which fields hold what."""
 
-    train: Path = Field(description="Training data: .jsonl, .csv, .parquet, or a folder of text")
+    train: Path | None = Field(
+        None,
+        description="Training data: .jsonl, .csv, .parquet, or a folder of text "
+        "(required for every task but retrieval-qa)",
+    )
     eval: Path | None = Field(None, description="Optional eval data; else a held-out split")
     id_field: str | None = Field(None, description="Record id field; default: the line number")
     text_field: str = "text"
     label_field: str | None = "label"
     target_field: str | None = None
     knowledge: Path | None = Field(None, description="RAG corpus folder")
-    questions: Path | None = Field(None, description="RAG eval questions (JSONL)")
+    questions: Path | None = Field(
+        None, description="RAG eval questions: JSONL of {question, source (file under knowledge)}"
+    )
     general: Path | None = Field(None, description="General-domain text for the forgetting check")
     eval_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share held out for evaluation when no eval file is given"
@@ -214,6 +222,32 @@ class CurationSpec(_Strict):
     )
 
 
+class RetrievalSpec(_Strict):
+    """How a ``rag`` candidate indexes and searches ``data.knowledge`` (an extension).
+
+    The embedder is the spec's ``base_model`` (a sentence-transformers model).
+    """
+
+    mode: Literal["dense", "bm25", "hybrid"] = Field(
+        "hybrid", description="dense vectors, BM25 keywords, or both fused by reciprocal rank"
+    )
+    chunk_tokens: int = Field(200, ge=16, le=8192, description="Chunk size in embedder tokens")
+    overlap: int = Field(40, ge=0, description="Tokens shared by neighbouring chunks")
+    k: int = Field(5, ge=1, le=100, description="Passages returned per question")
+    candidates: int = Field(
+        50, ge=1, le=1000, description="Candidates per ranking fused in hybrid mode"
+    )
+
+    @model_validator(mode="after")
+    def _overlap(self) -> RetrievalSpec:
+        if self.overlap >= self.chunk_tokens:
+            raise ValueError(
+                f"retrieval.overlap ({self.overlap}) must be smaller than "
+                f"retrieval.chunk_tokens ({self.chunk_tokens})"
+            )
+        return self
+
+
 class Spec(_Strict):
     """A use case: what to adapt, on which data, judged by which metric."""
 
@@ -228,6 +262,7 @@ class Spec(_Strict):
     seed: int = Field(42, description="Seed for splits, initialisation and data order")
     train: TrainSpec = Field(default_factory=TrainSpec)
     curation: CurationSpec = Field(default_factory=CurationSpec)
+    retrieval: RetrievalSpec = Field(default_factory=RetrievalSpec)
 
     _source: Path | None = PrivateAttr(None)
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -260,6 +295,14 @@ class Spec(_Strict):
             )
         if self.task == "classification" and not self.data.label_field:
             raise ValueError("task 'classification' needs data.label_field")
+        if self.task == "retrieval-qa":
+            missing = [f"data.{k}" for k in ("knowledge", "questions") if not getattr(self.data, k)]
+            if missing:
+                raise ValueError(f"task 'retrieval-qa' needs {' and '.join(missing)}")
+            if self.data.questions is not None and self.data.questions.is_dir():
+                raise ValueError(f"data.questions is a folder: {self.data.questions}")
+        elif self.data.train is None:
+            raise ValueError(f"task '{self.task}' needs data.train")
         return self
 
     @property

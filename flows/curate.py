@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow, unmapped
 from prefect.context import FlowRunContext
 
+from adaptflow.errors import SpecError
 from adaptflow.settings import Settings, load_settings
 from adaptflow.spec import Spec
 from tasks.curate.records import Fields
@@ -29,6 +30,8 @@ from tasks.curate.stage import (
 def curation_inputs(spec: Spec) -> CurationInputs:
     """The curation arguments a spec asks for."""
     data = spec.data
+    if data.train is None:  # retrieval-qa curates its knowledge and questions (flows.rag)
+        raise SpecError(f"{spec.source or spec.name}: data.train is not set; nothing to curate")
     return CurationInputs(
         name=spec.name,
         train=data.train,

@@ -11,6 +11,7 @@ from adaptflow.spec import load_spec
 from flows.compare import compare
 from flows.curate import curate
 from flows.ladder import ladder
+from flows.rag import rag_pipeline
 from flows.steps import (
     attempt,
     log_curation,
@@ -28,6 +29,9 @@ from tasks.tracking import close_run, log_stage, open_run
 def adapt_pipeline(spec_path: str, method: str | None = None) -> dict[str, Any]:
     """Run the whole pipeline for the spec at ``spec_path``; returns the run summary.
 
+    The ``rag`` method takes its own path (``flows.rag``): the same stages, with indexing as
+    the adaptation and the questions as the eval set.
+
     Args:
         spec_path: Path to the use-case spec (YAML).
         method: Overrides the spec's ``method`` when given (``auto`` and ``ladder`` included).
@@ -39,6 +43,8 @@ def adapt_pipeline(spec_path: str, method: str | None = None) -> dict[str, Any]:
         return ladder(spec, recommend_task(spec))
     advice = recommend_task(spec) if requested == "auto" else None
     chosen = resolve_method(spec.task, requested, advice)
+    if chosen == "rag":
+        return rag_pipeline(spec, advice)
     tags = provenance(spec, chosen)
     run_id = open_run(spec.name, f"{spec.name}-{chosen}", run_params(spec, chosen), tags)
     try:

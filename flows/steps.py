@@ -6,6 +6,7 @@ otherwise repeat (run parameters and provenance, logging a stage, trying one can
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect.runtime import flow_run
@@ -32,7 +33,15 @@ def run_params(spec: Spec, method: str) -> dict[str, Any]:
         "seed": spec.seed,
         "data.train": spec.data.train,
         "data.eval": spec.data.eval,
-        **{f"train.{k}": v for k, v in spec.train.model_dump().items()},
+        **(
+            {
+                "data.knowledge": spec.data.knowledge,
+                "data.questions": spec.data.questions,
+                **{f"retrieval.{k}": v for k, v in spec.retrieval.model_dump().items()},
+            }
+            if method == "rag"
+            else {f"train.{k}": v for k, v in spec.train.model_dump().items()}
+        ),
     }
 
 
@@ -119,13 +128,15 @@ def card_facts(
         "base_model": spec.base_model,
         "target": spec.target.model_dump(),
         "needs": spec.needs.model_dump(),
-        "data": {"train": str(spec.data.train), "eval": spec.data.eval and str(spec.data.eval)},
+        "data": {k: str(v) for k, v in spec.data.model_dump().items() if isinstance(v, Path)},
         "curation": curation,
         "metrics": candidate["evaluation"]["metrics"],
         "baseline": references["baseline"],
         "baseline_method": references["baseline_method"],
         "trainable_params": trained["trainable_params"],
         "total_params": trained["total_params"],
+        "index": trained.get("index"),
+        "retrieval": spec.retrieval.model_dump() if method == "rag" else None,
         "gate": gate,
         "git_commit": tags["adaptflow.git_commit"],
         "flow_run_id": tags["adaptflow.flow_run_id"],

@@ -25,6 +25,8 @@ def render_model_card(facts: dict[str, Any]) -> str:
     Returns:
         Markdown text.
     """
+    if facts["task"] == "retrieval-qa":
+        return _rag_card(facts)
     cur = facts["curation"]
     target = facts["target"]
     needs = ", ".join(k for k, v in facts.get("needs", {}).items() if v is True) or "none stated"
@@ -45,7 +47,7 @@ def render_model_card(facts: dict[str, Any]) -> str:
         f" ({share:.2f}%)",
         "",
         "## Data provenance",
-        f"- Training source: `{facts['data']['train']}`",
+        f"- Training source: `{facts['data'].get('train')}`",
         f"- Eval source: `{facts['data'].get('eval') or 'held-out split of the training source'}`",
         f"- Curated data DVC hash: `{cur['data_hash']}`",
         f"- Records: input {cur['input']}, kept {cur['kept']} (train {cur['train_examples']}, "
@@ -65,6 +67,62 @@ def render_model_card(facts: dict[str, Any]) -> str:
         f"- Evaluated on {cur['eval_examples']} examples; small eval sets give wide error bars.",
         "- Labels outside the training label set can never be predicted.",
         "- Inherits the base model's biases and its language coverage.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _rag_card(facts: dict[str, Any]) -> str:
+    """The card of a RAG package: what it searches, how, and how well."""
+    cur, target, index, retrieval = (
+        facts["curation"],
+        facts["target"],
+        facts["index"],
+        facts["retrieval"],
+    )
+    knowledge = cur["knowledge"]
+    needs = ", ".join(k for k, v in facts.get("needs", {}).items() if v is True) or "none stated"
+    lines = [
+        f"# {facts['name']} — model card",
+        "",
+        "## Intended use",
+        "- Task: **retrieval-qa**: a question in, ranked passages with their sources out, and a",
+        "  prompt that fences the passages as data for a generator.",
+        f"- Success metric: `{target['metric']}`"
+        + (f", target ≥ {target['min']}" if target.get("min") is not None else ""),
+        f"- Needs declared in the spec: {needs}",
+        "",
+        "## Method",
+        f"- Adaptation: **rag**, embedder `{facts['base_model']}` "
+        f"({facts['total_params']:,} parameters, none trained)",
+        f"- Search: {retrieval['mode']}, top {retrieval['k']} passages; chunks of "
+        f"{retrieval['chunk_tokens']} tokens with {retrieval['overlap']} overlap",
+        f"- Index: Chroma collection `{index['collection']}`, {index['chunks']:,} chunks, "
+        f"index version (DVC hash of the manifest) `{index['index_version']}`",
+        "",
+        "## Data provenance",
+        f"- Knowledge: `{facts['data'].get('knowledge')}`: {knowledge['documents']} documents "
+        f"indexed, {len(knowledge['skipped'])} skipped, {len(knowledge['flagged'])} flagged",
+        f"- Questions: `{facts['data'].get('questions')}`: input {cur['input']}, kept "
+        f"{cur['kept']}, dropped {sum(cur['dropped'].values())}, quarantined "
+        f"{cur['quarantined']}",
+        f"- Curated data DVC hash: `{cur['data_hash']}`",
+        f"- Code: git commit `{facts.get('git_commit') or 'unknown'}`; Prefect flow run "
+        f"`{facts.get('flow_run_id') or 'none'}`; MLflow run `{facts['mlflow_run_id']}`",
+        "",
+        "## Evaluation (source-level, on the curated questions)",
+        *_metric_rows(facts["metrics"], facts.get("baseline")),
+        f"- Baseline: {facts.get('baseline_method')}",
+        "",
+        "## Promotion gate",
+        *[f"- {reason}" for reason in facts.get("gate", [])],
+        "",
+        "## Known limits",
+        f"- Evaluated on {cur['kept']} questions; small question sets give wide error bars.",
+        "- Serves whatever the collection holds now: re-indexing refreshes the knowledge "
+        "without a new version; the index version above is what was evaluated.",
+        "- Flagged documents are still indexed; their text reaches a generator only fenced "
+        "as data.",
         "",
     ]
     return "\n".join(lines)

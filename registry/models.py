@@ -7,26 +7,43 @@ so ``rollback`` walks back one promotion at a time.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from adaptflow.errors import RegistryError
-from registry.tracking import client
+from registry.tracking import client, mlflow_key
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_TAG = "adaptflow.previous_champion"
 SERVING_DIR = Path(__file__).parent / "serving"
+# A RAG package returns dicts of mixed values, and MLflow warns at every log and load that it
+# cannot validate ``Any`` (its message starts with a colour code, hence the leading ``.*``).
+warnings.filterwarnings("ignore", message=r".*Any type hint is inferred as AnyType")
 
 
 #: Which serving module wraps each package kind (the ``kind`` in ``adaptflow_model.json``).
-SERVING = {"encoder-classifier": "encoder_classifier.py", "knn-classifier": "knn_classifier.py"}
+SERVING = {
+    "encoder-classifier": "encoder_classifier.py",
+    "knn-classifier": "knn_classifier.py",
+    "rag-retriever": "rag_retriever.py",
+}
 
 
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    packages = ("adaptflow", "torch", "transformers", "peft", "sentence-transformers", "mlflow")
+    packages = (
+        "adaptflow",
+        "torch",
+        "transformers",
+        "peft",
+        "sentence-transformers",
+        "mlflow",
+        "chromadb",
+        "bm25s",
+    )
     return [f"{name}=={version(name).split('+')[0]}" for name in packages]
 
 
@@ -84,7 +101,12 @@ def register_candidate(
         mlflow_client.create_registered_model(name, description=f"adaptflow use case '{name}'")
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     version = mlflow_client.create_model_version(
-        name, model_uri, run_id=run_id, tags=tags, description=description, model_id=model_id
+        name,
+        model_uri,
+        run_id=run_id,
+        tags={mlflow_key(k): v for k, v in tags.items()},
+        description=description,
+        model_id=model_id,
     )
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version)

@@ -14,6 +14,15 @@ from typing import Any
 from adaptflow.settings import load_settings
 
 
+def mlflow_key(name: str) -> str:
+    """``name`` in MLflow's key alphabet: ``recall@5`` is logged as ``recall_at_5``.
+
+    MLflow allows only alphanumerics, ``_-. :/`` in metric, param and tag keys; adaptflow's
+    metric names (the spec's ``target.metric``, the summary's ``metrics``) keep their ``@``.
+    """
+    return name.replace("@", "_at_")
+
+
 def client() -> Any:
     """An MLflow client on the configured tracking and registry URI."""
     from mlflow.tracking import MlflowClient
@@ -56,7 +65,9 @@ def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "", step: 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(prefix + k, float(v), now, step) for k, v in sorted(metrics.items())]
+    items = [
+        Metric(mlflow_key(prefix + k), float(v), now, step) for k, v in sorted(metrics.items())
+    ]
     client().log_batch(run_id, metrics=items)
 
 
@@ -74,7 +85,8 @@ def set_tags(run_id: str, tags: dict[str, str]) -> None:
     """Set run tags."""
     from mlflow.entities import RunTag
 
-    client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in sorted(tags.items())])
+    items = [RunTag(mlflow_key(k), str(v)) for k, v in sorted(tags.items())]
+    client().log_batch(run_id, tags=items)
 
 
 def log_artifact(run_id: str, path: Path | str, artifact_path: str | None = None) -> None:

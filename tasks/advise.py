@@ -79,7 +79,9 @@ def measure_data(spec: Spec) -> DataFacts:
     counter = _TokenCounter(spec.base_model)
     notes = [counter.note] if counter.note else []
     labelled, labelled_tokens, corpus_tokens = 0, 0, 0
-    if data.train.is_dir() and spec.task == "classification":
+    if data.train is None:
+        pass  # retrieval-qa: the knowledge folder is the data
+    elif data.train.is_dir() and spec.task == "classification":
         from tasks.curate.documents import read_folder
 
         documents = read_folder(data.train, labelled=True).records

@@ -62,15 +62,27 @@ def current_champion(name: str) -> str | None:
 
 
 @task(name="score_champion", cache_policy=NO_CACHE)
-def score_champion(name: str, version: str | None, eval_path: str) -> dict[str, float] | None:
-    """Re-score the champion on this run's eval set, so the gate compares like with like."""
+def score_champion(
+    name: str, version: str | None, eval_path: str, task: str = "classification"
+) -> dict[str, float] | None:
+    """Re-score the champion on this run's eval set, so the gate compares like with like.
+
+    For ``retrieval-qa`` the eval set is the curated questions and the champion's own retriever
+    (its package's collection and settings) ranks them, as ``predict`` would.
+    """
     if version is None:
         return None
     from tasks.curate.records import read_jsonl
-    from tasks.evaluate.classification import classification_metrics
 
     rows = read_jsonl(Path(eval_path))
     model = models.load_model(f"models:/{name}/{version}")
+    if task == "retrieval-qa":
+        from tasks.rag.package import score_retriever
+
+        retriever = model.unwrap_python_model().model
+        return dict(score_retriever(retriever, rows)["metrics"])
+    from tasks.evaluate.classification import classification_metrics
+
     predicted = model.predict([row["text"] for row in rows])
     return classification_metrics([row["label"] for row in rows], list(predicted))
 

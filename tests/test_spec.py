@@ -75,6 +75,34 @@ def test_spec_hash_is_independent_of_where_the_spec_lives(data_dir: Path, tmp_pa
         (GOOD + "method: magic\n", "method: Input should be"),
         (GOOD + "train: {epochs: zero}\n", "train.epochs"),
         ("name: x\ntask: classification\n", "data: required field is missing"),
+        ("name: x\ntask: classification\ndata: {}\n", "task 'classification' needs data.train"),
+        (
+            "name: x\ntask: retrieval-qa\ndata: {knowledge: data}\n",
+            "task 'retrieval-qa' needs data.questions",
+        ),
+        (
+            "name: x\ntask: retrieval-qa\ndata: {questions: data/train.jsonl}\n",
+            "task 'retrieval-qa' needs data.knowledge",
+        ),
+        (
+            "name: x\ntask: retrieval-qa\ndata: {knowledge: data/train.jsonl, "
+            "questions: data/train.jsonl}\n",
+            "data.knowledge: expected an existing folder",
+        ),
+        (
+            "name: x\ntask: retrieval-qa\ndata: {knowledge: data, questions: data}\n",
+            "data.questions is a folder",
+        ),
+        (
+            "name: x\ntask: retrieval-qa\ndata: {knowledge: data, questions: data/train.jsonl}\n"
+            "retrieval: {chunk_tokens: 50, overlap: 50}\n",
+            "retrieval.overlap (50) must be smaller than retrieval.chunk_tokens (50)",
+        ),
+        (
+            "name: x\ntask: retrieval-qa\ndata: {knowledge: data, questions: data/train.jsonl}\n"
+            "retrieval: {mode: fuzzy}\n",
+            "retrieval.mode: Input should be 'dense', 'bm25' or 'hybrid'",
+        ),
     ],
 )
 def test_bad_specs_name_file_field_and_expectation(
@@ -137,3 +165,21 @@ def test_schema_lists_contract_fields() -> None:
         schema["properties"]
     )
     assert schema["required"] == ["name", "task", "data"]
+
+
+def test_retrieval_qa_needs_no_training_data(data_dir: Path) -> None:
+    spec = load_spec(
+        _write(
+            data_dir,
+            "name: kb\ntask: retrieval-qa\ndata: {knowledge: data, questions: data/train.jsonl}\n",
+        )
+    )
+    assert spec.data.train is None
+    assert spec.metric == "recall@5"
+    assert spec.retrieval.model_dump() == {
+        "mode": "hybrid",
+        "chunk_tokens": 200,
+        "overlap": 40,
+        "k": 5,
+        "candidates": 50,
+    }

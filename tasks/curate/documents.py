@@ -27,22 +27,29 @@ class _TextExtractor(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.skipping = 0
+        self.preformatted = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _SKIP:
             self.skipping += 1
         elif tag in _BLOCK:
             self.parts.append("\n")
+        self.preformatted += tag == "pre"
 
     def handle_endtag(self, tag: str) -> None:
         if tag in _SKIP:
             self.skipping = max(0, self.skipping - 1)
         elif tag in _BLOCK:
             self.parts.append("\n")
+        if tag == "pre":
+            self.preformatted = max(0, self.preformatted - 1)
 
     def handle_data(self, data: str) -> None:
-        if not self.skipping:
-            self.parts.append(data)
+        if self.skipping:
+            return
+        # As a browser shows it: a line break inside a paragraph is a space; only <pre> keeps
+        # its lines (one per line of code).
+        self.parts.append(data if self.preformatted else data.replace("\n", " "))
 
 
 def html_to_text(html: str) -> str:

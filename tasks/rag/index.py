@@ -17,6 +17,7 @@ what DVC versions: its hash names the index version on the MLflow run and regist
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -28,6 +29,9 @@ from urllib.parse import urlparse
 from tasks.rag.chunk import Chunk, Tokenizer, chunk_sections
 from tasks.rag.ingest import ingest
 
+#: Bumped whenever ingest or chunking would cut the same file differently, so that indexes built
+#: by an older adaptflow are rebuilt rather than silently mixed with new chunks.
+CHUNKER_VERSION = 2
 #: Chunks embedded and written per batch (a kill loses at most one batch of work).
 BATCH = 256
 
@@ -39,6 +43,7 @@ class IndexSettings:
     embedder: str
     chunk_tokens: int = 200
     overlap: int = 40
+    chunker: int = CHUNKER_VERSION
 
 
 @dataclass
@@ -74,9 +79,16 @@ def chroma_client(chroma_url: str | None, chroma_dir: Path) -> Any:
     return chromadb.PersistentClient(path=str(chroma_dir), settings=settings)
 
 
-def collection_name(name: str) -> str:
-    """The Chroma collection of a spec (Chroma allows [a-zA-Z0-9._-], 3-512 characters)."""
-    return f"adaptflow-{name}"
+def collection_name(name: str, settings: IndexSettings) -> str:
+    """The Chroma collection of a spec's index with ``settings``.
+
+    The settings' hash is part of the name, so a run with another embedder or chunking builds
+    its own collection and never rewrites the one a registered version serves from; a run with
+    the same settings refreshes that collection in place (that is what re-indexing is for).
+    Chroma allows [a-zA-Z0-9._-], 3-512 characters; spec names are within that.
+    """
+    shaped_by = json.dumps(asdict(settings), sort_keys=True).encode()
+    return f"adaptflow-{name}-{hashlib.sha256(shaped_by).hexdigest()[:8]}"
 
 
 def open_collection(client: Any, name: str) -> Any:

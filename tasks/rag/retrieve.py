@@ -9,9 +9,13 @@ retriever opens. Hybrid fuses the two rankings with reciprocal rank fusion (Corm
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Literal
+
+# bm25s logs every index build at DEBUG, which Prefect's handlers would print.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 Mode = Literal["dense", "bm25", "hybrid"]
 

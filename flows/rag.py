@@ -1,0 +1,140 @@
+"""The ``rag`` path of the pipeline: curate knowledge -> index -> evaluate -> register.
+
+The same stages, run record, gate and registry as the trained methods: curation reads the
+knowledge folder and the eval questions; "adapting" is (incremental) indexing; the candidate
+is scored on the questions; the no-training baseline is plain keyword search over the same
+index; the champion is re-scored on the same questions; the package registers as a pyfunc.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from adaptflow.settings import load_settings
+from adaptflow.spec import Spec
+from flows.steps import provenance, register_attempt, run_params, summary
+from tasks.evaluate.gate import decide_promotion
+from tasks.rag.package import baseline_mode, build_rag_task, evaluate_rag_task
+from tasks.rag.questions import curate_knowledge_task
+from tasks.tracking import close_run, current_champion, log_stage, open_run, score_champion
+
+INDEX_KEYS = ("chunks", "embedded", "deleted", "updated", "seconds")
+
+
+@flow(name="curate-knowledge")
+def curate_knowledge(spec: Spec) -> dict[str, Any]:
+    """Ingest ``data.knowledge`` and curate ``data.questions``; version both with DVC."""
+    settings = load_settings()
+    assert spec.data.knowledge is not None and spec.data.questions is not None
+    return curate_knowledge_task(
+        spec.name,
+        spec.data.knowledge,
+        spec.data.questions,
+        spec.data.id_field,
+        settings.curated_dir,
+        settings.home,
+    )
+
+
+@flow(name="index")
+def index(spec: Spec, run_id: str) -> dict[str, Any]:
+    """Index the knowledge (only what changed) and write the candidate's package."""
+    settings = load_settings()
+    assert spec.data.knowledge is not None
+    return build_rag_task(
+        spec.name,
+        spec.data.knowledge,
+        spec.base_model,
+        spec.retrieval.model_dump(),
+        settings.home,
+        settings.chroma_url,
+        settings.work_dir / spec.name / run_id / "package",
+    )
+
+
+@flow(name="evaluate-retrieval")
+def evaluate_retrieval(package_dir: str, questions_file: str) -> dict[str, Any]:
+    """The candidate's retrieval metrics on the curated questions."""
+    package = Path(package_dir)
+    return evaluate_rag_task(package, Path(questions_file), package.parent / "eval")
+
+
+@flow(name="compare-retrieval")
+def compare_retrieval(spec: Spec, package_dir: str, questions_file: str) -> dict[str, Any]:
+    """Plain search over the same index (the no-training baseline) and the champion."""
+    package = Path(package_dir)
+    mode = baseline_mode(spec.retrieval.mode)
+    baseline = evaluate_rag_task(package, Path(questions_file), package.parent / "eval", mode)
+    champion = current_champion(spec.name)
+    return {
+        "baseline": baseline["metrics"],
+        "baseline_method": f"{mode} search over the same index",
+        "champion_version": champion,
+        "champion_metrics": score_champion(spec.name, champion, questions_file, spec.task),
+    }
+
+
+def log_knowledge(
+    run_id: str, spec: Spec, curation: dict[str, Any], advice: dict[str, Any] | None
+) -> None:
+    """Log the question counts, the ingest report, the data hash and the resolved spec."""
+    knowledge = curation["knowledge"]
+    counts = {k: curation[k] for k in ("input", "kept", "quarantined")}
+    counts["dropped"] = sum(curation["dropped"].values())
+    counts["knowledge_documents"] = knowledge["documents"]
+    counts |= {f"knowledge_{k}": len(knowledge[k]) for k in ("skipped", "flagged")}
+    json_artifacts: dict[str, Any] = {
+        "spec.resolved.json": spec.model_dump(mode="json"),
+        "ingest.json": knowledge,
+    }
+    if advice is not None:
+        json_artifacts["advice.json"] = advice
+    files = [curation["report"], curation["quarantine"], curation["dropped_file"]]
+    log_stage(
+        run_id,
+        counts,
+        prefix="curation.",
+        tags={"adaptflow.data_hash": curation["data_hash"]},
+        artifacts=files + ([str(spec.source)] if spec.source else []),
+        json_artifacts=json_artifacts,
+    )
+
+
+@flow(name="rag")
+def rag_pipeline(spec: Spec, advice: dict[str, Any] | None) -> dict[str, Any]:
+    """Curate, index, evaluate, compare and register a RAG candidate; returns the summary."""
+    tags = provenance(spec, "rag")
+    run_id = open_run(spec.name, f"{spec.name}-rag", run_params(spec, "rag"), tags)
+    try:
+        curation = curate_knowledge(spec)
+        log_knowledge(run_id, spec, curation, advice)
+        built = index(spec, run_id)
+        tags |= {"adaptflow.index_version": built["index"]["index_version"]}
+        log_stage(
+            run_id,
+            {k: float(built["index"][k]) for k in INDEX_KEYS},
+            prefix="index.",
+            tags={"adaptflow.index_version": tags["adaptflow.index_version"]},
+            artifacts=[built["index"]["manifest"]],
+        )
+        evaluation = evaluate_retrieval(built["package_dir"], curation["questions_file"])
+        log_stage(run_id, evaluation["metrics"], artifacts=[evaluation["eval_examples"]])
+        refs = compare_retrieval(spec, built["package_dir"], curation["questions_file"])
+        log_stage(run_id, refs["baseline"], prefix="baseline.")
+        gate = decide_promotion(
+            spec.metric,
+            evaluation["metrics"],
+            refs["baseline"],
+            refs["champion_metrics"],
+            refs["baseline_method"],
+        )
+        candidate = {"trained": built, "evaluation": evaluation}
+        registered = register_attempt(spec, "rag", run_id, curation, candidate, refs, gate, tags)
+    except BaseException:
+        close_run(run_id, succeeded=False)
+        raise
+    close_run(run_id, succeeded=True)
+    return summary(spec, "rag", run_id, curation, candidate, refs, registered, gate.reasons, advice)

@@ -1,0 +1,35 @@
+"""MLflow pyfunc for a RAG package: question in, ranked passages with sources (and a prompt) out.
+
+Logged as "models from code" like the other packages; the package (embedder reference, Chroma
+collection and index version, retriever settings, prompt template) arrives as the ``package``
+artifact. Search is adaptflow's own (``tasks.rag.package.RagRetriever``), so served and
+evaluated rankings match. The vectors live in Chroma: the store the package names, or the
+server at ``ADAPTFLOW_CHROMA_URL`` when that is set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class RagRetrieverModel(PythonModel):
+    """Questions in; per question, the ranked passages and the generator prompt."""
+
+    def load_context(self, context: Any) -> None:
+        """Open the collection and the embedder once per process."""
+        from tasks.rag.package import RagRetriever
+
+        self.model = RagRetriever(Path(context.artifacts["package"]))
+
+    def predict(
+        self, context: Any, model_input: list[str], params: Any = None
+    ) -> list[dict[str, Any]]:
+        """One ``{"passages": [...], "prompt": ...}`` per question."""
+        return self.model.predict(list(model_input))
+
+
+mlflow.models.set_model(RagRetrieverModel())
