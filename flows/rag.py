@@ -13,11 +13,12 @@ from typing import Any
 
 from prefect import flow
 
+from adaptflow.errors import SpecError
 from adaptflow.settings import load_settings
-from adaptflow.spec import Spec
+from adaptflow.spec import Spec, load_spec
 from flows.steps import provenance, register_attempt, run_params, summary
 from tasks.evaluate.gate import decide_promotion
-from tasks.rag.package import baseline_mode, build_rag_task, evaluate_rag_task
+from tasks.rag.package import baseline_mode, build_rag_task, evaluate_rag_task, index_knowledge_task
 from tasks.rag.questions import curate_knowledge_task
 from tasks.tracking import close_run, current_champion, log_stage, open_run, score_champion
 
@@ -138,3 +139,53 @@ def rag_pipeline(spec: Spec, advice: dict[str, Any] | None) -> dict[str, Any]:
         raise
     close_run(run_id, succeeded=True)
     return summary(spec, "rag", run_id, curation, candidate, refs, registered, gate.reasons, advice)
+
+
+@flow(name="index-refresh")
+def index_refresh(spec_path: str) -> dict[str, Any]:
+    """Re-index a retrieval-qa spec's knowledge (only what changed) and re-score the champion.
+
+    The scheduled half of RAG: the knowledge changes, the collection follows, and the
+    champion (which searches that collection) is scored again on the questions, all logged as
+    an MLflow run (tag ``adaptflow.kind`` = ``index-refresh``) in the spec's experiment.
+    No new version is registered.
+
+    Returns:
+        The index result (counts, ``index_version``), ``champion_version`` and
+        ``champion_metrics`` (None when there is no champion).
+    """
+    spec = load_spec(spec_path)
+    if spec.task != "retrieval-qa" or spec.data.knowledge is None:
+        raise SpecError(f"{spec_path}: index-refresh needs a retrieval-qa spec with data.knowledge")
+    settings = load_settings()
+    tags = provenance(spec, "rag") | {"adaptflow.kind": "index-refresh"}
+    run_id = open_run(spec.name, f"{spec.name}-index-refresh", run_params(spec, "rag"), tags)
+    try:
+        refreshed = index_knowledge_task(
+            spec.name,
+            spec.data.knowledge,
+            spec.base_model,
+            spec.retrieval.model_dump(),
+            settings.home,
+            settings.chroma_url,
+        )
+        log_stage(
+            run_id,
+            {k: float(refreshed[k]) for k in INDEX_KEYS},
+            prefix="index.",
+            tags={"adaptflow.index_version": refreshed["index_version"]},
+            artifacts=[refreshed["manifest"]],
+            json_artifacts={"ingest.json": refreshed["ingest"]},
+        )
+        champion = current_champion(spec.name)
+        scored = None
+        if champion is not None:
+            curation = curate_knowledge(spec)
+            scored = score_champion(spec.name, champion, curation["questions_file"], spec.task)
+            log_stage(run_id, scored, prefix="champion.")
+    except BaseException:
+        close_run(run_id, succeeded=False)
+        raise
+    close_run(run_id, succeeded=True)
+    return refreshed | {"mlflow_run_id": run_id, "champion_version": champion,
+                        "champion_metrics": scored}  # fmt: skip

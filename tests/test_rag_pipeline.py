@@ -208,6 +208,26 @@ def test_rag_pipeline_indexes_evaluates_registers_and_serves(tmp_path: Path) -> 
     again = _cli("predict", "--json", "models:/kb-rag@champion", QUESTIONS[1]["question"])
     assert json.loads(again.stdout)["predictions"] == [answer]
 
+    # The scheduled refresh: one file edited -> only its new chunk(s) embedded, champion re-scored.
+    from flows.rag import index_refresh
+
+    (tmp_path / "kb" / "tea.md").write_text(
+        "# Tea\n\nGreen tea leaves are steamed right after the harvest.\n\n"
+        "Black tea leaves are fully oxidised before drying."
+    )
+    refreshed = index_refresh(str(_spec(tmp_path, "kb-rag")))
+    assert refreshed["collection"] == index["collection"]
+    assert refreshed["files"] == {"unchanged": 4, "changed": 1, "added": 0, "removed": 0}
+    assert 1 <= refreshed["embedded"] <= 2 and refreshed["deleted"] == refreshed["embedded"]
+    assert refreshed["index_version"] != index["index_version"]
+    assert refreshed["champion_version"] == "1"
+    assert refreshed["champion_metrics"]["recall@1"] == pytest.approx(1.0)
+    logged = tracking.client().get_run(refreshed["mlflow_run_id"]).data
+    assert logged.tags["adaptflow.kind"] == "index-refresh"
+    assert logged.metrics["champion.recall_at_1"] == pytest.approx(1.0)
+    assert logged.metrics["index.embedded"] == refreshed["embedded"]
+    assert models.champion_version("kb-rag") == "1"  # a refresh registers nothing
+
 
 @pytest.mark.integration
 def test_python_docs_example_through_the_cli(tmp_path: Path) -> None:

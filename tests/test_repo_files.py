@@ -23,18 +23,19 @@ def test_dvc_pipeline_parses_and_uses_adaptflow_commands() -> None:
     assert "adaptflow run ${spec} --method ${method} --json" in stages["run"]["cmd"]
 
 
-def test_prefect_deployment_entrypoint_is_the_pipeline_flow() -> None:
+def test_prefect_deployment_entrypoints_are_our_flows() -> None:
     from adaptflow.spec import Method
-    from flows import pipeline
+    from flows import pipeline, rag
 
     config = yaml.safe_load((REPO / "prefect.yaml").read_text())
     names = [d["name"] for d in config["deployments"]]
-    assert names == ["adapt-pipeline", "adapt-ladder"]
+    assert names == ["adapt-pipeline", "adapt-ladder", "index-refresh"]
+    modules = {"flows/pipeline.py": pipeline, "flows/rag.py": rag}
+    flow_names = {"adapt_pipeline": "adapt-pipeline", "index_refresh": "index-refresh"}
     for deployment in config["deployments"]:
         module, attribute = deployment["entrypoint"].split(":")
-        assert module == "flows/pipeline.py"
-        flow = getattr(pipeline, attribute)
-        assert flow.name == "adapt-pipeline"
+        flow = getattr(modules[module], attribute)
+        assert flow.name == flow_names[attribute]
         assert set(deployment["parameters"]) <= set(flow.parameters.properties)
         assert (REPO / deployment["parameters"]["spec_path"]).is_file()
         assert deployment["parameters"].get("method", "auto") in Method.__args__

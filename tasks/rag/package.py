@@ -286,5 +286,6 @@ def baseline_mode(mode: str) -> str:
     return "dense" if mode == "bm25" else "bm25"
 
 
+index_knowledge_task = task(name="index_knowledge", cache_policy=NO_CACHE)(index_knowledge)
 build_rag_task = task(name="index_corpus", cache_policy=NO_CACHE)(build_rag)
 evaluate_rag_task = task(name="evaluate_retrieval", cache_policy=NO_CACHE)(evaluate_rag)
