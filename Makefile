@@ -4,6 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.adaptflow-installed
 DEMO    := examples/unicode-categories/spec.yaml
+RAG_DEMO := examples/python-docs/spec.yaml
 
 .PHONY: setup demo test test-fast bench lint format clean
 
@@ -23,6 +24,9 @@ demo: setup
 	$(BIN)/adaptflow predict "models:/unicode-categories@champion" \
 		"LATIN SMALL LETTER SHARP S" "CYRILLIC CAPITAL LETTER ZHE" "ARABIC-INDIC DIGIT SEVEN" \
 		"N-ARY CIRCLED PLUS OPERATOR" "SNOWMAN" "INVERTED QUESTION MARK"
+	$(BIN)/adaptflow run $(RAG_DEMO)
+	$(BIN)/adaptflow predict "models:/python-docs@champion" \
+		"how do I make a temporary folder that cleans itself up?" "checksum of a file with md5"
 
 test: setup
 	$(BIN)/pytest -q
@@ -34,6 +38,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_pipeline_overhead.py
 	$(BIN)/python benchmarks/bench_ladder_overhead.py
 	$(BIN)/python benchmarks/bench_curation.py
+	$(BIN)/python benchmarks/bench_rag.py
 
 lint: setup
 	$(BIN)/ruff check .
