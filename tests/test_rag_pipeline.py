@@ -242,6 +242,9 @@ def test_python_docs_example_through_the_cli(tmp_path: Path) -> None:
     assert summary["metrics"]["recall@5"] >= 0.95
     assert summary["metrics"]["recall@1"] >= 0.75
     assert summary["metrics"]["mrr"] > summary["baseline"]["mrr"] + 0.05
+    curated = _cli("curate", "--json", str(EXAMPLE / "spec.yaml"))
+    assert curated.returncode == 0, curated.stderr
+    assert json.loads(curated.stdout)["data_hash"] == summary["curation"]["data_hash"]
     indexed = _cli("index", "--json", str(EXAMPLE / "spec.yaml"))
     assert indexed.returncode == 0, indexed.stderr
     again = json.loads(indexed.stdout)
