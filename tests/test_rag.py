@@ -209,6 +209,26 @@ def test_each_retriever_finds_the_known_source(tmp_path: Path, encoder, mode: st
     assert all((1 <= len(r) <= 3) if mode == "bm25" else len(r) == 3 for r in hits)
 
 
+def test_large_collections_are_read_page_by_page(tmp_path: Path, encoder, monkeypatch) -> None:
+    import tasks.rag.index as index
+
+    collection, _ = _index(tmp_path, encoder, _corpus(tmp_path / "kb"))
+    seen: list[int | None] = []
+    real_get = type(collection).get
+
+    def paged_get(self, *args, **kwargs):
+        seen.append(kwargs.get("limit"))
+        return real_get(self, *args, **kwargs)
+
+    monkeypatch.setattr(index, "PAGE", 3)
+    monkeypatch.setattr(type(collection), "get", paged_get)
+    retriever = Retriever(collection, encoder, mode="hybrid")
+    # 8 chunks in pages of 3: 3 + 3 + 2, and every chunk is searchable
+    assert seen == [3, 3, 3]
+    assert len(retriever.chunks) == len(set(retriever.chunks)) == 8
+    assert retriever.search("What causes spring tides?", k=1)[0].source == "tides.txt"
+
+
 @pytest.fixture
 def chroma_server(tmp_path: Path):
     """A real ``chroma run`` server on loopback, stopped after the test."""

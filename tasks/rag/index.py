@@ -105,8 +105,26 @@ def _read_manifest(path: Path, settings: IndexSettings) -> dict[str, Any]:
     return manifest if manifest.get("settings") == asdict(settings) else {}
 
 
+#: Rows per ``collection.get`` page: one call for a whole large collection fails in Chroma's
+#: SQLite backend ("too many SQL variables", measured at 100k chunks).
+PAGE = 5000
+
+
+def read_all(collection: Any, include: list[str]) -> dict[str, list[Any]]:
+    """Every row of ``collection`` (``ids`` plus the ``include`` fields), read page by page."""
+    rows: dict[str, list[Any]] = {"ids": [], **{field: [] for field in include}}
+    offset = 0
+    while True:
+        page = collection.get(include=include, limit=PAGE, offset=offset)
+        for field in rows:
+            rows[field] += page[field]
+        if len(page["ids"]) < PAGE:
+            return rows
+        offset += PAGE
+
+
 def _all_ids(collection: Any) -> set[str]:
-    return set(collection.get(include=[])["ids"])
+    return set(read_all(collection, [])["ids"])
 
 
 def _progress(total: int, label: str) -> Any:
@@ -167,7 +185,9 @@ def build_index(
     stale = sorted(existing - wanted)
     for start in range(0, len(stale), BATCH * 16):
         collection.delete(ids=stale[start : start + BATCH * 16])
-    to_embed = [c for c in fresh if c.id not in existing]
+    # Similar lengths side by side, so each encode batch pads little (sentence-transformers sorts
+    # within one call; our calls are per upsert batch). Ids are content hashes: order is free.
+    to_embed = sorted((c for c in fresh if c.id not in existing), key=lambda c: len(c.text))
     moved = [c for c in fresh if c.id in existing]
     progress, bar = _progress(len(to_embed), "embedding chunks")
     with progress:

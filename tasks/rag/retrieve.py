@@ -14,6 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tasks.rag.index import read_all
+
 # bm25s logs every index build at DEBUG, which Prefect's handlers would print.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
@@ -45,7 +47,7 @@ class Retriever:
         self.collection, self.encoder, self.mode = collection, encoder, mode
         self.candidates, self.rrf_k = candidates, rrf_k
         self._bm25: Any = None
-        stored = collection.get(include=["documents", "metadatas"])
+        stored = read_all(collection, ["documents", "metadatas"])
         self.chunks = {
             cid: (text, meta)
             for cid, text, meta in zip(
