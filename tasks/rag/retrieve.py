@@ -14,9 +14,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import bm25s
+
 from tasks.rag.index import read_all
 
-# bm25s logs every index build at DEBUG, which Prefect's handlers would print.
+# bm25s sets its own logger to DEBUG on import and logs every index build, which Prefect's
+# handlers would print; so, after importing it:
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 Mode = Literal["dense", "bm25", "hybrid"]
@@ -56,8 +59,6 @@ class Retriever:
         }
         self._order = list(self.chunks)
         if mode != "dense" and self._order:
-            import bm25s
-
             self._bm25 = bm25s.BM25()
             texts = [self.chunks[cid][0] for cid in self._order]
             self._bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False),
@@ -78,8 +79,6 @@ class Retriever:
         ]
 
     def _lexical(self, queries: list[str], n: int) -> list[list[tuple[str, float]]]:
-        import bm25s
-
         tokens = bm25s.tokenize(queries, stopwords="en", show_progress=False)
         docs, scores = self._bm25.retrieve(tokens, k=n, show_progress=False)
         return [
