@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 from tasks.curate.pii import luhn_valid
 from tasks.curate.records import Record
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -80,3 +85,37 @@ def pii_canaries(seed: int = 3, per_type: int = 100) -> list[tuple[str, str]]:
         ]
         out.append(("api_key", keys[i % len(keys)]))
     return out
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m adaptflow ARGS`` from the repository root, in this session's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "adaptflow", *args],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        input=stdin,
+        timeout=600,
+        cwd=REPO,
+    )
+
+
+#: A four-document knowledge folder (two .md, two .txt), each with one obvious topic.
+KNOWLEDGE = {
+    "tea.md": "# Tea\n\nGreen tea is steamed or pan-fired soon after picking.\n\n"
+    "Black tea leaves are fully oxidised before drying.",
+    "bikes.md": "# Bicycles\n\nA derailleur moves the chain between sprockets.\n\n"
+    "Disc brakes clamp a rotor fixed to the wheel hub.",
+    "bees.txt": "Honey bees communicate the direction of flowers with a waggle dance.\n\n"
+    "A colony has one queen, thousands of workers and a few drones.",
+    "tides.txt": "Tides are caused mainly by the gravity of the Moon.\n\n"
+    "Spring tides happen when the Sun and Moon line up.",
+}
+
+
+def write_knowledge(folder: Path, documents: dict[str, str] = KNOWLEDGE) -> Path:
+    """Write ``documents`` (relative path -> text) under ``folder``; returns ``folder``."""
+    for name, text in documents.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder

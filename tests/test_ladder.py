@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,17 +30,6 @@ def _spec(folder: Path, example: str, name: str, target: float, **changes) -> Pa
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "adaptflow", *args],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=600,
-        cwd=REPO,
-    )
 
 
 def test_ladder_stops_at_the_first_rung_when_the_vote_is_enough(tmp_path: Path) -> None:
@@ -119,7 +106,7 @@ def test_no_rung_meets_the_target_registers_a_challenger_and_exits_4(tmp_path: P
     from registry import models, tracking
 
     spec = _spec(tmp_path, "stdlib-topics", "ladder-miss", 0.99, train__epochs=1)
-    result = _cli("run", str(spec), "--ladder", "--json")
+    result = run_cli("run", str(spec), "--ladder", "--json")
     assert result.returncode == 4, result.stderr[-2000:]
     summary = json.loads(result.stdout)
     ladder = summary["ladder"]
@@ -139,10 +126,10 @@ def test_no_rung_meets_the_target_registers_a_challenger_and_exits_4(tmp_path: P
 
 def test_auto_runs_the_advisors_pick(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "stdlib-topics", "auto-pick", 0.9, needs={"custom_behavior": False})
-    advice = _cli("recommend", str(spec), "--json")
+    advice = run_cli("recommend", str(spec), "--json")
     assert advice.returncode == 0, advice.stderr
     assert json.loads(advice.stdout)["recommended"] == "icl"
-    result = _cli("run", str(spec), "--method", "auto", "--json")
+    result = run_cli("run", str(spec), "--method", "auto", "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
     assert summary["method"] == "icl"

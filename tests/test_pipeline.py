@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,18 +25,6 @@ def _spec(folder: Path, name: str, **train: float) -> Path:
     path = folder / f"{name}-{len(list(folder.iterdir()))}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "adaptflow", *args],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        input=stdin,
-        timeout=600,
-        cwd=REPO,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +96,7 @@ def test_predict_from_a_fresh_process(first_run) -> None:
         "DIGIT SEVEN",
         "QUESTION MARK",
     ]
-    result = _cli("predict", "models:/e2e-chars@champion", *texts, "--json")
+    result = run_cli("predict", "models:/e2e-chars@champion", *texts, "--json")
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["predictions"] == [
@@ -137,14 +124,14 @@ def test_worse_candidate_does_not_move_champion_then_promote_and_rollback(first_
     challenger = tracking.client().get_model_version_by_alias("e2e-chars", "challenger")
     assert str(challenger.version) == "2"
 
-    promoted = _cli("promote", "e2e-chars", "2", "--json")
+    promoted = run_cli("promote", "e2e-chars", "2", "--json")
     assert promoted.returncode == 0, promoted.stderr
     assert json.loads(promoted.stdout) == {
         "name": "e2e-chars",
         "champion_version": "2",
         "previous": "1",
     }
-    rolled = _cli("rollback", "e2e-chars", "--json")
+    rolled = run_cli("rollback", "e2e-chars", "--json")
     assert rolled.returncode == 0, rolled.stderr
     assert json.loads(rolled.stdout) == {
         "name": "e2e-chars",
@@ -152,7 +139,7 @@ def test_worse_candidate_does_not_move_champion_then_promote_and_rollback(first_
         "previous": "2",
     }
     assert models.champion_version("e2e-chars") == "1"
-    again = _cli("rollback", "e2e-chars")
+    again = run_cli("rollback", "e2e-chars")
     assert again.returncode == 2 and "no earlier champion recorded" in again.stderr
 
 
@@ -161,7 +148,7 @@ def test_data_problems_fail_cleanly_and_keep_the_quarantine(tmp_path: Path) -> N
     data.write_text('{"text": "a b", "label": "x"}\n{"text": "c d", "label": "x"}\nbroken\n')
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"name: one-label\ntask: classification\ndata: {{train: {data}}}\n")
-    result = _cli("run", str(spec), "--json")
+    result = run_cli("run", str(spec), "--json")
     assert result.returncode == 2
     assert "a classifier needs at least 2 labels" in json.loads(result.stdout)["error"]
     assert "Traceback" not in result.stderr

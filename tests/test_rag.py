@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import write_knowledge
 
 from tasks.evaluate.retrieval import retrieval_metrics, source_rank
 from tasks.rag.chunk import Section, Tokenizer, chunk_sections, markdown_sections
@@ -94,20 +95,7 @@ def test_ingest_skips_bad_files_with_reasons_and_flags_injections(tmp_path: Path
 
 
 def _corpus(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    topics = {
-        "tea.md": "# Tea\n\nGreen tea is steamed or pan-fired soon after picking.\n\n"
-        "Black tea leaves are fully oxidised before drying.",
-        "bikes.md": "# Bicycles\n\nA derailleur moves the chain between sprockets.\n\n"
-        "Disc brakes clamp a rotor fixed to the wheel hub.",
-        "bees.txt": "Honey bees communicate the direction of flowers with a waggle dance.\n\n"
-        "A colony has one queen, thousands of workers and a few drones.",
-        "tides.txt": "Tides are caused mainly by the gravity of the Moon.\n\n"
-        "Spring tides happen when the Sun and Moon line up.",
-    }
-    for name, text in topics.items():
-        (folder / name).write_text(text)
-    return folder
+    return write_knowledge(folder)
 
 
 def _index(tmp_path: Path, encoder, knowledge: Path, client=None):
