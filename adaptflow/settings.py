@@ -4,6 +4,7 @@ The embedded default keeps everything under ``ADAPTFLOW_HOME`` (default ``./.ada
 Prefect's home with its ephemeral SQLite server, the MLflow SQLite store and artifacts, the
 Chroma persistent store, curated datasets and the DVC cache. The usual variables switch to real
 servers with no code change: ``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL``, ``ADAPTFLOW_CHROMA_URL``.
+Tiny base models built here live in ``ADAPTFLOW_HOME/models`` (or ``ADAPTFLOW_MODELS_DIR``).
 Curation shards run on a local Dask cluster of ``ADAPTFLOW_CURATION_WORKERS`` processes (default:
 one per core) when there are several, or on the cluster at ``ADAPTFLOW_DASK_ADDRESS``.
 """
@@ -28,6 +29,12 @@ class Settings:
     chroma_url: str | None
     dask_address: str | None = None  # a Dask scheduler for curation shards
     curation_workers: int = 1  # local Dask workers for curation when there are several shards
+    models_dir_override: Path | None = None  # ADAPTFLOW_MODELS_DIR
+
+    @property
+    def models_dir(self) -> Path:
+        """Base models built here (``tiny-gpt``, ``tiny-t5``); shareable between homes."""
+        return self.models_dir_override or self.home / "models"
 
     @property
     def prefect_home(self) -> Path:
@@ -84,6 +91,9 @@ def load_settings(env: MutableMapping[str, str] | None = None) -> Settings:
         chroma_url=env.get("ADAPTFLOW_CHROMA_URL") or None,
         dask_address=env.get("ADAPTFLOW_DASK_ADDRESS") or None,
         curation_workers=_positive_int(env, "ADAPTFLOW_CURATION_WORKERS", os.cpu_count() or 1),
+        models_dir_override=Path(env["ADAPTFLOW_MODELS_DIR"]).expanduser().resolve()
+        if env.get("ADAPTFLOW_MODELS_DIR")
+        else None,
     )
 
 

@@ -161,6 +161,15 @@ class TrainSpec(_Strict):
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    packing: bool = Field(
+        True, description="Pack decoder examples into shared rows (no cross-example attention)"
+    )
+    virtual_tokens: int = Field(16, ge=1, le=512, description="prefix / prompt-tuning / p-tuning")
+    unfrozen_layers: int = Field(2, ge=1, description="freeze: top blocks left trainable")
+    checkpoint_steps: int = Field(
+        50, ge=1, description="Steps between resumable checkpoints (generative recipes)"
+    )
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="Answer length when evaluating")
 
 
 class NearDedupSpec(_Strict):

@@ -7,7 +7,9 @@ from typing import Any
 
 from prefect import flow
 
+from adaptflow.methods import GENERATIVE_TASKS
 from adaptflow.spec import Spec
+from tasks.evaluate.generation import base_model_baseline_task
 from tasks.icl.knn import knn_baseline_task, majority_baseline_task
 from tasks.tracking import current_champion, score_champion
 
@@ -22,15 +24,21 @@ def compare(
 ) -> dict[str, Any]:
     """The no-training baseline and the current champion, both scored on ``eval_file``.
 
-    The baseline of a trained candidate is the in-context vote (the ICL method itself); the
-    baseline of an ICL candidate is the majority class. ``known_baseline`` (``metrics`` and
-    ``method``) skips re-scoring one already measured on the same split (the ladder's ICL rung).
+    The baseline of a trained classifier is the in-context vote (the ICL method itself); the
+    baseline of an ICL candidate is the majority class; the baseline of a generative candidate
+    is its base model answering the same prompts with no training. ``known_baseline``
+    (``metrics`` and ``method``) skips re-scoring one already measured on the same split (the
+    ladder's ICL rung).
 
     Returns:
         ``baseline`` (metrics), ``baseline_method``, ``champion_version``, ``champion_metrics``.
     """
     train, held_out = Path(train_file), Path(eval_file)
     baseline = known_baseline
+    if baseline is None and spec.task in GENERATIVE_TASKS:
+        baseline = base_model_baseline_task(
+            spec.base_model, held_out, spec.train.max_length, spec.train.max_new_tokens
+        )
     if baseline is None:
         baseline = (
             majority_baseline_task(train, held_out)
@@ -42,5 +50,5 @@ def compare(
         "baseline": baseline["metrics"],
         "baseline_method": baseline["method"],
         "champion_version": champion_version,
-        "champion_metrics": score_champion(spec.name, champion_version, eval_file),
+        "champion_metrics": score_champion(spec.name, champion_version, eval_file, spec.task),
     }

@@ -8,10 +8,15 @@ from typing import Any
 from prefect import flow
 
 from tasks.evaluate.classification import evaluate_classifier_task
+from tasks.evaluate.generation import evaluate_generator_task
+from tasks.train.encoder import PackageManifest
+from tasks.train.lm import KINDS
 
 
 @flow(name="evaluate")
 def evaluate(package_dir: str, eval_file: str) -> dict[str, Any]:
-    """Returns the candidate's ``metrics``, ``confusion_matrix`` (PNG) and ``eval_examples``."""
+    """The candidate's ``metrics``, ``artifacts`` (charts, answers) and ``eval_examples``."""
     package = Path(package_dir)
+    if PackageManifest.read(package).kind in KINDS.values():
+        return evaluate_generator_task(package, Path(eval_file), package.parent / "eval")
     return evaluate_classifier_task(package, Path(eval_file), package.parent / "eval")

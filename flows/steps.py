@@ -19,7 +19,7 @@ from flows.register import register
 from tasks.evaluate.gate import GateDecision
 from tasks.tracking import log_stage
 
-TRAIN_KEYS = ("trainable_params", "train_seconds", "tokens_per_second")
+TRAIN_KEYS = ("trainable_params", "trainable_percent", "train_seconds", "tokens_per_second")
 
 
 def run_params(spec: Spec, method: str) -> dict[str, Any]:
@@ -88,6 +88,8 @@ def attempt(spec: Spec, method: str, curation: dict[str, Any], run_id: str) -> d
         ``trained`` (the recipe's result without the loss history) and ``evaluation``.
     """
     trained = adapt(spec, method, curation["train_file"], run_id)
+    total = trained["total_params"]
+    trained["trainable_percent"] = 100.0 * trained["trainable_params"] / total if total else 0.0
     extra = {"icl_k": float(trained["k"])} if "k" in trained else {}
     log_stage(
         run_id,
@@ -96,7 +98,7 @@ def attempt(spec: Spec, method: str, curation: dict[str, Any], run_id: str) -> d
         series={"train.loss": trained["loss_history"]},
     )
     evaluation = evaluate(trained["package_dir"], curation["eval_file"])
-    log_stage(run_id, evaluation["metrics"], artifacts=[evaluation["confusion_matrix"]])
+    log_stage(run_id, evaluation["metrics"], artifacts=evaluation["artifacts"])
     trained.pop("loss_history")
     return {"trained": trained, "evaluation": evaluation}
 

@@ -27,6 +27,7 @@ def render_model_card(facts: dict[str, Any]) -> str:
     """
     if facts["task"] == "retrieval-qa":
         return _rag_card(facts)
+    lower = facts["target"]["metric"] == "perplexity"
     cur = facts["curation"]
     target = facts["target"]
     needs = ", ".join(k for k, v in facts.get("needs", {}).items() if v is True) or "none stated"
@@ -35,9 +36,14 @@ def render_model_card(facts: dict[str, Any]) -> str:
         f"# {facts['name']} — model card",
         "",
         "## Intended use",
-        f"- Task: **{facts['task']}**, labels: {', '.join(cur.get('labels', []))}",
+        f"- Task: **{facts['task']}**"
+        + (f", labels: {', '.join(cur['labels'])}" if cur.get("labels") else ""),
         f"- Success metric: `{target['metric']}`"
-        + (f", target ≥ {target['min']}" if target.get("min") is not None else ""),
+        + (
+            f", target {'≤' if lower else '≥'} {target['min']}"
+            if target.get("min") is not None
+            else ""
+        ),
         f"- Needs declared in the spec: {needs}",
         "- Inputs should resemble the training data (language, length, domain); see limits.",
         "",
@@ -65,7 +71,9 @@ def render_model_card(facts: dict[str, Any]) -> str:
         "",
         "## Known limits",
         f"- Evaluated on {cur['eval_examples']} examples; small eval sets give wide error bars.",
-        "- Labels outside the training label set can never be predicted.",
+        "- Labels outside the training label set can never be predicted."
+        if facts["task"] == "classification"
+        else "- Answers are greedy generations; lexical metrics (EM, F1, ROUGE) miss paraphrases.",
         "- Inherits the base model's biases and its language coverage.",
         "",
     ]

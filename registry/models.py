@@ -28,6 +28,8 @@ SERVING = {
     "encoder-classifier": "encoder_classifier.py",
     "knn-classifier": "knn_classifier.py",
     "rag-retriever": "rag_retriever.py",
+    "causal-lm": "generator.py",
+    "seq2seq-lm": "generator.py",
 }
 
 
@@ -43,6 +45,7 @@ def _requirements() -> list[str]:
         "mlflow",
         "chromadb",
         "bm25s",
+        "rouge-score",
     )
     return [f"{name}=={version(name).split('+')[0]}" for name in packages]
 

@@ -8,6 +8,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from adaptflow.methods import GENERATIVE_TASKS
 from registry import models, tracking
 from registry.card import render_model_card
 
@@ -81,6 +82,10 @@ def score_champion(
 
         retriever = model.unwrap_python_model().model
         return dict(score_retriever(retriever, rows)["metrics"])
+    if task in GENERATIVE_TASKS:
+        from tasks.evaluate.generation import score_generator
+
+        return dict(score_generator(model.unwrap_python_model().generator, rows)["metrics"])
     from tasks.evaluate.classification import classification_metrics
 
     predicted = model.predict([row["text"] for row in rows])

@@ -75,6 +75,7 @@ def evaluate_classifier(package_dir: Path, eval_path: Path, out_dir: Path) -> di
     return {
         "metrics": classification_metrics(truth, predicted),
         "confusion_matrix": str(png),
+        "artifacts": [str(png)],
         "eval_examples": len(rows),
     }
 

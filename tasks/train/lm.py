@@ -1,0 +1,222 @@
+"""Generative model packages: prompts, encoding with loss masks, packing, loading, generating.
+
+Shared by the SFT and CPT recipes, evaluation and serving, so a served model formats prompts,
+truncates and decodes exactly as it did when it was trained and scored.
+
+A package (kind ``causal-lm`` or ``seq2seq-lm``) is a folder with ``adaptflow_model.json``, the
+tokenizer, and either a peft adapter (``adapter/``; the base model is referenced) or full
+weights (``weights/``), all safetensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adaptflow.errors import SpecError
+from tasks.train.encoder import PackageManifest
+
+IGNORE = -100  # label of a token that carries no loss
+#: The prompt format of a tokenizer without a chat template (plain base models).
+PLAIN_TEMPLATE = "### Instruction:\n{text}\n\n### Response:\n"
+KINDS = {"decoder": "causal-lm", "encoder-decoder": "seq2seq-lm"}
+
+
+def family_of(kind_or_config: Any) -> str:
+    """``decoder`` or ``encoder-decoder``, from a package kind or a model config."""
+    if isinstance(kind_or_config, str):
+        return "decoder" if kind_or_config == "causal-lm" else "encoder-decoder"
+    return "encoder-decoder" if getattr(kind_or_config, "is_encoder_decoder", False) else "decoder"
+
+
+def render_prompt(tokenizer: Any, text: str) -> str:
+    """The prompt a decoder sees for a user ``text``: its chat template, or a plain format."""
+    if getattr(tokenizer, "chat_template", None):
+        return str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
+        )
+    return PLAIN_TEMPLATE.format(text=text)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One training example as token ids, with the loss mask applied to ``labels``."""
+
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+
+def encode_sft(tokenizer: Any, text: str, target: str, max_length: int) -> Encoded:
+    """Encode a (prompt, answer) pair for a decoder; only answer tokens carry loss.
+
+    The prompt and the answer are tokenized separately and joined, so the split point is
+    exact. Over-long pairs keep the end of the prompt (where the question usually is) and at
+    least half the budget for the answer.
+    """
+    prompt = tokenizer(render_prompt(tokenizer, text), add_special_tokens=False)["input_ids"]
+    answer = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    truncated = len(prompt) + len(answer) > max_length
+    if truncated:
+        keep_prompt = min(len(prompt), max(max_length - len(answer), max_length // 2))
+        prompt = prompt[len(prompt) - keep_prompt :]
+        answer = answer[: max_length - len(prompt)]
+    return Encoded(prompt + answer, [IGNORE] * len(prompt) + answer, truncated)
+
+
+def encode_seq2seq(tokenizer: Any, text: str, target: str, max_length: int) -> Encoded:
+    """Encode a (source, target) pair for an encoder-decoder; labels are the target ids."""
+    source = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    answer = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    truncated = len(source) > max_length or len(answer) > max_length
+    return Encoded(source[-max_length:], answer[:max_length], truncated)
+
+
+class Examples:
+    """Encoded examples as a map-style dataset for the Trainer."""
+
+    def __init__(self, items: list[Encoded]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        item = self.items[i]
+        return {"input_ids": item.input_ids, "labels": item.labels}
+
+
+def collator(tokenizer: Any, family: str, packing: bool) -> Any:
+    """The batch collator: packed (flattened) rows for decoders, else padding.
+
+    Packing puts a batch's examples in one row with position ids restarting at each example;
+    transformers turns restarting positions into a block-diagonal causal mask, so no example
+    attends to another (tested against running each example alone). It needs the model's
+    ``use_cache`` off during training, or the mask logic assumes generation and skips it.
+    """
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    tokenizer.padding_side = "right"  # training and scoring pad after the text
+    if packing and family == "decoder":
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, padding=True)
+
+
+def auto_class(family: str) -> Any:
+    """The transformers auto class of a model family."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForCausalLM if family == "decoder" else AutoModelForSeq2SeqLM
+
+
+def load_base(reference: str, family: str | None = None, allow_pickle: bool = False) -> Any:
+    """Load a base model from a catalogue alias, folder or hub id (safetensors unless allowed).
+
+    ``trust_remote_code`` stays off: a model that needs custom code from its repository does
+    not load, instead of running that code.
+    """
+    from transformers import AutoConfig
+
+    from adaptflow.catalogue import resolve_base_model
+
+    path = resolve_base_model(reference)
+    family = family or family_of(AutoConfig.from_pretrained(path))
+    try:
+        return auto_class(family).from_pretrained(
+            path, use_safetensors=not allow_pickle, trust_remote_code=False
+        )
+    except OSError as exc:
+        if allow_pickle or "safetensors" not in str(exc):
+            raise
+        raise SpecError(
+            f"base model '{reference}' has no safetensors weights; pickle-based weights "
+            "(pytorch_model.bin) can run code when loaded and are refused unless allowed "
+            "explicitly"
+        ) from None
+
+
+def load_generator(folder: Path) -> tuple[Any, Any, PackageManifest]:
+    """Load a generative package for inference: (model in eval mode, tokenizer, manifest)."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    manifest = PackageManifest.read(folder)
+    family = family_of(manifest.kind)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    if (folder / "weights").is_dir():
+        model = auto_class(family).from_pretrained(str(folder / "weights"), use_safetensors=True)
+    else:
+        model = PeftModel.from_pretrained(
+            load_base(manifest.base_model, family), str(folder / "adapter")
+        )
+    model.eval()
+    return model, tokenizer, manifest
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    family: str,
+    max_new_tokens: int = 64,
+    max_length: int = 512,
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy answers to ``texts`` (prompts rendered as in training), decoded without specials."""
+    import torch
+
+    tokenizer.padding_side = "left"  # decoders continue from the right edge of the prompt
+    inputs = [render_prompt(tokenizer, t) if family == "decoder" else t for t in texts]
+    answers: list[str] = []
+    with torch.inference_mode():
+        for start in range(0, len(inputs), batch_size):
+            batch = tokenizer(
+                inputs[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                add_special_tokens=family != "decoder",
+            )
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            if family == "decoder":
+                output = output[:, batch["input_ids"].shape[1] :]
+            answers += [
+                text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)
+            ]
+    return answers
+
+
+def answer_nll(
+    model: Any, tokenizer: Any, pairs: list[tuple[str, str]], family: str, max_length: int
+) -> tuple[float, int]:
+    """Summed negative log-likelihood (nats) of the answers given the prompts, and token count.
+
+    Exactly the tokens that carry loss in training are scored, so the perplexity of an eval
+    set is comparable with the training loss.
+    """
+    import torch
+
+    encode = encode_sft if family == "decoder" else encode_seq2seq
+    collate = collator(tokenizer, family, packing=False)
+    total, tokens = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(pairs), 16):
+            items = [encode(tokenizer, t, a, max_length) for t, a in pairs[start : start + 16]]
+            batch = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in items])
+            labels = batch["labels"][:, 1:] if family == "decoder" else batch["labels"]
+            # the model's loss is the mean over scored tokens (virtual tokens of prompt-learning
+            # methods included as ignored labels by peft), so the sum is mean x count
+            count = int((labels != IGNORE).sum())
+            total += float(model(**batch).loss) * count
+            tokens += count
+    return total, tokens

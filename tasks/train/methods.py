@@ -1,0 +1,146 @@
+"""Which weights each adaptation method trains, for decoder and encoder-decoder models.
+
+PEFT methods go through peft (lora, dora, ia3 and the three virtual-token methods); ``freeze``
+trains only the top N transformer blocks (and whatever sits after them: final norm, and the
+head when it is not tied to the embeddings); ``full`` trains everything. Every method reports
+its trainable and total parameter counts the same way (``trainable_parameters``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ADAPTER_METHODS = ("lora", "dora", "ia3")
+#: Methods that add virtual tokens in front of every sequence: they cannot be packed (the
+#: virtual tokens would appear once per packed row instead of once per example).
+VIRTUAL_TOKEN_METHODS = ("prefix", "prompt-tuning", "p-tuning")
+PEFT_METHODS = ADAPTER_METHODS + VIRTUAL_TOKEN_METHODS
+WEIGHT_METHODS = ("freeze", "full")
+GENERATIVE_METHODS = PEFT_METHODS + WEIGHT_METHODS
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """The method-specific knobs (flattened from the spec's ``train`` block)."""
+
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    virtual_tokens: int = 16
+    unfrozen_layers: int = 2
+
+
+def peft_config(method: str, family: str, options: MethodOptions) -> Any:
+    """The peft config of ``method`` for a ``decoder`` or ``encoder-decoder`` model."""
+    from peft import (
+        IA3Config,
+        LoraConfig,
+        PrefixTuningConfig,
+        PromptEncoderConfig,
+        PromptTuningConfig,
+        TaskType,
+    )
+
+    task_type = TaskType.CAUSAL_LM if family == "decoder" else TaskType.SEQ_2_SEQ_LM
+    if method in ("lora", "dora"):
+        return LoraConfig(
+            task_type=task_type,
+            r=options.lora_r,
+            lora_alpha=options.lora_alpha,
+            lora_dropout=options.lora_dropout,
+            use_dora=method == "dora",
+        )
+    if method == "ia3":
+        return IA3Config(task_type=task_type)
+    if method == "prefix":
+        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=options.virtual_tokens)
+    if method == "prompt-tuning":
+        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=options.virtual_tokens)
+    if method == "p-tuning":
+        return PromptEncoderConfig(task_type=task_type, num_virtual_tokens=options.virtual_tokens)
+    raise ValueError(f"not a PEFT method: {method}")
+
+
+def transformer_blocks(model: Any) -> list[Any]:
+    """The stacks of transformer blocks in ``model`` (one for a decoder, two for T5-style).
+
+    Found structurally, as the module lists whose length is the config's layer count, so any
+    architecture with the usual layout works without a per-architecture table.
+    """
+    import torch
+
+    config = model.config
+    depths = {
+        getattr(config, name, None)
+        for name in ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers")
+    } - {None}
+    return [
+        module
+        for module in model.modules()
+        if isinstance(module, torch.nn.ModuleList) and len(module) in depths and len(module) > 0
+    ]
+
+
+def freeze_all_but_top(model: Any, layers: int) -> None:
+    """Train only the top ``layers`` blocks of each stack, and everything after the last block.
+
+    "After" means the final layer norm and an untied output head; embeddings (and a head tied to
+    them) stay frozen.
+
+    Raises:
+        ValueError: When no block stack is found or ``layers`` exceeds the model's depth.
+    """
+    stacks = transformer_blocks(model)
+    if not stacks:
+        raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
+    depth = min(len(stack) for stack in stacks)
+    if not 1 <= layers <= depth:
+        raise ValueError(f"train.unfrozen_layers must be between 1 and {depth}, got {layers}")
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    for stack in stacks:
+        for block in list(stack)[-layers:]:
+            for parameter in block.parameters():
+                parameter.requires_grad = True
+    tied = {id(p) for p in model.get_input_embeddings().parameters()}
+    for name, module in model.named_children():
+        if name in ("lm_head",):
+            for parameter in module.parameters():
+                parameter.requires_grad = id(parameter) not in tied
+    for name, parameter in model.named_parameters():
+        # final norms: "transformer.ln_f", "encoder.final_layer_norm", "model.norm"
+        if name.rsplit(".", 2)[-2] in ("ln_f", "final_layer_norm", "norm"):
+            parameter.requires_grad = True
+
+
+def apply_method(model: Any, method: str, family: str, options: MethodOptions) -> Any:
+    """Make ``model`` train only what ``method`` trains; returns the model to train."""
+    if method in PEFT_METHODS:
+        from peft import get_peft_model
+
+        return get_peft_model(model, peft_config(method, family, options))
+    if method == "freeze":
+        freeze_all_but_top(model, options.unfrozen_layers)
+        return model
+    if method == "full":
+        for parameter in model.parameters():
+            parameter.requires_grad = True
+        return model
+    raise ValueError(f"unknown method for generative models: {method}")
+
+
+def trainable_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts; shared (tied) tensors count once."""
+    if hasattr(model, "get_nb_trainable_parameters"):  # peft counts its own additions
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+    seen: set[int] = set()
+    trainable = total = 0
+    for parameter in model.parameters():  # .parameters() already yields a tied tensor once
+        if id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        total += parameter.numel()
+        trainable += parameter.numel() if parameter.requires_grad else 0
+    return trainable, total

@@ -1,0 +1,273 @@
+"""Recipe: supervised fine-tuning of generative models (instruction, qa, summarization).
+
+setup -> train -> save, as top-level functions, for decoders (answer tokens carry the loss,
+examples packed) and encoder-decoders (source in, target out), with any method of
+``tasks.train.methods``. Training runs on the transformers ``Trainer``; on top of it this recipe
+adds what it lacks for a pipeline that gets killed: checkpoints are written every
+``checkpoint_steps`` under a folder keyed by everything that determines the result, each gets a
+completeness marker once fully written, and a re-run with the same inputs resumes from the last
+complete one (the Trainer restores weights, optimizer, scheduler, RNG and data position). A
+resumed run ends with the same weights as an uninterrupted one (tested to 1e-6 on CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.curate.records import read_jsonl
+from tasks.train.encoder import PackageManifest
+from tasks.train.lm import (
+    KINDS,
+    Encoded,
+    Examples,
+    collator,
+    encode_seq2seq,
+    encode_sft,
+    family_of,
+    load_base,
+)
+from tasks.train.methods import (
+    PEFT_METHODS,
+    VIRTUAL_TOKEN_METHODS,
+    MethodOptions,
+    apply_method,
+    trainable_parameters,
+)
+from tasks.train.peft import Hyper, TrainResult
+
+COMPLETE = "adaptflow_complete"  # written into a checkpoint folder once it is fully saved
+
+
+@dataclass
+class GenerativeResult(TrainResult):
+    """A generative run's result, with where it resumed from (None: from the start)."""
+
+    resumed_from: str | None = None
+    truncated: int = 0
+    packed: bool = False
+
+
+def run_key(train_path: Path, base_model: str, method: str, hyper: Hyper, task: str) -> str:
+    """A key for everything that determines the trained weights (data bytes included)."""
+    digest = hashlib.sha256(train_path.read_bytes()).hexdigest()
+    inputs = {"base": base_model, "method": method, "hyper": asdict(hyper), "task": task}
+    identity = json.dumps(inputs | {"data": digest}, sort_keys=True)
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint under ``folder`` with its completeness marker.
+
+    Checkpoints without the marker were cut off while being written; they are removed so the
+    Trainer's own rotation never counts them.
+    """
+    if not folder.is_dir():
+        return None
+    complete = []
+    for checkpoint in folder.glob("checkpoint-*"):
+        if (checkpoint / COMPLETE).is_file():
+            complete.append(checkpoint)
+        else:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _marker_callback() -> Any:
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):  # type: ignore[misc]
+        """Mark a checkpoint complete after the Trainer has written all of it."""
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / COMPLETE).write_text(json.dumps({"step": state.global_step}) + "\n")
+
+    return MarkComplete()
+
+
+def options(hyper: Hyper) -> MethodOptions:
+    """The method knobs of ``hyper``."""
+    return MethodOptions(
+        lora_r=hyper.lora_r,
+        lora_alpha=hyper.lora_alpha,
+        lora_dropout=hyper.lora_dropout,
+        virtual_tokens=hyper.virtual_tokens,
+        unfrozen_layers=hyper.unfrozen_layers,
+    )
+
+
+def setup(base_model: str, method: str, hyper: Hyper) -> tuple[Any, Any, str]:
+    """Load tokenizer and base model and make it train what ``method`` trains.
+
+    Returns:
+        (model to train, tokenizer, family).
+    """
+    from transformers import AutoConfig, AutoTokenizer, set_seed
+
+    from adaptflow.catalogue import resolve_base_model
+
+    path = resolve_base_model(base_model)
+    family = family_of(AutoConfig.from_pretrained(path))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:  # GPT-2-style tokenizers ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    set_seed(hyper.seed)  # peft's new weights draw from the global RNG
+    model = load_base(base_model, family)
+    model.config.use_cache = False  # a cache disables the packed-sequence mask (see lm.collator)
+    return apply_method(model, method, family, options(hyper)), tokenizer, family
+
+
+def encode_rows(
+    tokenizer: Any, rows: list[dict[str, Any]], family: str, max_length: int
+) -> list[Encoded]:
+    """Encode curated rows (``text``, ``target``) for ``family``."""
+    encode = encode_sft if family == "decoder" else encode_seq2seq
+    return [encode(tokenizer, row["text"], row["target"], max_length) for row in rows]
+
+
+def uses_packing(hyper: Hyper, family: str, method: str) -> bool:
+    """Packing applies to decoders, and not to methods that prepend virtual tokens."""
+    return hyper.packing and family == "decoder" and method not in VIRTUAL_TOKEN_METHODS
+
+
+def train(
+    model: Any,
+    tokenizer: Any,
+    examples: list[Encoded],
+    family: str,
+    method: str,
+    hyper: Hyper,
+    checkpoints: Path,
+) -> tuple[float, list[tuple[int, float]], int, str | None]:
+    """Fine-tune ``model`` in place, resuming from the last complete checkpoint if any.
+
+    Returns:
+        (seconds, loss history, optimizer steps, checkpoint resumed from or None).
+    """
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    resume = last_complete_checkpoint(checkpoints)
+    cuda = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=hyper.epochs,
+        learning_rate=hyper.learning_rate,
+        per_device_train_batch_size=hyper.batch_size,
+        weight_decay=hyper.weight_decay,
+        seed=hyper.seed,
+        data_seed=hyper.seed,
+        save_strategy="steps",
+        save_steps=hyper.checkpoint_steps,
+        save_total_limit=2,
+        logging_strategy="steps",
+        logging_steps=5,
+        report_to="none",
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        optim="adamw_torch",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Examples(examples),
+        data_collator=collator(tokenizer, family, uses_packing(hyper, family, method)),
+        callbacks=[_marker_callback()],
+    )
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - started
+    history = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
+    return seconds, history, int(output.global_step), str(resume) if resume else None
+
+
+def save(
+    model: Any, tokenizer: Any, out: Path, family: str, method: str, base_model: str, hyper: Hyper
+) -> tuple[int, int]:
+    """Write the package (adapter or weights, tokenizer, manifest); returns (trainable, total)."""
+    trainable, total = trainable_parameters(model)
+    if method in PEFT_METHODS:
+        model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+    else:
+        model.config.use_cache = True  # generation wants its cache back
+        model.save_pretrained(str(out / "weights"), safe_serialization=True)
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+    PackageManifest(
+        kind=KINDS[family],
+        method=method,
+        base_model=base_model,
+        labels=[],
+        max_length=hyper.max_length,
+        trainable_params=trainable,
+        total_params=total,
+        options={"max_new_tokens": hyper.max_new_tokens},
+    ).write(out)
+    return trainable, total
+
+
+def train_generator(
+    train_path: Path,
+    base_model: str,
+    method: str,
+    hyper: Hyper,
+    out: Path,
+    checkpoint_root: Path,
+    task: str = "instruction",
+) -> GenerativeResult:
+    """Fine-tune a decoder or encoder-decoder on (text, target) rows and save it as a package.
+
+    Args:
+        train_path: Curated training JSONL (``text``, ``target``).
+        base_model: Catalogue alias, folder, or hub id.
+        method: One of ``tasks.train.methods.GENERATIVE_METHODS``.
+        hyper: Hyperparameters.
+        out: Package folder to write.
+        checkpoint_root: Where resumable checkpoints live (a sub-folder per ``run_key``); the
+            run's folder is removed once the package is written.
+        task: The spec's task (part of the checkpoint key).
+
+    Returns:
+        Where the package is, what training cost, and whether it resumed.
+    """
+    rows = read_jsonl(train_path)
+    checkpoints = checkpoint_root / run_key(train_path, base_model, method, hyper, task)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, family = setup(base_model, method, hyper)
+    examples = encode_rows(tokenizer, rows, family, hyper.max_length)
+    seconds, history, steps, resumed = train(
+        model, tokenizer, examples, family, method, hyper, checkpoints
+    )
+    trainable, total = save(model, tokenizer, out, family, method, base_model, hyper)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    epochs = max(1, round(hyper.epochs))
+    tokens = sum(len(e.input_ids) for e in examples) * epochs
+    return GenerativeResult(
+        package_dir=str(out),
+        method=method,
+        trainable_params=trainable,
+        total_params=total,
+        train_seconds=seconds,
+        train_tokens=tokens,
+        steps=steps,
+        loss_history=history,
+        resumed_from=resumed,
+        truncated=sum(e.truncated for e in examples),
+        packed=uses_packing(hyper, family, method),
+    )
+
+
+train_generator_task = task(name="train_generator", cache_policy=NO_CACHE, tags=["gpu"])(
+    train_generator
+)
