@@ -5,6 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.adaptflow-installed
 DEMO    := examples/unicode-categories/spec.yaml
 RAG_DEMO := examples/python-docs/spec.yaml
+SFT_DEMO := examples/unicode-lowercase/spec.yaml
 
 .PHONY: setup demo test test-fast bench lint format clean
 
@@ -27,6 +28,10 @@ demo: setup
 	$(BIN)/adaptflow run $(RAG_DEMO)
 	$(BIN)/adaptflow predict "models:/python-docs@champion" \
 		"how do I make a temporary folder that cleans itself up?" "checksum of a file with md5"
+	$(BIN)/adaptflow run $(SFT_DEMO)
+	$(BIN)/adaptflow predict "models:/unicode-lowercase@champion" \
+		"Name the lowercase form of: GREEK CAPITAL LETTER PI" \
+		"Name the lowercase form of: LATIN CAPITAL LETTER E WITH ACUTE"
 
 test: setup
 	$(BIN)/pytest -q

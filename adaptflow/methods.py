@@ -24,7 +24,7 @@ RUNNABLE: dict[str, tuple[str, ...]] = {
 GENERATIVE_TASKS = ("instruction", "qa", "summarization")
 CHOSEN_BY_ADVISOR = ("auto", "ladder")
 #: Tasks with more than one runnable rung to climb.
-LADDER_TASKS = ("classification",)  # generative ladders need ICL for decoders (not yet)
+LADDER_TASKS = ("classification",)
 
 
 def runnable_methods(task: str) -> tuple[str, ...]:
@@ -50,8 +50,8 @@ def check_method(task: str, requested: str) -> None:
         )
     if requested == "ladder" and task not in LADDER_TASKS:
         raise SpecError(
-            f"method 'ladder' climbs from one method to the next, but task '{task}' runs only "
-            f"{', '.join(runnable)} in this version; use method: auto or {runnable[0]}"
+            f"method 'ladder' is not available for task '{task}' in this version (it climbs "
+            f"for {', '.join(LADDER_TASKS)}); use method: auto or one of {', '.join(runnable)}"
         )
 
 

@@ -283,3 +283,18 @@ def test_instruction_pipeline_trains_registers_serves_and_rescores(tmp_path: Pat
     beats = second["metrics"]["rougeL"] > metrics["rougeL"]
     assert second["promoted"] is beats
     assert models.champion_version("e2e-lower") == ("2" if beats else "1")
+
+
+def test_generative_methods_run_for_generative_tasks_only() -> None:
+    from adaptflow.methods import check_method, resolve_method
+
+    for task in ("instruction", "qa", "summarization"):
+        for method in ("lora", "dora", "ia3", "prefix", "prompt-tuning", "p-tuning", "freeze"):
+            check_method(task, method)
+        assert resolve_method(task, "full") == "full"
+    with pytest.raises(SpecError, match="method 'prefix' is not available for task 'classif"):
+        check_method("classification", "prefix")
+    with pytest.raises(SpecError, match="task 'language-modeling' cannot run in this version"):
+        check_method("language-modeling", "lora")
+    with pytest.raises(SpecError, match="'ladder' is not available for task 'instruction'"):
+        check_method("instruction", "ladder")

@@ -111,7 +111,7 @@ def test_rag_runs_for_retrieval_qa_only_and_has_no_ladder() -> None:
     assert resolve_method("retrieval-qa", "auto", {"recommended_runnable": "rag"}) == "rag"
     with pytest.raises(SpecError, match="method 'lora' is not available for task 'retrieval-qa'"):
         check_method("retrieval-qa", "lora")
-    with pytest.raises(SpecError, match="use method: auto or rag"):
+    with pytest.raises(SpecError, match="use method: auto or one of rag"):
         check_method("retrieval-qa", "ladder")
     with pytest.raises(SpecError, match="method 'rag' is not available for task 'classification'"):
         check_method("classification", "rag")
