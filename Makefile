@@ -44,6 +44,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_ladder_overhead.py
 	$(BIN)/python benchmarks/bench_curation.py
 	$(BIN)/python benchmarks/bench_rag.py
+	$(BIN)/python benchmarks/bench_sft.py
 
 lint: setup
 	$(BIN)/ruff check .

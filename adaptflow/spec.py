@@ -162,7 +162,9 @@ class TrainSpec(_Strict):
     lora_dropout: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     packing: bool = Field(
-        True, description="Pack decoder examples into shared rows (no cross-example attention)"
+        False,
+        description="Pack each decoder batch into one row (no cross-example attention); "
+        "slower on CPU (benchmarks/bench_sft.py), meant for GPU attention kernels",
     )
     virtual_tokens: int = Field(16, ge=1, le=512, description="prefix / prompt-tuning / p-tuning")
     unfrozen_layers: int = Field(2, ge=1, description="freeze: top blocks left trainable")

@@ -250,7 +250,7 @@ def test_instruction_pipeline_trains_registers_serves_and_rescores(tmp_path: Pat
     assert metrics["perplexity"] < baseline["perplexity"] / 10
     assert first["promoted"] and first["champion_version"] == "1"
     assert first["train"]["trainable_percent"] == pytest.approx(100.0)
-    assert first["train"]["packed"] is True and first["train"]["resumed_from"] is None
+    assert first["train"]["packed"] is False and first["train"]["resumed_from"] is None
     tags = models.version_tags("e2e-lower", "1")
     assert tags["adaptflow.method"] == "full"
     assert float(tags["metric.rougeL"]) == pytest.approx(metrics["rougeL"], abs=1e-6)

@@ -34,7 +34,7 @@ class Hyper:
     lora_alpha: int = 16
     lora_dropout: float = 0.1
     weight_decay: float = 0.0
-    packing: bool = True
+    packing: bool = False
     virtual_tokens: int = 16
     unfrozen_layers: int = 2
     checkpoint_steps: int = 50
