@@ -47,16 +47,11 @@ class Generator:
     @classmethod
     def from_base(cls, base_model: str, max_length: int, max_new_tokens: int) -> Generator:
         """The untrained base model, prompted exactly like a candidate (the baseline)."""
-        from transformers import AutoTokenizer
-
-        from adaptflow.catalogue import resolve_base_model
-        from tasks.train.lm import family_of, load_base
+        from tasks.train.lm import family_of, load_base, load_base_tokenizer
 
         model = load_base(base_model)
         model.eval()
-        tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(base_model))
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = load_base_tokenizer(base_model)
         return cls(model, tokenizer, family_of(model.config), max_length, max_new_tokens)
 
     def predict(self, texts: list[str]) -> list[str]:

@@ -112,6 +112,18 @@ def auto_class(family: str) -> Any:
     return AutoModelForCausalLM if family == "decoder" else AutoModelForSeq2SeqLM
 
 
+def load_base_tokenizer(reference: str) -> Any:
+    """The base model's tokenizer, with a pad token (GPT-2-style tokenizers ship without one)."""
+    from transformers import AutoTokenizer
+
+    from adaptflow.catalogue import resolve_base_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(reference))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_base(reference: str, family: str | None = None, allow_pickle: bool = False) -> Any:
     """Load a base model from a catalogue alias, folder or hub id (safetensors unless allowed).
 

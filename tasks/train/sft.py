@@ -34,6 +34,7 @@ from tasks.train.lm import (
     encode_sft,
     family_of,
     load_base,
+    load_base_tokenizer,
 )
 from tasks.train.methods import (
     PEFT_METHODS,
@@ -112,15 +113,13 @@ def setup(base_model: str, method: str, hyper: Hyper) -> tuple[Any, Any, str]:
     Returns:
         (model to train, tokenizer, family).
     """
-    from transformers import AutoConfig, AutoTokenizer, set_seed
+    from transformers import AutoConfig, set_seed
 
     from adaptflow.catalogue import resolve_base_model
 
     path = resolve_base_model(base_model)
     family = family_of(AutoConfig.from_pretrained(path))
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:  # GPT-2-style tokenizers ship without one
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_base_tokenizer(base_model)
     set_seed(hyper.seed)  # peft's new weights draw from the global RNG
     model = load_base(base_model, family)
     model.config.use_cache = False  # a cache disables the packed-sequence mask (see lm.collator)
