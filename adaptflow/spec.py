@@ -1,10 +1,10 @@
 """The use-case spec: one pydantic model, YAML in, validated before any work starts.
 
-Fields follow the contract in DESIGN.md §3. Extensions (``seed``, ``data.eval_fraction``, the
-``train``, ``curation`` and ``retrieval`` blocks) only add optional keys with defaults, and
-``data.train`` may be left out for ``retrieval-qa`` (which reads ``data.knowledge`` and
-``data.questions`` instead). Unknown keys are errors. Relative paths resolve against the spec
-file's folder.
+Fields follow the contract in DESIGN.md §3. Extensions (``seed``, ``data.eval_fraction``,
+``data.format``, the ``train``, ``curation`` and ``retrieval`` blocks) only add optional keys
+with defaults, and ``data.train`` may be left out for ``retrieval-qa`` (which reads
+``data.knowledge`` and ``data.questions`` instead). Unknown keys are errors. Relative paths
+resolve against the spec file's folder.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pydantic import (
 
 from adaptflow.catalogue import normalize_reference
 from adaptflow.errors import SpecError
+from adaptflow.methods import GENERATIVE_TASKS
 
 Task = Literal[
     "classification", "instruction", "qa", "summarization", "language-modeling", "retrieval-qa"
@@ -93,6 +94,12 @@ class DataSpec(_Strict):
     text_field: str = "text"
     label_field: str | None = "label"
     target_field: str | None = None
+    format: Literal["auto", "fields", "alpaca", "messages"] = Field(
+        "auto",
+        description="Input format of generative data (JSONL/Parquet): 'fields' (text_field / "
+        "target_field), 'alpaca' (instruction, input, output), 'messages' (OpenAI chat "
+        "turns), or 'auto' (per file, from its first JSON object)",
+    )
     knowledge: Path | None = Field(None, description="RAG corpus folder")
     questions: Path | None = Field(
         None, description="RAG eval questions: JSONL of {question, source (file under knowledge)}"
@@ -304,6 +311,7 @@ class Spec(_Strict):
                 f"target.metric '{self.target.metric}' does not apply to task '{self.task}'; "
                 f"expected one of {', '.join(allowed)}"
             )
+        self._format_checks()
         if self.task == "classification" and not self.data.label_field:
             raise ValueError("task 'classification' needs data.label_field")
         if self.task == "retrieval-qa":
@@ -316,10 +324,43 @@ class Spec(_Strict):
             raise ValueError(f"task '{self.task}' needs data.train")
         return self
 
+    def _format_checks(self) -> None:
+        data = self.data
+        if data.format not in ("alpaca", "messages"):
+            return
+        if self.task not in GENERATIVE_TASKS:
+            raise ValueError(
+                f"data.format '{data.format}' applies only to tasks "
+                f"{', '.join(GENERATIVE_TASKS)}, not '{self.task}'; use 'fields' or 'auto'"
+            )
+        for key in ("text_field", "target_field"):
+            if key in data.model_fields_set:
+                raise ValueError(
+                    f"data.{key} does not apply with data.format '{data.format}' (the format "
+                    "names its fields); remove it or use data.format 'fields'"
+                )
+        for key in ("train", "eval"):
+            path = getattr(data, key)
+            if path is not None and path.is_file() and path.suffix.lower() == ".csv":
+                raise ValueError(
+                    f"data.format '{data.format}' reads .jsonl or .parquet files, but "
+                    f"data.{key} is a .csv file: {path}"
+                )
+            if path is not None and path.is_dir():
+                raise ValueError(
+                    f"data.format '{data.format}' reads .jsonl or .parquet files, but "
+                    f"data.{key} is a folder: {path}"
+                )
+
     @property
     def source(self) -> Path | None:
         """The spec file this spec was read from, if any."""
         return self._source
+
+    @property
+    def input_format(self) -> str:
+        """The ``data.format`` to read with: always ``fields`` for non-generative tasks."""
+        return self.data.format if self.task in GENERATIVE_TASKS else "fields"
 
     @property
     def metric(self) -> str:

@@ -41,6 +41,7 @@ def curation_inputs(spec: Spec) -> CurationInputs:
             label=data.label_field if spec.task == "classification" else None,
             target=data.target_field,
             id=data.id_field,
+            format=spec.input_format,
         ),
         eval_fraction=data.eval_fraction,
         seed=spec.seed,

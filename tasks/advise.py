@@ -92,7 +92,13 @@ def measure_data(spec: Spec) -> DataFacts:
     else:
         label = data.label_field if spec.task == "classification" else None
         target = data.target_field if spec.task != "classification" else None
-        fields = Fields(text=data.text_field, label=label, target=target, id=data.id_field)
+        fields = Fields(
+            text=data.text_field,
+            label=label,
+            target=target,
+            id=data.id_field,
+            format=spec.input_format,
+        )
         records = read_records(data.train, fields).records
         texts = [r.text for r in records]
         if spec.task == "language-modeling":
@@ -100,7 +106,7 @@ def measure_data(spec: Spec) -> DataFacts:
         else:
             usable = [r for r in records if r.label is not None or r.target is not None]
             labelled = len(usable)
-            labelled_tokens = counter.count([r.text + " " + (r.target or "") for r in usable])
+            labelled_tokens = counter.count([r.full_text + " " + (r.target or "") for r in usable])
     knowledge_tokens = counter.count(_folder_texts(data.knowledge)) if data.knowledge else 0
     if data.general is not None and data.general.is_dir():
         notes.append("data.general is used by the forgetting check, not counted as domain text")

@@ -21,7 +21,7 @@ def eval_ngrams(evaluation: Iterable[Record], ngram: int) -> dict[str, str]:
     """Every word ``ngram``-gram of the eval records -> the id of the first record holding it."""
     owners: dict[str, str] = {}
     for record in evaluation:
-        for gram in shingles(record.text, ngram):
+        for gram in shingles(record.full_text, ngram):
             owners.setdefault(gram, record.id)
     return owners
 
@@ -39,7 +39,7 @@ def decontaminate(train: list[Record], evaluation: list[Record], ngram: int) -> 
     owners = eval_ngrams(evaluation, ngram)
     kept, dropped = [], []
     for record in train:
-        detail = contamination(record.text, owners, ngram)
+        detail = contamination(record.full_text, owners, ngram)
         if detail is None:
             kept.append(record)
         else:

@@ -40,8 +40,10 @@ Index = np.ndarray
 
 
 def content_key(record: Record) -> bytes:
-    """Identity of a record's content (text, and target for generative tasks): 16 bytes."""
-    content = record.text if record.target is None else record.text + "\x00" + record.target
+    """Identity of a record's content (earlier turns, text, and target if any): 16 bytes."""
+    content = record.full_text
+    if record.target is not None:
+        content += "\x00" + record.target
     return hashlib.blake2b(content.encode("utf-8"), digest_size=16).digest()
 
 
@@ -290,7 +292,7 @@ def near_matches(
 def _lsh_over(
     records: Sequence[Record], params: NearDupParams
 ) -> tuple[list[set[str]], SharedBuckets]:
-    sets = [shingles(r.text, params.ngram) for r in records]
+    sets = [shingles(r.full_text, params.ngram) for r in records]
     keys = band_keys(signatures(sets, params), params)
     return sets, shared_buckets(keys, np.arange(len(records)))
 
@@ -348,7 +350,7 @@ def semantic_dedup(records: list[Record], threshold: float, base_model: str) -> 
 
     if not records:
         return Outcome(kept=[])
-    vectors = embed(load_encoder(base_model), [r.text for r in records])
+    vectors = embed(load_encoder(base_model), [r.full_text for r in records])
     kept_rows: list[int] = []
     kept, dropped = [], []
     for i, record in enumerate(records):

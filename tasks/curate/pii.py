@@ -113,7 +113,10 @@ def redact_text(text: str) -> tuple[str, Counter[str]]:
 
 
 def redact_pii(records: list[Record]) -> Outcome:
-    """The PII block: never drops; counts redactions per type (``pii.<type>``)."""
+    """The PII block: never drops; counts redactions per type (``pii.<type>``).
+
+    The text, the target and every earlier turn of a conversation are redacted.
+    """
     kept, total = [], Counter[str]()
     for record in records:
         text, counts = redact_text(record.text)
@@ -121,6 +124,14 @@ def redact_pii(records: list[Record]) -> Outcome:
         if target is not None:
             target, target_counts = redact_text(target)
             counts.update(target_counts)
+        context = None
+        if record.context is not None:
+            context = []
+            for turn in record.context:
+                content, turn_counts = redact_text(turn["content"])
+                counts.update(turn_counts)
+                context.append(turn | {"content": content})
         total.update({f"pii.{kind}": n for kind, n in counts.items()})
-        kept.append(replace(record, text=text, target=target) if counts else record)
+        changed = replace(record, text=text, target=target, context=context)
+        kept.append(changed if counts else record)
     return Outcome(kept=kept, counts=total)

@@ -3,6 +3,12 @@
 Every input record ends up either in the returned records or in the quarantine list with its
 file, line, reason and raw text, so input = kept + quarantined always holds. Reading never
 stops on a bad line.
+
+Generative data may also come in two common shapes (``Fields.format``, JSONL and Parquet):
+Alpaca (``instruction``, optional ``input``, ``output``) and OpenAI chat messages
+(``messages``: an optional system turn, then user/assistant turns ending with the assistant's).
+A conversation's last user turn becomes the record's ``text``, the turns before it its
+``context`` and the final assistant turn its ``target``.
 """
 
 from __future__ import annotations
@@ -11,17 +17,30 @@ import csv
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from adaptflow.errors import DataError
 
 LABEL_TYPES = (str, int, bool)
+#: Input formats: ``fields`` (the spec's text/label/target fields), ``alpaca``, ``messages``,
+#: or ``auto`` (per file, from its first JSON object).
+FORMATS = ("auto", "fields", "alpaca", "messages")
+#: Formats that carry a record's fields themselves, and the file types they are read from.
+SHAPED_FORMATS = ("alpaca", "messages")
+SHAPED_SUFFIXES = (".jsonl", ".parquet")
+ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
 class Record:
-    """One usable record: its id, text and (for classification) label."""
+    """One usable record: its id, text and (for classification) label.
+
+    For a conversation, ``text`` is the last user turn, ``target`` the answer to it and
+    ``context`` the turns before it (``{"role", "content"}`` dicts, the system turn included);
+    ``context`` is None for single-turn records.
+    """
 
     id: str
     text: str
@@ -29,6 +48,18 @@ class Record:
     target: str | None = None
     file: str = ""  # where it was read (for the quarantine); not written to curated output
     line: int = 0
+    context: list[dict[str, str]] | None = None
+
+    @property
+    def full_text(self) -> str:
+        """The prompt side as one string: earlier turns' contents, then ``text``.
+
+        What the blocks that compare records use (dedup, decontamination), so two
+        conversations that end with the same user turn are not taken for duplicates.
+        """
+        if not self.context:
+            return self.text
+        return "\n\n".join([turn["content"] for turn in self.context] + [self.text])
 
 
 @dataclass(frozen=True)
@@ -63,6 +94,7 @@ class Fields:
     label: str | None = "label"
     target: str | None = None
     id: str | None = None
+    format: str = "fields"  # one of FORMATS
 
 
 def _has_surrogates(value: str) -> bool:
@@ -78,8 +110,101 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _record_id(obj: dict[str, Any], fields: Fields, default_id: str) -> str | None:
+    """The record's id, or None when the id field is missing or empty."""
+    if not fields.id:
+        return default_id
+    if obj.get(fields.id) in (None, ""):
+        return None
+    return str(obj[fields.id])
+
+
+def _string(obj: dict[str, Any], name: str, required: bool = True) -> str:
+    """Field ``name`` as a string, or raise ValueError with the reason it is not usable."""
+    if name not in obj:
+        raise ValueError(f"missing field '{name}'")
+    value = obj[name]
+    if not isinstance(value, str):
+        raise ValueError(f"field '{name}' must be a string, got {_type_name(value)}")
+    if _has_surrogates(value):
+        raise ValueError(f"invalid UTF-8 in field '{name}'")
+    if required and not value.strip():
+        raise ValueError(f"field '{name}' is empty")
+    return value
+
+
+def _alpaca(obj: dict[str, Any]) -> tuple[str, str, None]:
+    """(text, target, context) of an Alpaca object: the instruction (+ input) and the output."""
+    instruction = _string(obj, "instruction")
+    extra = _string(obj, "input", required=False) if obj.get("input") is not None else ""
+    output = _string(obj, "output")
+    text = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return text, output, None
+
+
+def _turn(index: int, message: Any) -> dict[str, str]:
+    """One ``messages`` entry as {"role", "content"} (other keys dropped), or ValueError."""
+    where = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise ValueError(f"{where} must be an object, got {_type_name(message)}")
+    for key in ("role", "content"):
+        if key not in message:
+            raise ValueError(f"{where}: missing field '{key}'")
+    role, content = message["role"], message["content"]
+    if role not in ROLES:
+        expected = ", ".join(f"'{r}'" for r in ROLES)
+        raise ValueError(f"{where}.role must be one of {expected}, got {role!r}")
+    if not isinstance(content, str):
+        raise ValueError(f"{where}.content must be a string, got {_type_name(content)}")
+    if _has_surrogates(content):
+        raise ValueError(f"invalid UTF-8 in {where}.content")
+    if not content.strip():
+        raise ValueError(f"{where}.content is empty")
+    return {"role": role, "content": content}
+
+
+def _messages(obj: dict[str, Any]) -> tuple[str, str, list[dict[str, str]] | None]:
+    """(text, target, context) of a chat: the last user turn, the answer, the turns before."""
+    if "messages" not in obj:
+        raise ValueError("missing field 'messages'")
+    messages = obj["messages"]
+    if not isinstance(messages, list):
+        raise ValueError(f"field 'messages' must be a list, got {_type_name(messages)}")
+    if not messages:
+        raise ValueError("field 'messages' is empty")
+    turns = [_turn(i, m) for i, m in enumerate(messages)]
+    first = 1 if turns[0]["role"] == "system" else 0
+    for i in range(first, len(turns)):
+        role = turns[i]["role"]
+        if role == "system":
+            raise ValueError(f"messages[{i}]: a system message may only come first")
+        expected = "user" if (i - first) % 2 == 0 else "assistant"
+        if role != expected:
+            raise ValueError(f"messages[{i}].role must be '{expected}', got '{role}'")
+    if turns[-1]["role"] != "assistant":
+        raise ValueError("last message must be from the assistant")
+    context = turns[:-2]
+    return turns[-2]["content"], turns[-1]["content"], context or None
+
+
+def _validate_shaped(obj: Any, fields: Fields, default_id: str) -> Record | str:
+    """Return a Record from an Alpaca or messages object, or the reason it cannot be one."""
+    if not isinstance(obj, dict):
+        return f"expected an object, got {_type_name(obj)}"
+    try:
+        text, target, context = (_alpaca if fields.format == "alpaca" else _messages)(obj)
+    except ValueError as exc:
+        return str(exc)
+    record_id = _record_id(obj, fields, default_id)
+    if record_id is None:
+        return f"missing id field '{fields.id}'"
+    return Record(id=record_id, text=text, target=target, context=context)
+
+
 def _validate(obj: Any, fields: Fields, default_id: str) -> Record | str:
     """Return a Record, or the reason the object cannot be one."""
+    if fields.format in SHAPED_FORMATS:
+        return _validate_shaped(obj, fields, default_id)
     if not isinstance(obj, dict):
         return f"expected an object, got {_type_name(obj)}"
     if fields.text not in obj:
@@ -110,11 +235,9 @@ def _validate(obj: Any, fields: Fields, default_id: str) -> Record | str:
         target = obj.get(fields.target)
         if not isinstance(target, str) or not target.strip():
             return f"field '{fields.target}' must be a non-empty string"
-    record_id = default_id
-    if fields.id:
-        if obj.get(fields.id) in (None, ""):
-            return f"missing id field '{fields.id}'"
-        record_id = str(obj[fields.id])
+    record_id = _record_id(obj, fields, default_id)
+    if record_id is None:
+        return f"missing id field '{fields.id}'"
     return Record(id=record_id, text=text, label=label, target=target)
 
 
@@ -170,11 +293,46 @@ def _parquet_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
 
 READERS = {".jsonl": _jsonl_objects, ".csv": _csv_objects, ".parquet": _parquet_objects}
 
+Items = Iterator[tuple[int, str, Any, str | None]]
+
+
+def detect_format(obj: Any) -> str:
+    """The format ``auto`` picks for a file whose first JSON object is ``obj``.
+
+    ``messages`` when it has a ``messages`` field, ``alpaca`` when it has ``instruction`` and
+    ``output``, else ``fields``.
+    """
+    if isinstance(obj, dict) and "messages" in obj:
+        return "messages"
+    if isinstance(obj, dict) and "instruction" in obj and "output" in obj:
+        return "alpaca"
+    return "fields"
+
+
+def _resolve_format(path: Path, items: Items, fields: Fields) -> tuple[Fields, Items]:
+    """``fields`` with ``auto`` resolved for this file, and its items (any read to decide)."""
+    if fields.format != "auto":
+        return fields, items
+    if path.suffix.lower() not in SHAPED_SUFFIXES:
+        return replace(fields, format="fields"), items
+    # Records before the first object (broken lines) are kept to be yielded in order.
+    peeked = []
+    chosen = "fields"
+    for item in items:
+        peeked.append(item)
+        _, _, obj, error = item
+        if error is None and isinstance(obj, dict):
+            chosen = detect_format(obj)
+            break
+    return replace(fields, format=chosen), chain(peeked, items)
+
 
 def iter_records(path: Path, fields: Fields) -> Iterator[Record | Quarantined | None]:
     """Stream one data file: a Record or a Quarantined per input record, None per blank line.
 
-    Memory stays bounded by one line (plus the ids seen, to catch a repeated id).
+    Memory stays bounded by one line (plus the ids seen, to catch a repeated id). With
+    ``fields.format`` ``auto``, the file's format is that of its first JSON object
+    (``detect_format``); CSV files are always read by field names.
 
     Raises:
         DataError: When the file cannot be opened or its type is unsupported.
@@ -182,10 +340,16 @@ def iter_records(path: Path, fields: Fields) -> Iterator[Record | Quarantined | 
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise DataError(f"{path}: unsupported data file type '{path.suffix}'")
+    if fields.format in SHAPED_FORMATS and path.suffix.lower() not in SHAPED_SUFFIXES:
+        raise DataError(
+            f"{path}: data.format '{fields.format}' reads {' or '.join(SHAPED_SUFFIXES)} files, "
+            f"not '{path.suffix}'"
+        )
     file = str(path)
     seen: dict[str, int] = {}
     try:
-        for line, raw, obj, error in reader(path):
+        fields, items = _resolve_format(path, reader(path), fields)
+        for line, raw, obj, error in items:
             if error == "blank":
                 yield None
                 continue
@@ -209,7 +373,7 @@ def read_records(path: Path, fields: Fields) -> ReadResult:
 
     Args:
         path: A .jsonl, .csv or .parquet file.
-        fields: Which fields hold the id, text, label and target.
+        fields: Which fields hold the id, text, label and target, or the input format.
 
     Returns:
         The usable records in file order and the quarantined ones.
@@ -243,11 +407,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-CURATED_FIELDS = ("id", "text", "label", "target")
+CURATED_FIELDS = ("id", "text", "label", "target", "context")
 
 
 def record_rows(records: list[Record]) -> list[dict[str, Any]]:
-    """Records as plain dicts (id, text, label, target), without empty optional fields."""
+    """Records as plain dicts (id, text, label, target, context), without empty optional fields.
+
+    ``context`` (a conversation's earlier turns) appears only for multi-turn records, so
+    single-turn curated output is unchanged.
+    """
     rows = []
     for record in records:
         row = asdict(record)

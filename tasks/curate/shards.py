@@ -118,7 +118,7 @@ def curate_shard(job: ShardJob, inputs: CurationInputs) -> ShardResult:
             labels += [r.label for r in kept]
             keys.append(content_keys(kept))
             if want_bands and kept:
-                sets = [shingles(r.text, near.ngram) for r in kept]
+                sets = [shingles(r.full_text, near.ngram) for r in kept]
                 bands.append(band_keys(signatures(sets, near), near))
     n_bands = near.bands[0] if want_bands else 0
     return ShardResult(

@@ -168,7 +168,7 @@ class _Source:
 
     def texts(self, positions: set[int]) -> dict[int, str]:
         """The texts at ``positions`` (one pass over the shards)."""
-        return {p: r.text for p, r in self.stream(positions.__contains__)}
+        return {p: r.full_text for p, r in self.stream(positions.__contains__)}
 
     def remove(
         self, position: int, block: str, reason: str, detail: str, quarantine: bool = False
@@ -438,7 +438,7 @@ def _finish(
             n = inputs.blocks.decontaminate.ngram
             owners = eval_ngrams((r for _, r in eval_src.stream(evaluation.__contains__)), n)
             for position, record in train_src.stream(train.__contains__):
-                detail = contamination(record.text, owners, n)
+                detail = contamination(record.full_text, owners, n)
                 if detail is not None:
                     train_src.remove(position, "decontaminate", CONTAMINATED, detail)
                     train.discard(position)

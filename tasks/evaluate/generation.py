@@ -54,8 +54,10 @@ class Generator:
         tokenizer = load_base_tokenizer(base_model)
         return cls(model, tokenizer, family_of(model.config), max_length, max_new_tokens)
 
-    def predict(self, texts: list[str]) -> list[str]:
-        """One greedy answer per text."""
+    def predict(
+        self, texts: list[str], contexts: list[list[dict[str, str]] | None] | None = None
+    ) -> list[str]:
+        """One greedy answer per text (after its earlier conversation turns, if given)."""
         from tasks.train.lm import generate
 
         return generate(
@@ -65,6 +67,7 @@ class Generator:
             self.family,
             max_new_tokens=self.max_new_tokens,
             max_length=self.max_length,
+            contexts=contexts,
         )
 
 
@@ -79,7 +82,8 @@ def score_generator(generator: Generator, rows: list[dict[str, Any]]) -> dict[st
 
     texts = [row["text"] for row in rows]
     targets = [row["target"] for row in rows]
-    predictions = generator.predict(texts)
+    contexts = [row.get("context") for row in rows]
+    predictions = generator.predict(texts, contexts)
     metrics = generation_metrics(predictions, targets)
     nll, tokens = answer_nll(
         generator.model,
@@ -87,6 +91,7 @@ def score_generator(generator: Generator, rows: list[dict[str, Any]]) -> dict[st
         list(zip(texts, targets, strict=True)),
         generator.family,
         generator.max_length,
+        contexts,
     )
     metrics["perplexity"] = perplexity(nll, tokens)
     return {"metrics": metrics, "predictions": predictions}

@@ -20,6 +20,12 @@ from tasks.train.encoder import PackageManifest
 IGNORE = -100  # label of a token that carries no loss
 #: The prompt format of a tokenizer without a chat template (plain base models).
 PLAIN_TEMPLATE = "### Instruction:\n{text}\n\n### Response:\n"
+#: Earlier turns of a conversation in the plain format: each role under its own heading.
+PLAIN_TURNS = {
+    "system": "### System:\n{content}\n\n",
+    "user": "### Instruction:\n{content}\n\n",
+    "assistant": "### Response:\n{content}\n\n",
+}
 KINDS = {"decoder": "causal-lm", "encoder-decoder": "seq2seq-lm"}
 
 
@@ -30,15 +36,31 @@ def family_of(kind_or_config: Any) -> str:
     return "encoder-decoder" if getattr(kind_or_config, "is_encoder_decoder", False) else "decoder"
 
 
-def render_prompt(tokenizer: Any, text: str) -> str:
-    """The prompt a decoder sees for a user ``text``: its chat template, or a plain format."""
+def render_prompt(tokenizer: Any, text: str, context: list[dict[str, str]] | None = None) -> str:
+    """The prompt a decoder sees for a user ``text``: its chat template, or a plain format.
+
+    Args:
+        tokenizer: The model's tokenizer (its chat template, if it has one, is used).
+        text: The user turn to answer.
+        context: The conversation's earlier turns (``{"role", "content"}``, a system turn
+            first if any), rendered before ``text``; None or empty for a single turn.
+    """
+    turns = [*(context or ()), {"role": "user", "content": text}]
     if getattr(tokenizer, "chat_template", None):
-        return str(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-            )
-        )
-    return PLAIN_TEMPLATE.format(text=text)
+        return str(tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False))
+    earlier = "".join(PLAIN_TURNS[t["role"]].format(content=t["content"]) for t in turns[:-1])
+    return earlier + PLAIN_TEMPLATE.format(text=text)
+
+
+def source_text(text: str, context: list[dict[str, str]] | None = None) -> str:
+    """What an encoder-decoder reads for a user ``text``: the text, after any earlier turns.
+
+    Earlier turns come one per paragraph as ``Role: content``; without them this is ``text``.
+    """
+    if not context:
+        return text
+    turns = [*context, {"role": "user", "content": text}]
+    return "\n\n".join(f"{t['role'].capitalize()}: {t['content']}" for t in turns)
 
 
 @dataclass(frozen=True)
@@ -50,14 +72,21 @@ class Encoded:
     truncated: bool = False
 
 
-def encode_sft(tokenizer: Any, text: str, target: str, max_length: int) -> Encoded:
+def encode_sft(
+    tokenizer: Any,
+    text: str,
+    target: str,
+    max_length: int,
+    context: list[dict[str, str]] | None = None,
+) -> Encoded:
     """Encode a (prompt, answer) pair for a decoder; only answer tokens carry loss.
 
-    The prompt and the answer are tokenized separately and joined, so the split point is
-    exact. Over-long pairs keep the end of the prompt (where the question usually is) and at
-    least half the budget for the answer.
+    The prompt (``text`` after the earlier turns ``context``, if any) and the answer are
+    tokenized separately and joined, so the split point is exact. Over-long pairs keep the end
+    of the prompt (where the question usually is) and at least half the budget for the answer.
     """
-    prompt = tokenizer(render_prompt(tokenizer, text), add_special_tokens=False)["input_ids"]
+    rendered = render_prompt(tokenizer, text, context)
+    prompt = tokenizer(rendered, add_special_tokens=False)["input_ids"]
     answer = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     truncated = len(prompt) + len(answer) > max_length
     if truncated:
@@ -67,9 +96,16 @@ def encode_sft(tokenizer: Any, text: str, target: str, max_length: int) -> Encod
     return Encoded(prompt + answer, [IGNORE] * len(prompt) + answer, truncated)
 
 
-def encode_seq2seq(tokenizer: Any, text: str, target: str, max_length: int) -> Encoded:
+def encode_seq2seq(
+    tokenizer: Any,
+    text: str,
+    target: str,
+    max_length: int,
+    context: list[dict[str, str]] | None = None,
+) -> Encoded:
     """Encode a (source, target) pair for an encoder-decoder; labels are the target ids."""
-    source = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    source = tokenizer(source_text(text, context), add_special_tokens=False)["input_ids"]
+    source += [tokenizer.eos_token_id]
     answer = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     truncated = len(source) > max_length or len(answer) > max_length
     return Encoded(source[-max_length:], answer[:max_length], truncated)
@@ -176,12 +212,20 @@ def generate(
     max_new_tokens: int = 64,
     max_length: int = 512,
     batch_size: int = 16,
+    contexts: list[list[dict[str, str]] | None] | None = None,
 ) -> list[str]:
-    """Greedy answers to ``texts`` (prompts rendered as in training), decoded without specials."""
+    """Greedy answers to ``texts`` (prompts rendered as in training), decoded without specials.
+
+    ``contexts``, when given, holds each text's earlier conversation turns (or None).
+    """
     import torch
 
     tokenizer.padding_side = "left"  # decoders continue from the right edge of the prompt
-    inputs = [render_prompt(tokenizer, t) if family == "decoder" else t for t in texts]
+    turns = contexts or [None] * len(texts)
+    inputs = [
+        render_prompt(tokenizer, t, c) if family == "decoder" else source_text(t, c)
+        for t, c in zip(texts, turns, strict=True)
+    ]
     answers: list[str] = []
     with torch.inference_mode():
         for start in range(0, len(inputs), batch_size):
@@ -209,21 +253,28 @@ def generate(
 
 
 def answer_nll(
-    model: Any, tokenizer: Any, pairs: list[tuple[str, str]], family: str, max_length: int
+    model: Any,
+    tokenizer: Any,
+    pairs: list[tuple[str, str]],
+    family: str,
+    max_length: int,
+    contexts: list[list[dict[str, str]] | None] | None = None,
 ) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) of the answers given the prompts, and token count.
 
     Exactly the tokens that carry loss in training are scored, so the perplexity of an eval
-    set is comparable with the training loss.
+    set is comparable with the training loss. ``contexts`` holds each pair's earlier turns.
     """
     import torch
 
     encode = encode_sft if family == "decoder" else encode_seq2seq
     collate = collator(tokenizer, family, packing=False)
+    turns = contexts or [None] * len(pairs)
     total, tokens = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(pairs), 16):
-            items = [encode(tokenizer, t, a, max_length) for t, a in pairs[start : start + 16]]
+            chunk = zip(pairs[start : start + 16], turns[start : start + 16], strict=True)
+            items = [encode(tokenizer, t, a, max_length, c) for (t, a), c in chunk]
             batch = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in items])
             labels = batch["labels"][:, 1:] if family == "decoder" else batch["labels"]
             # the model's loss is the mean over scored tokens (virtual tokens of prompt-learning

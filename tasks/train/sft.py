@@ -129,9 +129,12 @@ def setup(base_model: str, method: str, hyper: Hyper) -> tuple[Any, Any, str]:
 def encode_rows(
     tokenizer: Any, rows: list[dict[str, Any]], family: str, max_length: int
 ) -> list[Encoded]:
-    """Encode curated rows (``text``, ``target``) for ``family``."""
+    """Encode curated rows (``text``, ``target``, a conversation's ``context``) for ``family``."""
     encode = encode_sft if family == "decoder" else encode_seq2seq
-    return [encode(tokenizer, row["text"], row["target"], max_length) for row in rows]
+    return [
+        encode(tokenizer, row["text"], row["target"], max_length, row.get("context"))
+        for row in rows
+    ]
 
 
 def uses_packing(hyper: Hyper, family: str, method: str) -> bool:
