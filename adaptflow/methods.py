@@ -19,9 +19,12 @@ RUNNABLE: dict[str, tuple[str, ...]] = {
     "instruction": GENERATIVE,
     "qa": GENERATIVE,
     "summarization": GENERATIVE,
+    "language-modeling": ("cpt",),
 }
 #: Tasks whose candidates generate text (scored by ``tasks.evaluate.generation``).
 GENERATIVE_TASKS = ("instruction", "qa", "summarization")
+#: Tasks scored by next-token perplexity on held-out text (``tasks.evaluate.forgetting``).
+LM_TASKS = ("language-modeling",)
 CHOSEN_BY_ADVISOR = ("auto", "ladder")
 #: Tasks with more than one runnable rung to climb.
 LADDER_TASKS = ("classification",)

@@ -266,6 +266,33 @@ class RetrievalSpec(_Strict):
         return self
 
 
+class CptSpec(_Strict):
+    """Continued pre-training (method ``cpt``): how much general text is replayed (extension)."""
+
+    replay: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of training tokens taken from data.general (replay against "
+        "catastrophic forgetting); 0 trains on the domain corpus alone",
+    )
+
+
+class ForgettingSpec(_Strict):
+    """The forgetting check on ``data.general`` (runs for decoders when it is set; extension)."""
+
+    max_increase: float = Field(
+        0.10,
+        ge=0,
+        description="Largest allowed relative rise of general-text perplexity (0.10 = 10%); "
+        "a candidate that forgets more is not promoted",
+    )
+    check_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of data.general held out for the check, never replayed"
+    )
+    max_check_texts: int = Field(200, ge=1, description="Most general texts in the check")
+
+
 class Spec(_Strict):
     """A use case: what to adapt, on which data, judged by which metric."""
 
@@ -281,6 +308,8 @@ class Spec(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     curation: CurationSpec = Field(default_factory=CurationSpec)
     retrieval: RetrievalSpec = Field(default_factory=RetrievalSpec)
+    cpt: CptSpec = Field(default_factory=CptSpec)
+    forgetting: ForgettingSpec = Field(default_factory=ForgettingSpec)
 
     _source: Path | None = PrivateAttr(None)
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -322,6 +351,11 @@ class Spec(_Strict):
                 raise ValueError(f"data.questions is a folder: {self.data.questions}")
         elif self.data.train is None:
             raise ValueError(f"task '{self.task}' needs data.train")
+        if self.method == "cpt" and self.cpt.replay > 0 and self.data.general is None:
+            raise ValueError(
+                f"method 'cpt' replays general text (cpt.replay {self.cpt.replay}): set "
+                "data.general, or cpt.replay: 0 to train on the domain corpus alone"
+            )
         return self
 
     def _format_checks(self) -> None:

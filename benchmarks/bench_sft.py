@@ -1,14 +1,16 @@
 """Generative SFT benchmarks: packing vs padding throughput, LoRA vs full peak memory.
 
-    .venv/bin/python benchmarks/bench_sft.py [--steps 40] [--memory-width 768]
+    .venv/bin/python benchmarks/bench_sft.py [--examples 640] [--memory-width 768]
 
 1. **Packing ÷ padding** (target ≥ 1.5). The same variable-length SFT examples, the same model
-   (tiny-gpt, full fine-tuning), the same batch size and optimizer steps, through our recipe's
-   Trainer set-up; only the collator differs: ``tasks.train.lm.collator`` with packing (one row
-   per batch, positions restart per example) or padding (each batch padded to its longest
-   example). Throughput counts real (non-padding) tokens per second of training. The examples
-   are standard-library docstrings as answers to "Explain X" prompts: 12 to 256 tokens, the
-   long-tailed lengths real instruction data has.
+   (tiny-gpt, full fine-tuning), one epoch over all of them, through our recipe's Trainer
+   set-up; only the dataset and collator differ (``tasks.train.lm.training_set`` and
+   ``collator``): packing bin-packs examples into rows of ``max_length`` (256) tokens with
+   positions restarting per example; padding pads each batch to its longest example. Both
+   compute at most ``batch_size`` × 256 positions per step (16 rows, or 16 examples), so they
+   differ only in how much of that is padding. Throughput counts real (non-padding) tokens per
+   second of training. The examples are standard-library docstrings as answers to "Explain X"
+   prompts: 12 to 256 tokens, the long-tailed lengths real instruction data has.
 2. **LoRA vs full peak memory.** A randomly initialised GPT-2-style model (width
    ``--memory-width``, 12 blocks; 124M parameters at 768) takes 5 AdamW steps in a fresh
    process per method; the process's peak resident memory (``ru_maxrss``) is reported next to
@@ -47,23 +49,24 @@ def sft_rows(limit: int = 800) -> list[tuple[str, str]]:
     return rows[:limit]
 
 
-def throughput(packing: bool, steps: int, batch_size: int) -> dict[str, float]:
-    """Real tokens per second of full fine-tuning of tiny-gpt with or without packing."""
+def throughput(packing: bool, examples: int, batch_size: int) -> dict[str, float]:
+    """Real tokens per second of one epoch of full fine-tuning of tiny-gpt, packed or padded."""
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from tasks.train.lm import Examples, collator, encode_sft
+    from tasks.train.lm import collator, encode_sft, training_set
     from tasks.train.peft import Hyper
     from tasks.train.sft import setup
 
     torch.manual_seed(0)
     model, tokenizer, family = setup("tiny-gpt", "full", Hyper(seed=0))
     items = [encode_sft(tokenizer, p, a, 256) for p, a in sft_rows()]
-    items = items[: steps * batch_size]
+    items = items[:examples]
     real = sum(len(e.input_ids) for e in items)
+    dataset = training_set(items, packing, 256)
     args = TrainingArguments(
         output_dir="/tmp/adaptflow-bench-sft",
-        max_steps=steps,
+        num_train_epochs=1,
         per_device_train_batch_size=batch_size,
         learning_rate=1e-3,
         save_strategy="no",
@@ -78,22 +81,22 @@ def throughput(packing: bool, steps: int, batch_size: int) -> dict[str, float]:
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=Examples(items),
+        train_dataset=dataset,
         data_collator=collator(tokenizer, family, packing),
     )
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    padded = 0
-    if not packing:
-        for start in range(0, len(items), batch_size):
-            batch = items[start : start + batch_size]
-            padded += max(len(e.input_ids) for e in batch) * len(batch)
+    # computed positions: the Trainer shuffles, so count them on the batches it really formed
+    computed = 0
+    for batch in trainer.get_train_dataloader():
+        computed += batch["input_ids"].numel()
     return {
         "seconds": seconds,
+        "steps": trainer.state.global_step,
         "real_tokens": real,
         "tokens_per_second": real / seconds,
-        "padding_share": 1 - real / padded if padded else 0.0,
+        "padding_share": 1 - real / computed,
     }
 
 
@@ -133,21 +136,24 @@ def peak_memory(method: str, width: int) -> dict[str, float]:
 def main() -> None:
     """Run both benchmarks and print a JSON summary."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--examples", type=int, default=640)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--memory-width", type=int, default=768)
     args = parser.parse_args()
     from adaptflow.settings import apply_settings
 
     apply_settings()
-    padded = throughput(False, args.steps, args.batch_size)
-    packed = throughput(True, args.steps, args.batch_size)
+    padded = throughput(False, args.examples, args.batch_size)
+    packed = throughput(True, args.examples, args.batch_size)
     ratio = packed["tokens_per_second"] / padded["tokens_per_second"]
     print(
         f"padding: {padded['tokens_per_second']:.0f} real tokens/s "
         f"({padded['padding_share']:.0%} of computed tokens are padding)"
     )
-    print(f"packing: {packed['tokens_per_second']:.0f} real tokens/s")
+    print(
+        f"packing: {packed['tokens_per_second']:.0f} real tokens/s "
+        f"({packed['padding_share']:.0%} padding, {packed['steps']} steps vs {padded['steps']})"
+    )
     print(f"packing / padding = {ratio:.2f} (target >= 1.5)")
     memory = {m: peak_memory(m, args.memory_width) for m in ("lora", "full")}
     for method, m in memory.items():

@@ -7,8 +7,9 @@ from typing import Any
 
 from prefect import flow
 
-from adaptflow.methods import GENERATIVE_TASKS
+from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS
 from adaptflow.spec import Spec
+from tasks.evaluate.forgetting import base_lm_baseline_task
 from tasks.evaluate.generation import base_model_baseline_task
 from tasks.icl.knn import knn_baseline_task, majority_baseline_task
 from tasks.tracking import current_champion, score_champion
@@ -26,7 +27,8 @@ def compare(
 
     The baseline of a trained classifier is the in-context vote (the ICL method itself); the
     baseline of an ICL candidate is the majority class; the baseline of a generative candidate
-    is its base model answering the same prompts with no training. ``known_baseline``
+    is its base model answering the same prompts with no training; that of a CPT candidate is
+    the base model's perplexity on the same domain holdout. ``known_baseline``
     (``metrics`` and ``method``) skips re-scoring one already measured on the same split (the
     ladder's ICL rung).
 
@@ -35,6 +37,8 @@ def compare(
     """
     train, held_out = Path(train_file), Path(eval_file)
     baseline = known_baseline
+    if baseline is None and spec.task in LM_TASKS:
+        baseline = base_lm_baseline_task(spec.base_model, held_out, spec.train.max_length)
     if baseline is None and spec.task in GENERATIVE_TASKS:
         baseline = base_model_baseline_task(
             spec.base_model, held_out, spec.train.max_length, spec.train.max_new_tokens

@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow
 
 from tasks.evaluate.classification import evaluate_classifier_task
+from tasks.evaluate.forgetting import evaluate_lm_task
 from tasks.evaluate.generation import evaluate_generator_task
 from tasks.train.encoder import PackageManifest
 from tasks.train.lm import KINDS
@@ -17,6 +18,9 @@ from tasks.train.lm import KINDS
 def evaluate(package_dir: str, eval_file: str) -> dict[str, Any]:
     """The candidate's ``metrics``, ``artifacts`` (charts, answers) and ``eval_examples``."""
     package = Path(package_dir)
-    if PackageManifest.read(package).kind in KINDS.values():
+    manifest = PackageManifest.read(package)
+    if manifest.method == "cpt":
+        return evaluate_lm_task(package, Path(eval_file))
+    if manifest.kind in KINDS.values():
         return evaluate_generator_task(package, Path(eval_file), package.parent / "eval")
     return evaluate_classifier_task(package, Path(eval_file), package.parent / "eval")

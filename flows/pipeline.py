@@ -60,6 +60,7 @@ def adapt_pipeline(spec_path: str, method: str | None = None) -> dict[str, Any]:
             refs["baseline"],
             refs["champion_metrics"],
             refs["baseline_method"],
+            candidate["evaluation"].get("forgetting"),
         )
         registered = register_attempt(spec, chosen, run_id, curation, candidate, refs, gate, tags)
     except BaseException:

@@ -11,11 +11,13 @@ from typing import Any
 
 from prefect.runtime import flow_run
 
+from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS
 from adaptflow.provenance import git_commit
 from adaptflow.spec import LOWER_IS_BETTER, Spec
 from flows.adapt import adapt
 from flows.evaluate import evaluate
 from flows.register import register
+from tasks.evaluate.forgetting import forgetting_check_task, forgetting_metrics
 from tasks.evaluate.gate import GateDecision
 from tasks.tracking import log_stage
 
@@ -99,8 +101,29 @@ def attempt(spec: Spec, method: str, curation: dict[str, Any], run_id: str) -> d
     )
     evaluation = evaluate(trained["package_dir"], curation["eval_file"])
     log_stage(run_id, evaluation["metrics"], artifacts=evaluation["artifacts"])
+    if spec.data.general is not None and spec.task in GENERATIVE_TASKS + LM_TASKS:
+        evaluation["forgetting"] = check_forgetting(spec, trained["package_dir"], run_id)
     trained.pop("loss_history")
     return {"trained": trained, "evaluation": evaluation}
+
+
+def check_forgetting(spec: Spec, package_dir: str, run_id: str) -> dict[str, Any]:
+    """The forgetting check on ``data.general`` for one candidate, logged on its run."""
+    assert spec.data.general is not None
+    package = Path(package_dir)
+    report = forgetting_check_task(
+        package,
+        spec.base_model,
+        spec.data.general,
+        spec.data.text_field,
+        spec.forgetting.max_increase,
+        spec.forgetting.check_fraction,
+        spec.forgetting.max_check_texts,
+        package.parent / "eval",
+    )
+    artifacts = [report["artifact"]] if "artifact" in report else []
+    log_stage(run_id, forgetting_metrics(report), prefix="forgetting.", artifacts=artifacts)
+    return dict(report)
 
 
 def meets_target(spec: Spec, metrics: dict[str, float]) -> bool:
@@ -139,6 +162,7 @@ def card_facts(
         "total_params": trained["total_params"],
         "index": trained.get("index"),
         "retrieval": spec.retrieval.model_dump() if method == "rag" else None,
+        "forgetting": candidate["evaluation"].get("forgetting"),
         "gate": gate,
         "git_commit": tags["adaptflow.git_commit"],
         "flow_run_id": tags["adaptflow.flow_run_id"],
@@ -208,6 +232,7 @@ def summary(
         "gate": gate,
         "target": spec.target.model_dump(),
         "target_met": meets_target(spec, metrics),
+        "forgetting": candidate["evaluation"].get("forgetting"),
         "curation": curation,
         "train": candidate["trained"],
         "recommendation": None

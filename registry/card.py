@@ -13,6 +13,35 @@ def _metric_rows(metrics: dict[str, float], baseline: dict[str, float] | None) -
     return rows
 
 
+def _task_limit(task: str) -> str:
+    if task == "classification":
+        return "- Labels outside the training label set can never be predicted."
+    if task == "language-modeling":
+        return (
+            "- Domain perplexity measures fit to the domain's text, not usefulness on a task; "
+            "continue with SFT for one."
+        )
+    return "- Answers are greedy generations; lexical metrics (EM, F1, ROUGE) miss paraphrases."
+
+
+def _forgetting_rows(report: dict[str, Any] | None) -> list[str]:
+    if not report or not report.get("measured"):
+        return []
+    return [
+        "## Forgetting (held-out general text, base model → candidate)",
+        "| measure | before | after |",
+        "|---|--:|--:|",
+        f"| perplexity | {report['general_perplexity_before']:.3f} | "
+        f"{report['general_perplexity_after']:.3f} |",
+        f"| next-token accuracy | {report['general_accuracy_before']:.4f} | "
+        f"{report['general_accuracy_after']:.4f} |",
+        f"- Perplexity change {report['perplexity_increase']:+.1%}; allowed "
+        f"{report['max_increase']:+.1%}: **{'passed' if report['passed'] else 'failed'}** "
+        f"({report['check_texts']} general texts, none of them replayed in training).",
+        "",
+    ]
+
+
 def render_model_card(facts: dict[str, Any]) -> str:
     """Render the model card for one candidate.
 
@@ -66,14 +95,13 @@ def render_model_card(facts: dict[str, Any]) -> str:
         "## Evaluation (held-out split)",
         *_metric_rows(facts["metrics"], facts.get("baseline")),
         "",
+        *_forgetting_rows(facts.get("forgetting")),
         "## Promotion gate",
         *[f"- {reason}" for reason in facts.get("gate", [])],
         "",
         "## Known limits",
         f"- Evaluated on {cur['eval_examples']} examples; small eval sets give wide error bars.",
-        "- Labels outside the training label set can never be predicted."
-        if facts["task"] == "classification"
-        else "- Answers are greedy generations; lexical metrics (EM, F1, ROUGE) miss paraphrases.",
+        _task_limit(facts["task"]),
         "- Inherits the base model's biases and its language coverage.",
         "",
     ]

@@ -8,7 +8,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adaptflow.methods import GENERATIVE_TASKS
+from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS
 from registry import models, tracking
 from registry.card import render_model_card
 
@@ -82,6 +82,12 @@ def score_champion(
 
         retriever = model.unwrap_python_model().model
         return dict(score_retriever(retriever, rows)["metrics"])
+    if task in LM_TASKS:
+        from tasks.evaluate.forgetting import lm_metrics
+
+        generator = model.unwrap_python_model().generator
+        texts = [row["text"] for row in rows]
+        return lm_metrics(generator.model, generator.tokenizer, texts, generator.max_length)
     if task in GENERATIVE_TASKS:
         from tasks.evaluate.generation import score_generator
 

@@ -16,7 +16,17 @@ from helpers import REPO, write_jsonl
 
 from adaptflow.catalogue import resolve_base_model
 from adaptflow.errors import SpecError
-from tasks.train.lm import IGNORE, collator, encode_seq2seq, encode_sft, load_base, render_prompt
+from tasks.train.lm import (
+    IGNORE,
+    Encoded,
+    collator,
+    encode_seq2seq,
+    encode_sft,
+    load_base,
+    pack_rows,
+    render_prompt,
+    training_set,
+)
 from tasks.train.peft import Hyper
 from tasks.train.sft import setup
 from tasks.train.tiny import RECIPES
@@ -124,24 +134,44 @@ def test_truncation_keeps_the_answer_and_the_end_of_the_prompt() -> None:
     assert not source.truncated and source.labels[-1] == tokenizer.eos_token_id
 
 
+def test_pack_rows_first_fit_longest_first() -> None:
+    items = [Encoded([1] * n, [1] * n) for n in (5, 9, 3, 7, 2, 6)]
+    rows = pack_rows(items, 12)
+    assert [[len(e.input_ids) for e in row] for row in rows] == [[9, 3], [7, 5], [6, 2]]
+    assert sorted(len(e.input_ids) for row in rows for e in row) == [2, 3, 5, 6, 7, 9]
+    with pytest.raises(ValueError, match="13 tokens"):
+        pack_rows([Encoded([1] * 13, [1] * 13)], 12)
+
+
 def test_packed_examples_do_not_attend_to_each_other() -> None:
     model, tokenizer, _ = setup("tiny-gpt", "full", Hyper())
     model.eval()
     pairs = [("first question", "one"), ("a second, longer question here", "two words")]
+    pairs.append(("third", "a much longer answer than the others, so it gets its own row"))
     items = [encode_sft(tokenizer, q, a, 64) for q, a in pairs]
-    batch = collator(tokenizer, "decoder", packing=True)(
-        [{"input_ids": e.input_ids, "labels": e.labels} for e in items]
-    )
     lengths = [len(e.input_ids) for e in items]
-    assert batch["input_ids"].shape == (1, sum(lengths))  # one row, no padding
-    assert batch["position_ids"][0].tolist() == list(range(lengths[0])) + list(range(lengths[1]))
-    # the second example's first token is not a target of the first example's last token
-    assert batch["labels"][0, lengths[0]].item() == IGNORE
+    capacity = lengths[0] + lengths[1]  # the first two share a row, the third is alone
+    assert lengths[2] > max(lengths[:2]) and lengths[2] <= capacity < lengths[2] + min(lengths)
+    rows = training_set(items, packing=True, capacity=capacity)
+    batch = collator(tokenizer, "decoder", packing=True)([rows[i] for i in range(len(rows))])
+    assert batch["input_ids"].shape == (2, capacity) and "attention_mask" not in batch
+    by_row = {len(row): row for row in rows.rows}
+    assert [len(e.input_ids) for e in by_row[2]] == [lengths[1], lengths[0]]  # longest first
+    second, first = lengths[1], lengths[0]
+    shared = 0 if len(rows.rows[0]) == 2 else 1
+    assert batch["position_ids"][shared].tolist() == list(range(second)) + list(range(first))
+    # the next example's first token is not a target of the previous example's last token
+    assert batch["labels"][shared, second].item() == IGNORE
+    pad = capacity - lengths[2]  # the short row is padded as its own ignored segment
+    alone_row = 1 - shared
+    assert batch["labels"][alone_row, lengths[2] :].tolist() == [IGNORE] * pad
+    assert batch["position_ids"][alone_row, lengths[2] :].tolist() == list(range(pad))
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
         alone = [model(torch.tensor([e.input_ids])).logits[0] for e in items]
-    assert torch.allclose(packed[0, : lengths[0]], alone[0], atol=1e-5)
-    assert torch.allclose(packed[0, lengths[0] :], alone[1], atol=1e-5)
+    assert torch.allclose(packed[shared, :second], alone[1], atol=1e-5)
+    assert torch.allclose(packed[shared, second:], alone[0], atol=1e-5)
+    assert torch.allclose(packed[alone_row, : lengths[2]], alone[2], atol=1e-5)
 
 
 def test_base_model_weights_must_be_safetensors(tmp_path: Path) -> None:
@@ -294,7 +324,8 @@ def test_generative_methods_run_for_generative_tasks_only() -> None:
         assert resolve_method(task, "full") == "full"
     with pytest.raises(SpecError, match="method 'prefix' is not available for task 'classif"):
         check_method("classification", "prefix")
-    with pytest.raises(SpecError, match="task 'language-modeling' cannot run in this version"):
+    assert resolve_method("language-modeling", "cpt") == "cpt"
+    with pytest.raises(SpecError, match="method 'lora' is not available for task 'language-mod"):
         check_method("language-modeling", "lora")
     with pytest.raises(SpecError, match="'ladder' is not available for task 'instruction'"):
         check_method("instruction", "ladder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from adaptflow.spec import LOWER_IS_BETTER
 
@@ -25,6 +26,7 @@ def decide_promotion(
     baseline: dict[str, float] | None,
     champion: dict[str, float] | None,
     baseline_name: str = "",
+    forgetting: dict[str, Any] | None = None,
 ) -> GateDecision:
     """Apply the gate on ``metric``; every number compared comes from the same eval set.
 
@@ -34,6 +36,9 @@ def decide_promotion(
         baseline: The no-training baseline's metrics (None: no baseline for this task).
         champion: The current champion re-scored on the same eval set (None: no champion).
         baseline_name: What the baseline is, for the reasons (e.g. "majority class").
+        forgetting: The forgetting report (``tasks.evaluate.forgetting``), when one was
+            measured: a candidate whose general-text perplexity rose more than the spec allows
+            is not promoted, however well it scores.
 
     Returns:
         The decision; strictly better is required (a tie does not promote).
@@ -50,4 +55,14 @@ def decide_promotion(
         else:
             decision.promote = False
             decision.reasons.append(f"{metric} {value:.4f} does not beat {who} {other[metric]:.4f}")
+    if forgetting and forgetting.get("measured"):
+        rise = forgetting["perplexity_increase"]
+        limit = forgetting["max_increase"]
+        verdict = "within" if forgetting["passed"] else "exceeds"
+        decision.reasons.append(
+            f"forgetting: general-text perplexity {forgetting['general_perplexity_before']:.2f}"
+            f" -> {forgetting['general_perplexity_after']:.2f} ({rise:+.1%}) {verdict} the "
+            f"allowed {limit:+.1%}"
+        )
+        decision.promote = decision.promote and bool(forgetting["passed"])
     return decision

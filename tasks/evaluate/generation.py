@@ -22,13 +22,20 @@ class Generator:
     """A generative model ready to answer: model, tokenizer, family and decoding limits."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, family: str, max_length: int, max_new_tokens: int
+        self,
+        model: Any,
+        tokenizer: Any,
+        family: str,
+        max_length: int,
+        max_new_tokens: int,
+        raw: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.family = family
         self.max_length = max_length
         self.max_new_tokens = max_new_tokens
+        self.raw = raw  # continue the text as it is (CPT packages), no prompt format
 
     @classmethod
     def from_package(cls, folder: Path) -> Generator:
@@ -42,6 +49,7 @@ class Generator:
             family_of(manifest.kind),
             manifest.max_length,
             int(manifest.options.get("max_new_tokens", 64)),
+            raw=manifest.options.get("prompt") == "raw",
         )
 
     @classmethod
@@ -68,6 +76,7 @@ class Generator:
             max_new_tokens=self.max_new_tokens,
             max_length=self.max_length,
             contexts=contexts,
+            raw=self.raw,
         )
 
 

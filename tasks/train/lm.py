@@ -125,19 +125,102 @@ class Examples:
         return {"input_ids": item.input_ids, "labels": item.labels}
 
 
-def collator(tokenizer: Any, family: str, packing: bool) -> Any:
-    """The batch collator: packed (flattened) rows for decoders, else padding.
+def pack_rows(items: list[Encoded], capacity: int) -> list[list[Encoded]]:
+    """Bin-pack examples into rows of at most ``capacity`` tokens (first fit, longest first).
 
-    Packing puts a batch's examples in one row with position ids restarting at each example;
-    transformers turns restarting positions into a block-diagonal causal mask, so no example
-    attends to another (tested against running each example alone). It needs the model's
-    ``use_cache`` off during training, or the mask logic assumes generation and skips it.
+    Deterministic for the same input. Written here rather than taken from a library because
+    transformers only offers "one row per batch" flattening, which on CPU attends densely over
+    the whole batch (``benchmarks/bench_sft.py``); rows of ``max_length`` keep attention small.
+
+    Raises:
+        ValueError: When an example is longer than ``capacity``.
     """
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+    order = sorted(range(len(items)), key=lambda i: -len(items[i].input_ids))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    open_rows: list[int] = []  # rows that can still take the shortest example
+    shortest = len(items[order[-1]].input_ids) if order else 0
+    for i in order:
+        size = len(items[i].input_ids)
+        if size > capacity:
+            raise ValueError(f"example of {size} tokens does not fit a row of {capacity}")
+        for r in open_rows:
+            if size <= free[r]:
+                break
+        else:
+            r = len(rows)
+            rows.append([])
+            free.append(capacity)
+            open_rows.append(r)
+        rows[r].append(i)
+        free[r] -= size
+        if free[r] < shortest:
+            open_rows.remove(r)
+    return [[items[i] for i in row] for row in rows]
+
+
+class PackedRows:
+    """Rows of packed examples as a dataset: ids and labels joined, positions restarting.
+
+    The first label of every example is ignored, so no example is trained to predict the start
+    of the next one.
+    """
+
+    def __init__(self, rows: list[list[Encoded]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for item in self.rows[i]:
+            ids += item.input_ids
+            labels += [IGNORE] + item.labels[1:]
+            positions += list(range(len(item.input_ids)))
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
+class PackedCollator:
+    """Batch packed rows: pad each to the longest row as one more, separate, ignored segment.
+
+    No attention mask is passed: transformers reads the restarting position ids and builds a
+    block-diagonal causal mask, so examples (and padding) never attend to each other. That
+    needs the model's ``use_cache`` off during training, or the mask logic assumes generation.
+    """
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
+        """Tensors ``input_ids``, ``labels`` and ``position_ids`` of equal width."""
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": []}
+        for f in features:
+            pad = width - len(f["input_ids"])
+            batch["input_ids"].append(f["input_ids"] + [self.pad_id] * pad)
+            batch["labels"].append(f["labels"] + [IGNORE] * pad)
+            batch["position_ids"].append(f["position_ids"] + list(range(pad)))
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+
+
+def training_set(items: list[Encoded], packing: bool, capacity: int) -> Any:
+    """The Trainer's dataset: packed rows of ``capacity`` tokens, or one example per row."""
+    return PackedRows(pack_rows(items, capacity)) if packing else Examples(items)
+
+
+def collator(tokenizer: Any, family: str, packing: bool) -> Any:
+    """The batch collator: packed rows (``PackedRows``) for decoders, else padding."""
+    from transformers import DataCollatorForSeq2Seq
 
     tokenizer.padding_side = "right"  # training and scoring pad after the text
     if packing and family == "decoder":
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
+        # filler is EOS, not PAD: transformers warns about unmasked padding when it sees PAD
+        return PackedCollator(tokenizer.eos_token_id)
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, padding=True)
 
 
@@ -213,17 +296,20 @@ def generate(
     max_length: int = 512,
     batch_size: int = 16,
     contexts: list[list[dict[str, str]] | None] | None = None,
+    raw: bool = False,
 ) -> list[str]:
     """Greedy answers to ``texts`` (prompts rendered as in training), decoded without specials.
 
-    ``contexts``, when given, holds each text's earlier conversation turns (or None).
+    ``contexts``, when given, holds each text's earlier conversation turns (or None). ``raw``
+    continues each text as it is, with no prompt format (a CPT model continues text).
     """
     import torch
 
     tokenizer.padding_side = "left"  # decoders continue from the right edge of the prompt
+    tokenizer.truncation_side = "left"  # an over-long prompt keeps its end (the question)
     turns = contexts or [None] * len(texts)
     inputs = [
-        render_prompt(tokenizer, t, c) if family == "decoder" else source_text(t, c)
+        t if raw else render_prompt(tokenizer, t, c) if family == "decoder" else source_text(t, c)
         for t, c in zip(texts, turns, strict=True)
     ]
     answers: list[str] = []
@@ -283,3 +369,78 @@ def answer_nll(
             total += float(model(**batch).loss) * count
             tokens += count
     return total, tokens
+
+
+def chunk_text(tokenizer: Any, text: str, max_length: int) -> list[Encoded]:
+    """A document as language-modelling windows of at most ``max_length`` tokens.
+
+    The document ends with EOS; every token carries loss (the first of each window has no
+    context, and the model's shift leaves it out). Windows shorter than 2 tokens teach nothing
+    and are left out.
+    """
+    # verbose off: the length warning is moot, the windows below respect max_length
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    ids.append(tokenizer.eos_token_id)
+    windows = (ids[start : start + max_length] for start in range(0, len(ids), max_length))
+    return [Encoded(w, list(w)) for w in windows if len(w) >= 2]
+
+
+@dataclass(frozen=True)
+class TextScore:
+    """How well a decoder predicts a set of texts: summed NLL (nats), tokens and top-1 hits."""
+
+    nll: float
+    tokens: int
+    hits: int
+
+    @property
+    def perplexity(self) -> float:
+        """exp(mean NLL per predicted token)."""
+        from tasks.evaluate.text_metrics import perplexity
+
+        return perplexity(self.nll, self.tokens)
+
+    @property
+    def accuracy(self) -> float:
+        """Share of tokens predicted exactly (greedy next token)."""
+        return self.hits / self.tokens if self.tokens else 0.0
+
+
+def score_texts(
+    model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 16
+) -> TextScore:
+    """Next-token NLL and accuracy of a decoder on ``texts``, windowed as CPT trains.
+
+    Used for the domain holdout and the general-text forgetting check, so "before" and "after"
+    are measured on exactly the same windows.
+    """
+    import torch
+
+    windows = [w for text in texts for w in chunk_text(tokenizer, text, max_length)]
+    windows.sort(key=lambda w: len(w.input_ids))  # similar lengths batch with little padding
+    collate = collator(tokenizer, "decoder", packing=False)
+    nll, tokens, hits = 0.0, 0, 0
+    with torch.inference_mode():
+        for start in range(0, len(windows), batch_size):
+            batch = collate(
+                [
+                    {"input_ids": w.input_ids, "labels": w.labels}
+                    for w in windows[start:][:batch_size]
+                ]
+            )
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits[:, :-1]
+            labels = batch["labels"][:, 1:]
+            scored = labels != IGNORE
+            nll += float(
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).float(),
+                    labels.reshape(-1),
+                    ignore_index=IGNORE,
+                    reduction="sum",
+                )
+            )
+            tokens += int(scored.sum())
+            hits += int(((logits.argmax(-1) == labels) & scored).sum())
+    return TextScore(nll, tokens, hits)

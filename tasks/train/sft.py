@@ -28,13 +28,13 @@ from tasks.train.encoder import PackageManifest
 from tasks.train.lm import (
     KINDS,
     Encoded,
-    Examples,
     collator,
     encode_seq2seq,
     encode_sft,
     family_of,
     load_base,
     load_base_tokenizer,
+    training_set,
 )
 from tasks.train.methods import (
     PEFT_METHODS,
@@ -147,11 +147,14 @@ def train(
     tokenizer: Any,
     examples: list[Encoded],
     family: str,
-    method: str,
+    packed: bool,
     hyper: Hyper,
     checkpoints: Path,
 ) -> tuple[float, list[tuple[int, float]], int, str | None]:
     """Fine-tune ``model`` in place, resuming from the last complete checkpoint if any.
+
+    With ``packed``, examples are bin-packed into rows of ``hyper.max_length`` tokens and
+    ``hyper.batch_size`` counts rows.
 
     Returns:
         (seconds, loss history, optimizer steps, checkpoint resumed from or None).
@@ -184,8 +187,8 @@ def train(
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=Examples(examples),
-        data_collator=collator(tokenizer, family, uses_packing(hyper, family, method)),
+        train_dataset=training_set(examples, packed, hyper.max_length),
+        data_collator=collator(tokenizer, family, packed),
         callbacks=[_marker_callback()],
     )
     started = time.perf_counter()
@@ -248,8 +251,9 @@ def train_generator(
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer, family = setup(base_model, method, hyper)
     examples = encode_rows(tokenizer, rows, family, hyper.max_length)
+    packed = uses_packing(hyper, family, method)
     seconds, history, steps, resumed = train(
-        model, tokenizer, examples, family, method, hyper, checkpoints
+        model, tokenizer, examples, family, packed, hyper, checkpoints
     )
     trainable, total = save(model, tokenizer, out, family, method, base_model, hyper)
     shutil.rmtree(checkpoints, ignore_errors=True)
@@ -266,7 +270,7 @@ def train_generator(
         loss_history=history,
         resumed_from=resumed,
         truncated=sum(e.truncated for e in examples),
-        packed=uses_packing(hyper, family, method),
+        packed=packed,
     )
 
 
