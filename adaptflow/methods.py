@@ -26,6 +26,8 @@ GENERATIVE_TASKS = ("instruction", "qa", "summarization")
 #: Tasks scored by next-token perplexity on held-out text (``tasks.evaluate.forgetting``).
 LM_TASKS = ("language-modeling",)
 CHOSEN_BY_ADVISOR = ("auto", "ladder")
+#: Methods that train nothing (no hyperparameters to search).
+UNTRAINED = ("icl", "rag")
 #: Tasks with more than one runnable rung to climb.
 LADDER_TASKS = ("classification",)
 

@@ -266,6 +266,44 @@ class RetrievalSpec(_Strict):
         return self
 
 
+class SearchSpec(_Strict):
+    """Hyperparameter search over ``train`` keys (an extension; off unless ``space`` is set).
+
+    Each configuration of the grid trains on the training split minus a validation part and is
+    scored there; the best configuration then trains on the whole training split and goes on
+    through evaluation and the gate like any run.
+    """
+
+    space: dict[str, list[float | int | bool]] = Field(
+        default_factory=dict,
+        description="train keys and the values to try, e.g. {learning_rate: [0.001, 0.003]}",
+    )
+    max_trials: int = Field(
+        8, ge=1, le=256, description="Most configurations tried (a seeded sample of the grid)"
+    )
+    validation_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of the training split scored to pick the best"
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if key not in TrainSpec.model_fields:
+                raise ValueError(
+                    f"'{key}' is not a train key; searchable: {', '.join(TrainSpec.model_fields)}"
+                )
+            if not values:
+                raise ValueError(f"search.space.{key} is empty; give at least one value")
+            for item in values:
+                try:
+                    TrainSpec.model_validate({key: item})
+                except ValidationError as exc:
+                    reason = exc.errors()[0]["msg"]
+                    raise ValueError(f"search.space.{key}: {item!r} is invalid: {reason}") from None
+        return value
+
+
 class CptSpec(_Strict):
     """Continued pre-training (method ``cpt``): how much general text is replayed (extension)."""
 
@@ -308,6 +346,7 @@ class Spec(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     curation: CurationSpec = Field(default_factory=CurationSpec)
     retrieval: RetrievalSpec = Field(default_factory=RetrievalSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
     cpt: CptSpec = Field(default_factory=CptSpec)
     forgetting: ForgettingSpec = Field(default_factory=ForgettingSpec)
 

@@ -6,12 +6,13 @@ from typing import Any
 
 from prefect import flow
 
-from adaptflow.methods import check_method, resolve_method
+from adaptflow.methods import UNTRAINED, check_method, resolve_method
 from adaptflow.spec import load_spec
 from flows.compare import compare
 from flows.curate import curate
 from flows.ladder import ladder
 from flows.rag import rag_pipeline
+from flows.search import search, with_train
 from flows.steps import (
     attempt,
     log_curation,
@@ -50,6 +51,11 @@ def adapt_pipeline(spec_path: str, method: str | None = None) -> dict[str, Any]:
     try:
         curation = curate(spec)
         log_curation(run_id, spec, curation, advice)
+        searched = None
+        if spec.search.space and chosen not in UNTRAINED:
+            # pick hyperparameters on a validation part of train; the best trains on all of it
+            searched = search(spec, chosen, curation["train_file"], run_id)
+            spec = with_train(spec, searched["best"]["config"])
         candidate = attempt(spec, chosen, curation, run_id)
         metrics = candidate["evaluation"]["metrics"]
         refs = compare(spec, chosen, curation["train_file"], curation["eval_file"])
@@ -67,6 +73,7 @@ def adapt_pipeline(spec_path: str, method: str | None = None) -> dict[str, Any]:
         close_run(run_id, succeeded=False)
         raise
     close_run(run_id, succeeded=True)
-    return summary(
+    result = summary(
         spec, chosen, run_id, curation, candidate, refs, registered, gate.reasons, advice
     )
+    return result | {"search": searched}

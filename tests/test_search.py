@@ -1,0 +1,109 @@
+"""Hyperparameter search: the grid, the validation split, the pick, and child runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import REPO
+
+from adaptflow.errors import SpecError
+from adaptflow.spec import parse_spec
+from tasks.evaluate.search import best_trial, split_validation, trial_configs
+
+LOWERCASE = REPO / "examples" / "unicode-lowercase"
+
+
+def test_trial_configs_are_the_grid_or_a_seeded_sample_of_it() -> None:
+    space = {"lora_r": [4, 8], "learning_rate": [0.001, 0.003, 0.01]}
+    grid = trial_configs(space, max_trials=10, seed=0)
+    assert grid == [
+        {"learning_rate": lr, "lora_r": r} for lr in (0.001, 0.003, 0.01) for r in (4, 8)
+    ]
+    sample = trial_configs(space, max_trials=3, seed=7)
+    assert len(sample) == 3 and all(c in grid for c in sample)
+    assert sample == sorted(sample, key=grid.index)  # grid order kept
+    assert trial_configs(space, max_trials=3, seed=7) == sample
+    assert trial_configs({}, max_trials=3, seed=0) == [{}]
+
+
+def test_best_trial_follows_the_metric_direction_and_breaks_ties_early() -> None:
+    trials = [
+        {"trial": 1, "metrics": {"rougeL": 0.5, "perplexity": 9.0}},
+        {"trial": 2, "metrics": {"rougeL": 0.7, "perplexity": 3.0}},
+        {"trial": 3, "metrics": {"rougeL": 0.7, "perplexity": 4.0}},
+    ]
+    assert best_trial(trials, "rougeL")["trial"] == 2
+    assert best_trial(trials, "perplexity")["trial"] == 2
+    assert best_trial(trials[::-1], "rougeL")["trial"] == 2
+
+
+def test_validation_split_is_disjoint_stratified_and_complete(tmp_path: Path) -> None:
+    rows = [{"id": str(i), "text": f"t{i}", "label": "a" if i % 4 else "b"} for i in range(40)]
+    source = tmp_path / "train.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fit, validation = split_validation(source, 0.25, 3, tmp_path / "out")
+    fit_rows = [json.loads(x) for x in fit.read_text().splitlines()]
+    val_rows = [json.loads(x) for x in validation.read_text().splitlines()]
+    assert len(val_rows) == 10 and len(fit_rows) == 30
+    assert sorted(r["id"] for r in fit_rows + val_rows) == sorted(r["id"] for r in rows)
+    assert sum(r["label"] == "b" for r in val_rows) == 2  # 10 b's, a quarter held out
+    again = split_validation(source, 0.25, 3, tmp_path / "again")[1].read_text()
+    assert again == validation.read_text()
+
+
+def _spec(**search: object) -> dict:
+    raw = yaml.safe_load((LOWERCASE / "spec.yaml").read_text())
+    return raw | {"search": search}
+
+
+def test_search_space_is_validated_against_train_keys() -> None:
+    ok = parse_spec(_spec(space={"learning_rate": [0.001, 0.01], "lora_r": [4]}), LOWERCASE)
+    assert ok.search.space == {"learning_rate": [0.001, 0.01], "lora_r": [4]}
+    with pytest.raises(SpecError, match="'rank' is not a train key; searchable: epochs"):
+        parse_spec(_spec(space={"rank": [4]}), LOWERCASE)
+    with pytest.raises(SpecError, match=r"search.space.learning_rate: -1 is invalid"):
+        parse_spec(_spec(space={"learning_rate": [0.1, -1]}), LOWERCASE)
+    with pytest.raises(SpecError, match="search.space.epochs is empty"):
+        parse_spec(_spec(space={"epochs": []}), LOWERCASE)
+
+
+@pytest.mark.integration
+def test_search_runs_child_trials_and_trains_the_best(tmp_path: Path) -> None:
+    from flows.pipeline import adapt_pipeline
+    from registry import tracking
+
+    raw = _spec(space={"learning_rate": [0.00001, 0.003]}, validation_fraction=0.25)
+    lines = (LOWERCASE / "data" / "pairs.jsonl").read_text().splitlines()[:160]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    raw |= {"name": "e2e-search", "method": "full"}
+    raw["data"]["train"] = str(tmp_path / "pairs.jsonl")
+    raw["train"] |= {"epochs": 4}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+
+    result = adapt_pipeline(str(path))
+    trials = result["search"]["trials"]
+    assert [t["config"] for t in trials] == [{"learning_rate": 0.00001}, {"learning_rate": 0.003}]
+    scores = [t["metrics"]["rougeL"] for t in trials]
+    best = result["search"]["best"]
+    assert best["metrics"]["rougeL"] == max(scores)
+    # 1e-5 barely moves the weights in 4 epochs; 3e-3 is the example's learning rate
+    assert best["config"] == {"learning_rate": 0.003}, scores
+    assert scores[1] > scores[0] + 0.1, scores
+    for trial in trials:
+        run = tracking.client().get_run(trial["mlflow_run_id"])
+        assert run.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"]
+        assert run.data.tags["adaptflow.search_trial"] == str(trial["trial"])
+        assert float(run.data.params["search.learning_rate"]) == trial["config"]["learning_rate"]
+        assert run.data.metrics["validation.rougeL"] == pytest.approx(trial["metrics"]["rougeL"])
+        assert run.info.status == "FINISHED"
+    parent = tracking.client().get_run(result["mlflow_run_id"])
+    assert parent.data.metrics["search.best.learning_rate"] == pytest.approx(0.003)
+    # the validation part is carved from train (never from eval); the final run used all train
+    search = result["search"]
+    train_examples = result["curation"]["train_examples"]
+    assert search["fit_examples"] + search["validation_examples"] == train_examples
+    assert search["validation_examples"] == round(train_examples * 0.25)
