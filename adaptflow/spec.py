@@ -305,7 +305,12 @@ class SearchSpec(_Strict):
 
 
 class CptSpec(_Strict):
-    """Continued pre-training (method ``cpt``): how much general text is replayed (extension)."""
+    """Continued pre-training (an extension): method ``cpt``, or a CPT stage before SFT.
+
+    For ``language-modeling`` the corpus is ``data.train``. For an SFT task, ``corpus`` makes
+    the run a sequential plan: continue pre-training on it first, then fine-tune the result on
+    ``data.train`` with the spec's method.
+    """
 
     replay: float = Field(
         0.2,
@@ -314,6 +319,23 @@ class CptSpec(_Strict):
         description="Share of training tokens taken from data.general (replay against "
         "catastrophic forgetting); 0 trains on the domain corpus alone",
     )
+    corpus: Path | None = Field(
+        None,
+        description="SFT tasks: domain text (.jsonl/.csv/.parquet with data.text_field, or a "
+        "folder of .txt/.md/.html) to continue pre-training on before fine-tuning",
+    )
+    epochs: float | None = Field(None, gt=0, description="CPT stage epochs (default: train's)")
+    learning_rate: float | None = Field(
+        None, gt=0, description="CPT stage learning rate (default: train's)"
+    )
+
+    @field_validator("corpus")
+    @classmethod
+    def _corpus(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        path = _resolve(value, info)
+        if path is not None and not path.exists():
+            raise ValueError(f"not found: {path}")
+        return path
 
 
 class ForgettingSpec(_Strict):
@@ -390,6 +412,16 @@ class Spec(_Strict):
                 raise ValueError(f"data.questions is a folder: {self.data.questions}")
         elif self.data.train is None:
             raise ValueError(f"task '{self.task}' needs data.train")
+        if self.cpt.corpus is not None and self.task not in GENERATIVE_TASKS:
+            raise ValueError(
+                f"cpt.corpus adds a CPT stage before fine-tuning, for {', '.join(GENERATIVE_TASKS)}"
+                f"; task '{self.task}' cannot use it (language-modeling trains on data.train)"
+            )
+        if self.cpt.corpus is not None and self.cpt.replay > 0 and self.data.general is None:
+            raise ValueError(
+                f"the CPT stage replays general text (cpt.replay {self.cpt.replay}): set "
+                "data.general, or cpt.replay: 0"
+            )
         if self.method == "cpt" and self.cpt.replay > 0 and self.data.general is None:
             raise ValueError(
                 f"method 'cpt' replays general text (cpt.replay {self.cpt.replay}): set "

@@ -10,11 +10,78 @@ from prefect import flow
 
 from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS
 from adaptflow.settings import load_settings
-from adaptflow.spec import Spec
+from adaptflow.spec import Spec, Target
+from flows.curate import curate
 from tasks.icl.knn import build_knn_classifier_task
-from tasks.train.cpt import train_cpt_task
+from tasks.tracking import log_stage
+from tasks.train.cpt import CptResult, train_cpt_task
 from tasks.train.peft import Hyper, TrainResult, train_peft_classifier_task
 from tasks.train.sft import train_generator_task
+
+
+def continue_pretraining(
+    spec: Spec, train_file: Path, hyper: Hyper, out: Path, work: Path
+) -> CptResult:
+    """The CPT recipe on curated domain text, with the spec's replay and check split."""
+    result: CptResult = train_cpt_task(
+        train_file,
+        spec.base_model,
+        hyper,
+        out,
+        work / "checkpoints",
+        spec.data.general,
+        spec.data.text_field,
+        spec.cpt.replay,
+        spec.forgetting.check_fraction,
+        spec.forgetting.max_check_texts,
+    )
+    return result
+
+
+def cpt_stage(spec: Spec, out: Path, work: Path, run_id: str) -> str:
+    """Curate ``cpt.corpus`` and continue pre-training on it; returns the new base's folder.
+
+    The corpus goes through the same curation (and DVC versioning) as any training data, under
+    the name ``<name>-cpt-corpus``; its counts and the stage's costs are logged as ``cpt.*``.
+    """
+    data = spec.data.model_copy(
+        update={
+            "train": spec.cpt.corpus,
+            "eval": None,
+            "format": "fields",
+            "id_field": None,  # the corpus is plain text; its ids are line numbers or paths
+            "target_field": None,
+        }
+    )
+    corpus_spec = spec.model_copy(
+        update={
+            "name": f"{spec.name}-cpt-corpus",
+            "task": "language-modeling",
+            "method": "cpt",
+            "data": data,
+            "target": Target(metric="perplexity"),
+            "cpt": spec.cpt.model_copy(update={"corpus": None}),
+        }
+    )
+    curated = curate(corpus_spec)
+    overrides = {k: getattr(spec.cpt, k) for k in ("epochs", "learning_rate")}
+    stage = spec.train.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    result = continue_pretraining(
+        spec, Path(curated["train_file"]), Hyper(**stage.model_dump(), seed=spec.seed), out, work
+    )
+    counts = {k: float(curated[k]) for k in ("input", "kept", "quarantined")}
+    counts["dropped"] = float(sum(curated["dropped"].values()))
+    costs = {
+        k: float(getattr(result, k))
+        for k in ("domain_tokens", "replay_tokens", "replay_share", "train_seconds", "steps")
+    }
+    log_stage(
+        run_id,
+        counts | costs,
+        prefix="cpt.",
+        tags={"adaptflow.cpt_data_hash": curated["data_hash"]},
+    )
+    return str(Path(result.package_dir) / "weights")
 
 
 @flow(name="adapt")
@@ -27,22 +94,21 @@ def adapt(spec: Spec, method: str, train_file: str, run_id: str) -> dict[str, An
     hyper = Hyper(**spec.train.model_dump(), seed=spec.seed)
     result: TrainResult
     if spec.task in LM_TASKS:
-        result = train_cpt_task(
+        result = continue_pretraining(spec, Path(train_file), hyper, out, work)
+    elif spec.task in GENERATIVE_TASKS:
+        base = spec.base_model
+        if spec.cpt.corpus is not None:  # a sequential plan: CPT first, then fine-tune on it
+            base = cpt_stage(spec, work / run_id / "cpt", work, run_id)
+        # checkpoints are keyed by the inputs, so a killed run resumes on re-run
+        result = train_generator_task(
             Path(train_file),
-            spec.base_model,
+            base,
+            method,
             hyper,
             out,
             work / "checkpoints",
-            spec.data.general,
-            spec.data.text_field,
-            spec.cpt.replay,
-            spec.forgetting.check_fraction,
-            spec.forgetting.max_check_texts,
-        )
-    elif spec.task in GENERATIVE_TASKS:
-        # checkpoints are keyed by the inputs, so a killed run resumes on re-run
-        result = train_generator_task(
-            Path(train_file), spec.base_model, method, hyper, out, work / "checkpoints", spec.task
+            spec.task,
+            bundle_base=base != spec.base_model,
         )
     else:
         result = train_peft_classifier_task(Path(train_file), spec.base_model, method, hyper, out)

@@ -167,3 +167,74 @@ def test_harmful_cpt_is_blocked_and_replayed_cpt_is_promoted(tmp_path: Path) -> 
     assert gentle["forgetting"]["passed"]
     assert gentle["metrics"]["perplexity"] < gentle["baseline"]["perplexity"]
     assert gentle["promoted"] and gentle["champion_version"] == gentle["model_version"] == "2"
+
+
+def _plan_spec(folder: Path) -> Path:
+    import unicodedata
+
+    raw = yaml.safe_load((REPO / "examples" / "unicode-lowercase" / "spec.yaml").read_text())
+    pairs = (REPO / "examples" / "unicode-lowercase" / "data" / "pairs.jsonl").read_text()
+    (folder / "pairs.jsonl").write_text("\n".join(pairs.splitlines()[:120]) + "\n")
+    names = [unicodedata.name(chr(c), "") for c in range(0x100, 0x600)]
+    names = [n for n in names if n]
+    corpus = [{"text": "\n".join(names[i : i + 40])} for i in range(0, len(names), 40)]
+    (folder / "names.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
+    raw |= {"name": "e2e-plan", "method": "lora"}
+    raw["data"] |= {
+        "train": str(folder / "pairs.jsonl"),
+        "general": str(CODE_EXAMPLE / "data" / "general.jsonl"),
+    }
+    raw["cpt"] = {"corpus": str(folder / "names.jsonl"), "replay": 0.25, "epochs": 1}
+    raw["forgetting"] = {"max_increase": 5.0}
+    raw["train"] |= {"epochs": 2}
+    path = folder / "plan.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_cpt_corpus_is_for_sft_tasks_and_needs_general_text(tmp_path: Path) -> None:
+    raw = yaml.safe_load(_plan_spec(tmp_path).read_text())
+    assert parse_spec(raw, tmp_path).cpt.corpus == (tmp_path / "names.jsonl").resolve()
+    raw["data"].pop("general")
+    with pytest.raises(SpecError, match="the CPT stage replays general text"):
+        parse_spec(raw, tmp_path)
+    code = yaml.safe_load((CODE_EXAMPLE / "spec.yaml").read_text())
+    code["cpt"] = {"corpus": str(tmp_path / "names.jsonl")}
+    with pytest.raises(SpecError, match="task 'language-modeling' cannot use it"):
+        parse_spec(code, CODE_EXAMPLE)
+    raw["cpt"]["corpus"] = "missing.jsonl"
+    with pytest.raises(SpecError, match="cpt.corpus: not found"):
+        parse_spec(raw, tmp_path)
+
+
+@pytest.mark.integration
+def test_sequential_plan_cpt_then_lora_makes_a_self_contained_package(tmp_path: Path) -> None:
+    import shutil
+
+    from flows.pipeline import adapt_pipeline
+    from registry import models, tracking
+    from tasks.evaluate.generation import Generator
+
+    result = adapt_pipeline(str(_plan_spec(tmp_path)))
+    package = Path(result["train"]["package_dir"])
+    assert result["method"] == "lora" and (package / "adapter").is_dir()
+    assert (package / "base" / "model.safetensors").is_file()  # the CPT weights travel along
+    run = tracking.client().get_run(result["mlflow_run_id"])
+    metrics = run.data.metrics
+    assert metrics["cpt.domain_tokens"] > 0 and 0.25 <= metrics["cpt.replay_share"] < 0.35
+    kept, dropped, quarantined = (metrics[f"cpt.{k}"] for k in ("kept", "dropped", "quarantined"))
+    assert metrics["cpt.input"] == kept + dropped + quarantined and kept > 0
+    assert run.data.tags["adaptflow.cpt_data_hash"]
+    assert result["forgetting"]["measured"] and "forgetting.perplexity_increase" in metrics
+
+    # the registered package loads without the CPT stage's work folder
+    shutil.rmtree(package.parent / "cpt")
+    answers = [
+        json.loads(line)
+        for line in (package.parent / "eval" / "eval_answers.jsonl").read_text().splitlines()[:4]
+    ]
+    served = models.load_model(f"models:/e2e-plan/{result['model_version']}")
+    predicted = served.predict([a["text"] for a in answers])
+    assert list(predicted) == [a["prediction"] for a in answers]
+    again = Generator.from_package(package).predict([a["text"] for a in answers])
+    assert again == [a["prediction"] for a in answers]

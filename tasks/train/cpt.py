@@ -119,6 +119,7 @@ def train_cpt(
         model, tokenizer, windows, family, True, hyper, checkpoints
     )
     trainable, total = save_weights(model, tokenizer, out, family, "full", base_model, hyper)
+    tokenizer.save_pretrained(str(out / "weights"))  # weights/ is a base model for an SFT stage
     _write_manifest(out, base_model, hyper, trainable, total, replay)
     shutil.rmtree(checkpoints, ignore_errors=True)
     domain_tokens = sum(len(w.input_ids) for w in domain)

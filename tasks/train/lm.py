@@ -280,9 +280,10 @@ def load_generator(folder: Path) -> tuple[Any, Any, PackageManifest]:
     if (folder / "weights").is_dir():
         model = auto_class(family).from_pretrained(str(folder / "weights"), use_safetensors=True)
     else:
-        model = PeftModel.from_pretrained(
-            load_base(manifest.base_model, family), str(folder / "adapter")
-        )
+        # an adapter over a base that lives only in the package (a CPT stage's output)
+        bundled = folder / "base"
+        base = str(bundled) if bundled.is_dir() else manifest.base_model
+        model = PeftModel.from_pretrained(load_base(base, family), str(folder / "adapter"))
     model.eval()
     return model, tokenizer, manifest
 

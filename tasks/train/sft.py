@@ -23,6 +23,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from adaptflow.catalogue import resolve_base_model
 from tasks.curate.records import read_jsonl
 from tasks.train.encoder import PackageManifest
 from tasks.train.lm import (
@@ -230,6 +231,7 @@ def train_generator(
     out: Path,
     checkpoint_root: Path,
     task: str = "instruction",
+    bundle_base: bool = False,
 ) -> GenerativeResult:
     """Fine-tune a decoder or encoder-decoder on (text, target) rows and save it as a package.
 
@@ -242,6 +244,8 @@ def train_generator(
         checkpoint_root: Where resumable checkpoints live (a sub-folder per ``run_key``); the
             run's folder is removed once the package is written.
         task: The spec's task (part of the checkpoint key).
+        bundle_base: Copy the base model into the package (``base/``) when an adapter is
+            saved: for a base that exists only on this machine, such as a CPT stage's output.
 
     Returns:
         Where the package is, what training cost, and whether it resumed.
@@ -256,6 +260,8 @@ def train_generator(
         model, tokenizer, examples, family, packed, hyper, checkpoints
     )
     trainable, total = save(model, tokenizer, out, family, method, base_model, hyper)
+    if bundle_base and method in PEFT_METHODS:
+        shutil.copytree(resolve_base_model(base_model), out / "base", dirs_exist_ok=True)
     shutil.rmtree(checkpoints, ignore_errors=True)
     epochs = max(1, round(hyper.epochs))
     tokens = sum(len(e.input_ids) for e in examples) * epochs
