@@ -28,8 +28,8 @@ LM_TASKS = ("language-modeling",)
 CHOSEN_BY_ADVISOR = ("auto", "ladder")
 #: Methods that train nothing (no hyperparameters to search).
 UNTRAINED = ("icl", "rag")
-#: Tasks with more than one runnable rung to climb.
-LADDER_TASKS = ("classification",)
+#: Tasks with more than one runnable rung to climb (generative: lora -> freeze -> full).
+LADDER_TASKS = ("classification", *GENERATIVE_TASKS)
 
 
 def runnable_methods(task: str) -> tuple[str, ...]:

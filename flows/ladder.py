@@ -106,6 +106,7 @@ def ladder(spec: Spec, advice: dict[str, Any]) -> dict[str, Any]:
             refs["baseline"],
             refs["champion_metrics"],
             refs["baseline_method"],
+            winner["candidate"]["evaluation"].get("forgetting"),
         )
         if not met:
             gate.promote = False

@@ -327,5 +327,29 @@ def test_generative_methods_run_for_generative_tasks_only() -> None:
     assert resolve_method("language-modeling", "cpt") == "cpt"
     with pytest.raises(SpecError, match="method 'lora' is not available for task 'language-mod"):
         check_method("language-modeling", "lora")
-    with pytest.raises(SpecError, match="'ladder' is not available for task 'instruction'"):
-        check_method("instruction", "ladder")
+    check_method("instruction", "ladder")
+    with pytest.raises(SpecError, match="'ladder' is not available for task 'language-modeling'"):
+        check_method("language-modeling", "ladder")
+
+
+@pytest.mark.integration
+def test_generative_ladder_climbs_lora_freeze_full_until_the_target(tmp_path: Path) -> None:
+    from flows.pipeline import adapt_pipeline
+
+    spec = _lowercase_spec(tmp_path, "e2e-gen-ladder", "ladder", 120)
+    result = adapt_pipeline(str(spec))
+    ladder = result["ladder"]
+    assert ladder["planned"] == ["lora", "freeze", "full"]
+    tried = [rung["method"] for rung in ladder["rungs"]]
+    assert tried == ladder["planned"][: len(tried)]
+    met = [rung["met_target"] for rung in ladder["rungs"]]
+    # it stops at the first rung that meets rougeL >= 0.6, and only there
+    assert met == [False] * (len(met) - 1) + [met[-1]]
+    assert ladder["stopped_early"] is (len(tried) < 3)
+    scores = {r["method"]: r["metrics"]["rougeL"] for r in ladder["rungs"]}
+    winner = ladder["winner"]
+    if ladder["target_met"]:
+        assert winner == tried[-1] and scores[winner] >= 0.6
+    else:
+        assert scores[winner] == max(scores.values()) and not result["promoted"]
+    assert result["baseline_method"] == "base model 'tiny-gpt', no training"
