@@ -353,3 +353,35 @@ def test_generative_ladder_climbs_lora_freeze_full_until_the_target(tmp_path: Pa
     else:
         assert scores[winner] == max(scores.values()) and not result["promoted"]
     assert result["baseline_method"] == "base model 'tiny-gpt', no training"
+
+
+@pytest.mark.integration
+def test_summarization_pipeline_on_the_encoder_decoder(tmp_path: Path) -> None:
+    import yaml
+
+    from flows.pipeline import adapt_pipeline
+    from registry import models
+
+    example = REPO / "examples" / "docstring-summaries"
+    raw = yaml.safe_load((example / "spec.yaml").read_text())
+    lines = (example / "data" / "pairs.jsonl").read_text().splitlines()[:160]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    raw |= {"name": "e2e-summaries", "method": "lora"}
+    raw["data"]["train"] = str(tmp_path / "pairs.jsonl")
+    raw["train"] |= {"epochs": 4, "learning_rate": 0.005}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+
+    result = adapt_pipeline(str(path))
+    assert result["baseline_method"] == "base model 'tiny-t5', no training"
+    assert result["metrics"]["rougeL"] > result["baseline"]["rougeL"]
+    assert result["metrics"]["perplexity"] < result["baseline"]["perplexity"]
+    assert 0 < result["train"]["trainable_percent"] < 5  # LoRA on tiny-t5: 24,576 params
+    assert result["train"]["trainable_params"] == 24_576
+    package = Path(result["train"]["package_dir"])
+    answers = [
+        json.loads(line)
+        for line in (package.parent / "eval" / "eval_answers.jsonl").read_text().splitlines()[:3]
+    ]
+    served = models.load_model(f"models:/e2e-summaries/{result['model_version']}")
+    assert list(served.predict([a["text"] for a in answers])) == [a["prediction"] for a in answers]
