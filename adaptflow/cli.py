@@ -416,6 +416,99 @@ def predict(
 
 
 @app.command()
+def export(
+    model_uri: Annotated[
+        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, or a package folder.")
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the exported package (new).")],
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Write a dynamically quantized int8 package (CPU).")
+    ] = False,
+    eval_file: Annotated[
+        Path | None,
+        typer.Option("--eval", help="JSONL with text and target: score source, fp32 and int8."),
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Export a generative model as full weights: adapter merged, optionally int8."""
+    with _guard(json_out):
+        import tempfile
+
+        from adaptflow.errors import DataError
+
+        rows = None
+        if eval_file is not None:
+            from tasks.curate.records import read_jsonl
+
+            try:
+                rows = read_jsonl(eval_file)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"--eval {eval_file}: {exc}") from None
+            if not rows:
+                raise DataError(f"--eval {eval_file}: no rows")
+            for line, row in enumerate(rows, start=1):
+                if not {"text", "target"} <= set(row):
+                    raise DataError(f"--eval {eval_file}: row {line} has no 'text' and 'target'")
+        with tempfile.TemporaryDirectory(prefix="adaptflow-download-") as scratch:
+            if model_uri.startswith("models:/"):
+                _prepare(check_prefect=False)
+                from registry.models import download_package
+
+                package = download_package(model_uri, Path(scratch))
+            else:
+                package = Path(model_uri)
+                if not (package / "adaptflow_model.json").is_file():
+                    raise AdaptflowError(
+                        f"{model_uri} is neither a models:/ URI nor a model package folder"
+                    )
+                _quiet_libraries()
+            from tasks.train.export import export_package
+
+            report = export_package(package, out_dir, int8=int8, eval_rows=rows)
+        report["source"] = model_uri
+    if json_out:
+        _emit(report)
+        return
+    _print_export(report)
+
+
+def _print_export(report: dict[str, Any]) -> None:
+    sizes = report["size_bytes"]
+    lines = [f"exported {report['source']} ({report['method']}) to {report['output']}"]
+    if report["merge"]:
+        merge = report["merge"]
+        lines.append(
+            f"merged adapter: {merge['greedy_agree']}/{merge['prompts']} greedy answers "
+            f"identical, max |logit diff| {merge['max_abs_logit_diff']:.2e}"
+        )
+    lines.append(f"size: fp32 {sizes['fp32'] / 1e6:.2f} MB")
+    if report["quantization"]:
+        quant, latency = report["quantization"], report["latency_ms"]
+        lines[-1] += f", int8 {sizes['int8'] / 1e6:.2f} MB"
+        lines.append(
+            f"int8: {quant['linear_layers']} linear layers, {quant['params_int8']:,} of "
+            f"{quant['params_int8'] + quant['params_fp32']:,} params; "
+            f"{quant['greedy_agree']}/{quant['prompts']} greedy answers as fp32, "
+            f"max |logit diff| {quant['max_abs_logit_diff']:.3f}"
+        )
+        lines.append(
+            f"latency: fp32 {latency['fp32']:.1f} ms, int8 {latency['int8']:.1f} ms per answer "
+            f"of {latency['new_tokens']} tokens ({latency['threads']} threads)"
+        )
+    if report["metrics"]:
+        metrics = report["metrics"]
+        table = Table("metric", "source", "fp32", "int8", "change", title="eval")
+        for key, value in metrics["fp32"].items():
+            int8_value = metrics["int8"][key] if metrics["int8"] else None
+            change = metrics["change"][key] if metrics["change"] else None
+            table.add_row(
+                key, _fmt(metrics["source"][key]), _fmt(value), _fmt(int8_value), _fmt(change)
+            )
+        err.print(table)
+    err.print("\n".join(lines), highlight=False)
+
+
+@app.command()
 def promote(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[str, typer.Argument(help="Version to make champion.")],

@@ -208,3 +208,45 @@ def load_model(model_uri: str) -> Any:
         if type(exc).__name__ in ("MlflowException", "RestException", "OSError"):
             raise RegistryError(f"cannot load model '{model_uri}': {exc}") from None
         raise
+
+
+def download_package(model_uri: str, dst: Path) -> Path:
+    """Download the adaptflow package behind a registered version into ``dst``.
+
+    Only the package is fetched (not the pyfunc wrapper around it): its path inside the model
+    is read from the model's ``MLmodel`` file (``artifacts/<package folder name>``).
+
+    Args:
+        model_uri: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+        dst: An empty or new folder.
+
+    Returns:
+        The package folder (manifest, tokenizer, adapter or weights) under ``dst``.
+
+    Raises:
+        RegistryError: When the URI names nothing that exists, or no adaptflow package.
+    """
+    import mlflow
+    import yaml
+
+    uri = client().tracking_uri
+    base = model_uri.rstrip("/")
+    try:
+        mlmodel = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{base}/MLmodel", dst_path=str(dst), tracking_uri=uri, registry_uri=uri
+        )
+        flavor = yaml.safe_load(Path(mlmodel).read_text())["flavors"]["python_function"]
+        path = flavor["artifacts"]["package"]["path"]
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{base}/{path}", dst_path=str(dst), tracking_uri=uri, registry_uri=uri
+        )
+    except (KeyError, TypeError):
+        raise RegistryError(f"'{model_uri}' holds no adaptflow model package") from None
+    except Exception as exc:
+        if type(exc).__name__ in ("MlflowException", "RestException", "OSError"):
+            raise RegistryError(f"cannot download model '{model_uri}': {exc}") from None
+        raise
+    package = Path(local)
+    if not (package / "adaptflow_model.json").is_file():
+        raise RegistryError(f"'{model_uri}' holds no adaptflow model package")
+    return package

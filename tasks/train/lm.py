@@ -277,7 +277,11 @@ def load_generator(folder: Path) -> tuple[Any, Any, PackageManifest]:
     manifest = PackageManifest.read(folder)
     family = family_of(manifest.kind)
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-    if (folder / "weights").is_dir():
+    if manifest.options.get("quantize") == "int8":  # written by tasks.train.export
+        from tasks.train.export import load_int8
+
+        model = load_int8(folder / "weights", family)
+    elif (folder / "weights").is_dir():
         model = auto_class(family).from_pretrained(str(folder / "weights"), use_safetensors=True)
     else:
         # an adapter over a base that lives only in the package (a CPT stage's output)
