@@ -423,7 +423,8 @@ class Spec(_Strict):
                 f"the CPT stage replays general text (cpt.replay {self.cpt.replay}): set "
                 "data.general, or cpt.replay: 0"
             )
-        if self.method == "cpt" and self.cpt.replay > 0 and self.data.general is None:
+        lm_cpt = self.method == "cpt" and self.task == "language-modeling"
+        if lm_cpt and self.cpt.replay > 0 and self.data.general is None:
             raise ValueError(
                 f"method 'cpt' replays general text (cpt.replay {self.cpt.replay}): set "
                 "data.general, or cpt.replay: 0 to train on the domain corpus alone"
