@@ -556,6 +556,123 @@ def schema() -> None:
     _emit(spec_json_schema())
 
 
+@app.command()
+def up(
+    prefect_port: Annotated[int, typer.Option(help="Prefect server (API and UI) port.")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
+    worker_port: Annotated[
+        int, typer.Option(help="Port of the worker's health endpoint (0: a free one).")
+    ] = 0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each to be healthy.")] = 180,
+    json_out: JsonFlag = False,
+) -> None:
+    """Start a Prefect server, an MLflow server and a process worker on 127.0.0.1.
+
+    They run in the background (pid files and logs in ADAPTFLOW_HOME/servers/) on the same
+    stores as the embedded default. Prints the URLs, and on stdout the `export` lines that
+    point adaptflow at them: eval "$(adaptflow up)". Running again reports what already runs.
+    """
+    with _guard(json_out):
+        from adaptflow.servers import find_repo
+        from adaptflow.servers import up as start_servers
+        from adaptflow.settings import load_settings
+
+        settings = load_settings()
+        result = start_servers(
+            settings,
+            find_repo(),
+            prefect_port,
+            mlflow_port,
+            worker_port,
+            timeout,
+            log=lambda line: err.print(f"[dim]{line}[/]", highlight=False),
+        )
+    if json_out:
+        _emit(result)
+        return
+    state = "already running" if not result["started"] else "running"
+    err.print(
+        f"Prefect UI   {result['prefect_ui_url']}\nPrefect API  {result['prefect_api_url']}\n"
+        f"MLflow       {result['mlflow_tracking_uri']}\n"
+        f"worker       pool {result['worker_pool']} ({state}; logs in "
+        f"{Path(result['logs']['worker']).parent})",
+        highlight=False,
+    )
+    print("\n".join(result["exports"]))
+
+
+@app.command()
+def down(
+    timeout: Annotated[
+        float, typer.Option(help="Seconds between SIGTERM and SIGKILL for each.")
+    ] = 15,
+    json_out: JsonFlag = False,
+) -> None:
+    """Stop the servers and worker `adaptflow up` started for this ADAPTFLOW_HOME."""
+    with _guard(json_out):
+        from adaptflow.servers import down as stop_servers
+        from adaptflow.settings import load_settings
+
+        result = stop_servers(load_settings(), timeout)
+    if json_out:
+        _emit(result)
+        return
+    for name, stopped in result["stopped"].items():
+        err.print(f"{name}: stopped pid {stopped['pid']} ({stopped['signal']})", highlight=False)
+    if not result["stopped"]:
+        err.print("nothing was running", highlight=False)
+
+
+@app.command()
+def deploy(json_out: JsonFlag = False) -> None:
+    """Register prefect.yaml's deployments with a Prefect server.
+
+    Creates the work pool (type process) and the `gpu` task concurrency limit (1) when
+    missing. The server is PREFECT_API_URL, or the one `adaptflow up` runs for this home.
+    """
+    with _guard(json_out):
+        import os
+
+        from adaptflow.errors import ServiceError
+        from adaptflow.servers import find_repo, healthy, running_prefect_url
+        from adaptflow.settings import apply_settings, load_settings
+
+        settings = load_settings()
+        api_url = settings.prefect_api_url or running_prefect_url(settings)
+        if api_url is None:
+            raise ServiceError(
+                "no Prefect server to deploy to: set PREFECT_API_URL, or start one with "
+                "`adaptflow up`"
+            )
+        if not healthy(api_url.rstrip("/") + "/health", timeout=5):
+            raise ServiceError(
+                f"Prefect server is not reachable at {api_url}: start one with `adaptflow up`, "
+                "or fix PREFECT_API_URL"
+            )
+        repo = find_repo()
+        os.environ["PREFECT_API_URL"] = api_url  # before prefect is imported
+        _quiet_libraries()
+        apply_settings(settings)
+        from adaptflow.deployments import deploy as apply_deployments
+
+        result = apply_deployments(repo, api_url)
+    if json_out:
+        _emit(result)
+        return
+    pools = ", ".join(f"{name} ({state})" for name, state in result["work_pools"].items())
+    limit = result["concurrency_limit"]
+    lines = [f"deployed to {api_url}:"]
+    for item in result["deployments"]:
+        params = ", ".join(f"{k}={v}" for k, v in item["parameters"].items())
+        lines.append(f"  {item['name']}  [{'; '.join(item['schedules']) or 'manual'}]  {params}")
+    lines.append(f"work pool: {pools}")
+    lines.append(
+        f"concurrency limit: tag {limit['tag']} = {limit['limit']} "
+        f"({'created' if limit['created'] else 'exists'})"
+    )
+    err.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -25,13 +25,17 @@ def test_dvc_pipeline_parses_and_uses_adaptflow_commands() -> None:
 
 def test_prefect_deployment_entrypoints_are_our_flows() -> None:
     from adaptflow.spec import Method
-    from flows import pipeline, rag
+    from flows import pipeline, rag, retrain
 
     config = yaml.safe_load((REPO / "prefect.yaml").read_text())
     names = [d["name"] for d in config["deployments"]]
-    assert names == ["adapt-pipeline", "adapt-ladder", "index-refresh"]
-    modules = {"flows/pipeline.py": pipeline, "flows/rag.py": rag}
-    flow_names = {"adapt_pipeline": "adapt-pipeline", "index_refresh": "index-refresh"}
+    assert names == ["adapt-pipeline", "adapt-ladder", "scheduled-retrain", "index-refresh"]
+    modules = {"flows/pipeline.py": pipeline, "flows/rag.py": rag, "flows/retrain.py": retrain}
+    flow_names = {
+        "adapt_pipeline": "adapt-pipeline",
+        "index_refresh": "index-refresh",
+        "scheduled_retrain": "scheduled-retrain",
+    }
     for deployment in config["deployments"]:
         module, attribute = deployment["entrypoint"].split(":")
         flow = getattr(modules[module], attribute)
