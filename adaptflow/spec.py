@@ -53,13 +53,15 @@ Method = Literal[
 Hardware = Literal["cpu", "t4", "a10", "l4", "a100", "h100"]
 
 # Metrics each task can be judged on; the first is the default target.
+#: Metrics of the answers a ``rag`` candidate generates (only with ``retrieval.generator``).
+ANSWER_METRICS = ("answer_token_f1", "answer_exact_match", "groundedness")
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("f1_macro", "accuracy", "precision_macro", "recall_macro"),
     "instruction": ("rougeL", "exact_match", "token_f1", "perplexity"),
     "qa": ("token_f1", "exact_match", "rougeL"),
     "summarization": ("rougeL", "rouge1", "rouge2"),
     "language-modeling": ("perplexity",),
-    "retrieval-qa": ("recall@5", "recall@1", "recall@10", "mrr", "ndcg@10", "token_f1"),
+    "retrieval-qa": ("recall@5", "recall@1", "recall@10", "mrr", "ndcg@10", *ANSWER_METRICS),
 }
 # Metrics where smaller is better; the promotion gate flips its comparison for these.
 LOWER_IS_BETTER = frozenset({"perplexity"})
@@ -256,6 +258,20 @@ class RetrievalSpec(_Strict):
     candidates: int = Field(
         50, ge=1, le=1000, description="Candidates per ranking fused in hybrid mode"
     )
+    generator: str | None = Field(
+        None,
+        min_length=1,
+        description="Model that answers from the retrieved passages (catalogue alias, folder "
+        "or hub id); None: passages only",
+    )
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="Longest generated answer")
+
+    @field_validator("generator")
+    @classmethod
+    def _generator_named(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("retrieval.generator must name a model (or be left out)")
+        return value
 
     @model_validator(mode="after")
     def _overlap(self) -> RetrievalSpec:
@@ -411,6 +427,11 @@ class Spec(_Strict):
                 raise ValueError(f"task 'retrieval-qa' needs {' and '.join(missing)}")
             if self.data.questions is not None and self.data.questions.is_dir():
                 raise ValueError(f"data.questions is a folder: {self.data.questions}")
+            if self.target.metric in ANSWER_METRICS and self.retrieval.generator is None:
+                raise ValueError(
+                    f"target.metric '{self.target.metric}' scores generated answers; "
+                    "set retrieval.generator"
+                )
         elif self.data.train is None:
             raise ValueError(f"task '{self.task}' needs data.train")
         if self.cpt.corpus is not None and self.task not in GENERATIVE_TASKS:

@@ -122,7 +122,11 @@ def rag_pipeline(spec: Spec, advice: dict[str, Any] | None) -> dict[str, Any]:
             artifacts=[built["index"]["manifest"]],
         )
         evaluation = evaluate_retrieval(built["package_dir"], curation["questions_file"])
-        log_stage(run_id, evaluation["metrics"], artifacts=[evaluation["eval_examples"]])
+        log_stage(
+            run_id,
+            evaluation["metrics"],
+            artifacts=[evaluation["eval_examples"], *evaluation["artifacts"]],
+        )
         refs = compare_retrieval(spec, built["package_dir"], curation["questions_file"])
         log_stage(run_id, refs["baseline"], prefix="baseline.")
         gate = decide_promotion(

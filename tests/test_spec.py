@@ -182,4 +182,6 @@ def test_retrieval_qa_needs_no_training_data(data_dir: Path) -> None:
         "overlap": 40,
         "k": 5,
         "candidates": 50,
+        "generator": None,  # passages only, no generated answers
+        "max_new_tokens": 64,
     }

@@ -95,6 +95,7 @@ class Fields:
     target: str | None = None
     id: str | None = None
     format: str = "fields"  # one of FORMATS
+    target_optional: bool = False  # a missing or empty target is None, not a quarantine reason
 
 
 def _has_surrogates(value: str) -> bool:
@@ -233,7 +234,9 @@ def _validate(obj: Any, fields: Fields, default_id: str) -> Record | str:
     target = None
     if fields.target:
         target = obj.get(fields.target)
-        if not isinstance(target, str) or not target.strip():
+        if fields.target_optional and (target is None or target == ""):
+            target = None
+        elif not isinstance(target, str) or not target.strip():
             return f"field '{fields.target}' must be a non-empty string"
     record_id = _record_id(obj, fields, default_id)
     if record_id is None:

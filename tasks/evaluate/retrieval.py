@@ -5,12 +5,16 @@ Relevance is at the document level, as ``data.questions`` states it (``source`` 
 order each first appears), and the question's source has a rank r (or none). Then, averaged
 over questions: ``recall@k`` = share with r <= k; ``mrr`` = mean of 1/r (0 when absent);
 ``ndcg@10`` = mean of 1/log2(r + 1) for r <= 10 (one relevant document, so the ideal DCG is 1).
+
+When the package names a generator, its answers are scored too (``answer_metrics``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+from tasks.evaluate.text_metrics import exact_match, groundedness, token_f1
 
 KS = (1, 5, 10)
 
@@ -37,4 +41,30 @@ def retrieval_metrics(
     metrics = {f"recall@{k}": sum(1 for r in ranks if r and r <= k) / n for k in KS}
     metrics["mrr"] = sum(1 / r for r in ranks if r) / n
     metrics["ndcg@10"] = sum(1 / math.log2(r + 1) for r in ranks if r and r <= 10) / n
+    return metrics
+
+
+def answer_metrics(
+    answers: Sequence[str], contexts: Sequence[str], references: Sequence[str | None]
+) -> dict[str, float]:
+    """Scores of generated answers: against the references, and against the retrieved text.
+
+    Args:
+        answers: One generated answer per question.
+        contexts: The passages' text each answer was generated from.
+        references: Each question's reference answer, or None where it has none.
+
+    Returns:
+        ``groundedness`` (mean share of answer tokens found in its context, every question)
+        and, when at least one question has a reference, ``answer_exact_match`` and
+        ``answer_token_f1`` (SQuAD-normalised, means over the questions with a reference).
+    """
+    if not answers:
+        raise ValueError("no answers to score")
+    pairs = list(zip(answers, contexts, strict=True))
+    metrics = {"groundedness": sum(groundedness(a, c) for a, c in pairs) / len(pairs)}
+    scored = [(a, r) for a, r in zip(answers, references, strict=True) if r is not None]
+    if scored:
+        metrics["answer_exact_match"] = sum(exact_match(a, r) for a, r in scored) / len(scored)
+        metrics["answer_token_f1"] = sum(token_f1(a, r) for a, r in scored) / len(scored)
     return metrics

@@ -2,9 +2,11 @@
 
 The curate stage of the ``rag`` path. It reads ``data.knowledge`` (every file indexed or
 skipped with a reason, injection-like documents flagged) and ``data.questions`` (JSONL of
-``question`` and ``source``, a file under the knowledge folder), and writes a versioned folder:
+``question``, ``source`` (a file under the knowledge folder) and an optional reference
+``answer``), and writes a versioned folder:
 
-- ``questions.jsonl``: the questions kept (``id``, ``question``, ``source``);
+- ``questions.jsonl``: the questions kept (``id``, ``question``, ``source``, ``answer`` when
+  given: the reference for generated answers);
 - ``quarantine.jsonl``: questions that cannot be used (file, line, reason, raw): malformed
   lines, missing fields, a source that is not a readable knowledge file, one question asked of
   several sources;
@@ -59,7 +61,7 @@ def sort_questions(
     """
     indexed = {d.source for d in report.documents}
     normalised = [
-        Record(r.id, normalize_text(r.text), _source_key(r.label or ""), None, r.file, r.line)
+        Record(r.id, normalize_text(r.text), _source_key(r.label or ""), r.target, r.file, r.line)
         for r in records
     ]
     sources_of: dict[str, set[str]] = defaultdict(set)
@@ -150,14 +152,20 @@ def curate_knowledge(
             knowledge folder holds no readable document (outputs are written first).
     """
     report = ingest(knowledge)
-    read = read_records(questions, Fields(text="question", label="source", id=id_field))
+    fields = Fields(text="question", label="source", target="answer", id=id_field,
+                    target_optional=True)  # fmt: skip
+    read = read_records(questions, fields)
     kept, dropped, quarantined = sort_questions(read.records, report)
     quarantined = read.quarantined + quarantined
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("train.jsonl", "eval.jsonl", "funnel.png"):  # a classification run's outputs
         (out / stale).unlink(missing_ok=True)
-    kept_rows = [{"id": r.id, "question": r.text, "source": r.label} for r in kept]
+    kept_rows = [
+        {"id": r.id, "question": r.text, "source": r.label}
+        | ({"answer": r.target} if r.target else {})
+        for r in kept
+    ]
     write_jsonl(out / "questions.jsonl", kept_rows)
     write_jsonl(
         out / "dropped.jsonl",
