@@ -45,6 +45,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_curation.py
 	$(BIN)/python benchmarks/bench_rag.py
 	$(BIN)/python benchmarks/bench_sft.py
+	$(BIN)/python benchmarks/bench_export.py
+	$(BIN)/python benchmarks/bench_operations.py
 
 lint: setup
 	$(BIN)/ruff check .
