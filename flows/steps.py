@@ -200,6 +200,7 @@ def register_attempt(
         version_tags(tags, curation, run_id, candidate["evaluation"]["metrics"]),
         gate.promote,
         references["champion_version"],
+        spec.metric,
     )
 
 
@@ -229,7 +230,8 @@ def summary(
         "model_version": registered["version"],
         "promoted": registered["promoted"],
         "champion_version": registered["champion_version"],
-        "gate": gate,
+        # A promotion decided again under the registry's lock (the champion moved meanwhile).
+        "gate": gate + ([registered["promotion"]] if registered.get("promotion") else []),
         "target": spec.target.model_dump(),
         "target_met": meets_target(spec, metrics),
         "forgetting": candidate["evaluation"].get("forgetting"),

@@ -3,20 +3,75 @@
 Aliases: ``challenger`` is the newest candidate, ``champion`` is what serves. Each promotion
 records the champion it replaced on the promoted version (tag ``adaptflow.previous_champion``),
 so ``rollback`` walks back one promotion at a time.
+
+Promotion under concurrency. MLflow's alias API has no compare-and-set, so "re-read the champion,
+then move the alias" alone still lets two promoters interleave (both read v1, both move it, one
+update is lost and both record v1 as the champion they replaced). Every move of ``champion``
+(``promote``, ``rollback``) therefore happens under a promotion lock per registered model:
+
+- a file lock (``filelock``, ``flock``) beside the SQLite store, or under ``ADAPTFLOW_HOME/locks``
+  when the store is a server: serialises every process on one machine, exactly;
+- on a tracking server, additionally a lease held in the registered model's tag
+  ``adaptflow.promotion_lock`` (Fischer's timed mutual exclusion): wait until the tag is free or
+  expired, write ``<uuid> <expiry>``, wait ``LOCK_SETTLE_SECONDS``, re-read; only if it still
+  holds our uuid do we hold the lock. This serialises workers on different machines that share
+  the server, *provided* no contender takes longer than the settle time between reading "free"
+  and writing its uuid (a process paused that long, e.g. swapped out, could write over a lock
+  already confirmed), and provided the holder finishes within the lease (``LOCK_LEASE_SECONDS``;
+  we re-check the lease before moving the alias). That bounded-delay assumption is the
+  remaining window. A Prefect global concurrency limit was not used: it lives in a different
+  system than the data it protects (``adaptflow promote`` and other MLflow clients do not go
+  through Prefect, and each embedded Prefect server is private to its process).
+- Someone moving the alias in the MLflow UI takes no lock; a promotion that re-reads just before
+  that move can still overwrite it (the window is one request long).
+
+Under the lock a programmatic promotion re-reads the champion; if it is no longer the one the
+caller's gate compared against, the candidate is compared with the new champion on the spec's
+metric, using the ``metric.<name>`` tags both versions were registered with (only when both
+come from the same curated data, ``adaptflow.data_hash``): it is promoted only if strictly better,
+otherwise refused with the reason. So concurrent promotions end with the best candidate as
+champion whatever order they arrive in, and each records the champion it really replaced.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import time
+import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from adaptflow.errors import RegistryError
-from registry.tracking import client, mlflow_key
+from adaptflow.settings import load_settings
+from registry.tracking import client, mlflow_key, redact, retrying
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_TAG = "adaptflow.previous_champion"
+LOCK_TAG = "adaptflow.promotion_lock"
+DATA_HASH_TAG = "adaptflow.data_hash"
+#: Longest a lock may be held before others may take it over (a crashed holder).
+LOCK_LEASE_SECONDS = 60.0
+#: How long a server-lock contender waits after writing its uuid before re-reading it; must
+#: exceed the longest gap between a contender reading "free" and its write landing.
+LOCK_SETTLE_SECONDS = float(os.environ.get("ADAPTFLOW_PROMOTION_LOCK_SETTLE", "1.0"))
+#: How long a promotion waits for the lock before giving up.
+LOCK_TIMEOUT_SECONDS = 180.0
+
+
+class PromotionRefused(RegistryError):
+    """The champion changed underneath and the candidate does not beat the new one."""
+
+    def __init__(self, message: str, champion: str | None) -> None:
+        super().__init__(message)
+        self.reason = message
+        self.champion_version = champion
+
+
 SERVING_DIR = Path(__file__).parent / "serving"
 # A RAG package returns dicts of mixed values, and MLflow warns at every log and load that it
 # cannot validate ``Any`` (its message starts with a colour code, hence the leading ``.*``).
@@ -77,7 +132,7 @@ def log_model_package(run_id: str, package_dir: Path, card_markdown: str) -> str
     import mlflow
 
     serving = SERVING_DIR / SERVING[_package_kind(package_dir)]
-    (package_dir / "README.md").write_text(card_markdown)
+    (package_dir / "README.md").write_text(redact(card_markdown))
     mlflow.set_tracking_uri(client().tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
@@ -94,33 +149,82 @@ def register_candidate(
 ) -> str:
     """Create a version of registered model ``name`` and point ``challenger`` at it.
 
+    Idempotent: a version already registered from ``run_id`` with the same model is reused, so
+    a retried call (the first one's answer lost to a dropped connection or a server restart)
+    never creates a second version. Transient registry errors are retried.
+
     Returns:
-        The new version number, as a string.
+        The version number, as a string.
     """
     mlflow_client = client()
     try:
-        mlflow_client.get_registered_model(name)
-    except Exception:
-        mlflow_client.create_registered_model(name, description=f"adaptflow use case '{name}'")
+        retrying(mlflow_client.get_registered_model, name)
+    except Exception as exc:
+        if type(exc).__name__ not in ("MlflowException", "RestException"):
+            raise
+        try:
+            retrying(
+                mlflow_client.create_registered_model,
+                name,
+                description=f"adaptflow use case '{name}'",
+            )
+        except Exception as create_exc:  # another process created it first
+            if "RESOURCE_ALREADY_EXISTS" not in str(getattr(create_exc, "error_code", "")):
+                raise
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    version = mlflow_client.create_model_version(
+    version = _existing_version(name, run_id, model_uri, model_id)
+    if version is None:
+        version = retrying(
+            _create_version_once, name, model_uri, run_id, tags, description, model_id
+        )
+    retrying(mlflow_client.set_registered_model_alias, name, CHALLENGER, version)
+    return version
+
+
+def _existing_version(name: str, run_id: str, model_uri: str, model_id: str | None) -> str | None:
+    """The lowest version of ``name`` registered from ``run_id`` and this model, or None."""
+    found = retrying(client().search_model_versions, f"name='{name}' and run_id='{run_id}'")
+    same = [
+        int(v.version)
+        for v in found
+        if (model_id is not None and getattr(v, "model_id", None) == model_id)
+        or (model_id is None and v.source == model_uri)
+    ]
+    return str(min(same)) if same else None
+
+
+def _create_version_once(
+    name: str,
+    model_uri: str,
+    run_id: str,
+    tags: dict[str, str],
+    description: str,
+    model_id: str | None,
+) -> str:
+    # Re-checked on every attempt: the previous attempt may have created the version and lost
+    # only its answer.
+    existing = _existing_version(name, run_id, model_uri, model_id)
+    if existing is not None:
+        return existing
+    version = client().create_model_version(
         name,
         model_uri,
         run_id=run_id,
-        tags={mlflow_key(k): v for k, v in tags.items()},
-        description=description,
+        tags={mlflow_key(k): redact(str(v)) for k, v in tags.items()},
+        description=redact(description),
         model_id=model_id,
     )
-    mlflow_client.set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version)
 
 
 def champion_version(name: str) -> str | None:
     """The version the ``champion`` alias points at, or None."""
     try:
-        return str(client().get_model_version_by_alias(name, CHAMPION).version)
-    except Exception:
-        return None
+        return str(retrying(client().get_model_version_by_alias, name, CHAMPION).version)
+    except Exception as exc:
+        if type(exc).__name__ in ("MlflowException", "RestException"):
+            return None  # no such alias (or model)
+        raise
 
 
 def version_tags(name: str, version: str) -> dict[str, str]:
@@ -128,14 +232,18 @@ def version_tags(name: str, version: str) -> dict[str, str]:
     return dict(_get_version(name, version).tags)
 
 
-def _get_version(name: str, version: str) -> Any:
-    mlflow_client = client()
+def _require_model(name: str) -> None:
     try:
-        mlflow_client.get_registered_model(name)
+        retrying(client().get_registered_model, name)
     except Exception:
         raise RegistryError(f"no registered model named '{name}'") from None
+
+
+def _get_version(name: str, version: str) -> Any:
+    mlflow_client = client()
+    _require_model(name)
     try:
-        return mlflow_client.get_model_version(name, str(version))
+        return retrying(mlflow_client.get_model_version, name, str(version))
     except Exception:
         raise RegistryError(f"registered model '{name}' has no version {version}") from None
 
@@ -143,53 +251,178 @@ def _get_version(name: str, version: str) -> Any:
 _UNSET = object()
 
 
-def promote(name: str, version: str, expected_current: Any = _UNSET) -> dict[str, Any]:
-    """Point ``champion`` at ``version``.
+def _lock_file(name: str) -> Path:
+    settings = load_settings()
+    uri = settings.mlflow_tracking_uri
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+    else:
+        folder = settings.home / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f".promotion-{safe}.lock"
+
+
+def _is_local_store() -> bool:
+    uri = load_settings().mlflow_tracking_uri
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def _lock_holder(name: str) -> tuple[str, float] | None:
+    tags = retrying(client().get_registered_model, name).tags or {}
+    value = tags.get(LOCK_TAG, "")
+    token, _, expiry = value.partition(" ")
+    try:
+        return (token, float(expiry)) if token else None
+    except ValueError:
+        return None
+
+
+@contextmanager
+def _server_lock(name: str) -> Iterator[str]:
+    """The lease in the registered model's tag (Fischer's algorithm; see the module docstring)."""
+    mlflow_client = client()
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+    while True:
+        holder = _lock_holder(name)
+        if holder is None or holder[1] < time.time():
+            value = f"{token} {time.time() + LOCK_LEASE_SECONDS:.3f}"
+            retrying(mlflow_client.set_registered_model_tag, name, LOCK_TAG, value)
+            time.sleep(LOCK_SETTLE_SECONDS)
+            holder = _lock_holder(name)
+            if holder is not None and holder[0] == token:
+                break
+        if time.monotonic() > deadline:
+            raise RegistryError(f"could not take the promotion lock of '{name}'; try again")
+        time.sleep(0.05 + 0.2 * (uuid.uuid4().int % 100) / 100)  # jitter: avoid lockstep
+    try:
+        yield token
+    finally:
+        holder = _lock_holder(name)
+        if holder is not None and holder[0] == token:
+            retrying(mlflow_client.delete_registered_model_tag, name, LOCK_TAG)
+
+
+@contextmanager
+def promotion_lock(name: str) -> Iterator[str | None]:
+    """Hold the promotion lock of registered model ``name`` (see the module docstring).
+
+    Yields:
+        The server lease's token, or None on a local store (the file lock is exact there).
+
+    Raises:
+        RegistryError: The lock could not be taken within ``LOCK_TIMEOUT_SECONDS``.
+    """
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(str(_lock_file(name)), timeout=LOCK_TIMEOUT_SECONDS):
+            if _is_local_store():
+                yield None
+            else:
+                with _server_lock(name) as token:
+                    yield token
+    except Timeout:
+        raise RegistryError(f"could not take the promotion lock of '{name}'; try again") from None
+
+
+def _still_held(name: str, token: str | None) -> bool:
+    if token is None:
+        return True
+    holder = _lock_holder(name)
+    return holder is not None and holder[0] == token and holder[1] > time.time()
+
+
+def _metric_of(tags: dict[str, str], metric: str) -> float | None:
+    try:
+        return float(tags[mlflow_key(f"metric.{metric}")])
+    except (KeyError, ValueError):
+        return None
+
+
+def _beats_by_tags(name: str, version: str, current: str, metric: str) -> tuple[bool, str]:
+    """Whether ``version`` beats ``current`` on ``metric`` by their registration tags, and why."""
+    from adaptflow.spec import LOWER_IS_BETTER
+
+    mine, theirs = version_tags(name, version), version_tags(name, current)
+    value, other = _metric_of(mine, metric), _metric_of(theirs, metric)
+    if value is None or other is None:
+        return False, f"no {metric} recorded on both v{version} and v{current} to compare"
+    if mine.get(DATA_HASH_TAG) != theirs.get(DATA_HASH_TAG):
+        return False, f"v{version} and v{current} were evaluated on different data"
+    better = value < other if metric in LOWER_IS_BETTER else value > other
+    verdict = "beats" if better else "does not beat"
+    return better, f"v{version} {metric} {value:.4f} {verdict} v{current} {other:.4f}"
+
+
+def promote(
+    name: str, version: str, expected_current: Any = _UNSET, metric: str | None = None
+) -> dict[str, Any]:
+    """Point ``champion`` at ``version``, under the promotion lock.
 
     Args:
         name: Registered model name.
         version: Version to promote.
         expected_current: The champion the caller based its decision on. When given, the alias
-            is re-read right before moving it and the promotion is refused if it changed.
+            is re-read under the lock; if it changed, the promotion is refused unless ``metric``
+            is given and the candidate beats the new champion on it (see the module docstring).
+        metric: The spec's target metric, for that comparison.
 
     Returns:
-        ``name``, ``champion_version`` and ``previous`` (the champion replaced, or None).
+        ``name``, ``champion_version``, ``previous`` (the champion replaced, or None) and
+        ``reason`` (why it moved, or None for a plain promotion).
 
     Raises:
-        RegistryError: Unknown model or version, or the champion changed underneath.
+        PromotionRefused: The champion changed underneath and the candidate does not beat it.
+        RegistryError: Unknown model or version, or the lock could not be taken.
     """
     version = str(version)
     _get_version(name, version)
-    current = champion_version(name)
-    if expected_current is not _UNSET and current != expected_current:
-        raise RegistryError(
-            f"champion of '{name}' changed from {expected_current} to {current} while deciding; "
-            "promotion refused"
-        )
-    mlflow_client = client()
-    if current != version:
-        mlflow_client.set_model_version_tag(name, version, PREVIOUS_TAG, current or "")
-        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
-    return {"name": name, "champion_version": version, "previous": current}
+    with promotion_lock(name) as token:
+        current = champion_version(name)
+        reason = None
+        if expected_current is not _UNSET and current != expected_current:
+            changed = f"champion of '{name}' changed from {expected_current} to {current}"
+            if current is None or current == version:
+                better, why = True, "it is no longer set" if current is None else "already it"
+            elif metric is None:
+                better, why = False, "no metric given to compare with the new champion"
+            else:
+                better, why = _beats_by_tags(name, version, current, metric)
+            reason = f"{changed} while deciding; {why}"
+            if not better:
+                raise PromotionRefused(f"{reason}; promotion refused", current)
+        if current != version:
+            mlflow_client = client()
+            previous = current or ""
+            retrying(mlflow_client.set_model_version_tag, name, version, PREVIOUS_TAG, previous)
+            if not _still_held(name, token):
+                raise RegistryError(f"promotion lock of '{name}' expired; promotion abandoned")
+            retrying(mlflow_client.set_registered_model_alias, name, CHAMPION, version)
+    return {"name": name, "champion_version": version, "previous": current, "reason": reason}
 
 
 def rollback(name: str) -> dict[str, Any]:
-    """Move ``champion`` back to the version it replaced at its last promotion.
+    """Move ``champion`` back to the version it replaced at its last promotion (under the lock).
 
     Raises:
         RegistryError: No champion, or no earlier champion recorded for it.
     """
-    current = champion_version(name)
-    if current is None:
-        _get_version(name, "1")  # a clearer error when the model itself is unknown
-        raise RegistryError(f"'{name}' has no champion to roll back")
-    previous = version_tags(name, current).get(PREVIOUS_TAG) or None
-    if previous is None:
-        raise RegistryError(
-            f"'{name}' champion version {current} has no earlier champion recorded; "
-            f"use 'adaptflow promote {name} VERSION' instead"
-        )
-    client().set_registered_model_alias(name, CHAMPION, previous)
+    _require_model(name)
+    with promotion_lock(name) as token:
+        current = champion_version(name)
+        if current is None:
+            raise RegistryError(f"'{name}' has no champion to roll back")
+        previous = version_tags(name, current).get(PREVIOUS_TAG) or None
+        if previous is None:
+            raise RegistryError(
+                f"'{name}' champion version {current} has no earlier champion recorded; "
+                f"use 'adaptflow promote {name} VERSION' instead"
+            )
+        if not _still_held(name, token):
+            raise RegistryError(f"promotion lock of '{name}' expired; rollback abandoned")
+        retrying(client().set_registered_model_alias, name, CHAMPION, previous)
     return {"name": name, "champion_version": previous, "previous": current}
 
 

@@ -2,16 +2,164 @@
 
 Every call names its run id explicitly (no fluent "active run"), so tasks running in Prefect's
 worker threads never log into the wrong run.
+
+Two safeguards live here because this is where everything reaches MLflow:
+
+- **Redaction.** Tokens and keys come from the environment (``HF_TOKEN``, ``AWS_SECRET_ACCESS_KEY``,
+  ``MLFLOW_TRACKING_PASSWORD``, ``PREFECT_API_KEY``, anything ending in ``_TOKEN``, ``_KEY``,
+  ``_SECRET``, ``_PASSWORD``...). Nothing adaptflow logs is meant to contain them, but params, tags
+  and text artifacts carry user data (paths, model ids, reports) that could embed one by accident
+  (a token pasted into a hub URL, a folder named after a key). So every param, tag, text/JSON
+  artifact and text file uploaded is scrubbed of the current values of those variables (8
+  characters or longer, so short values such as ``1`` do not blank out ordinary text) before it
+  leaves the process; they become ``***``.
+- **Retries.** :func:`retrying` re-runs a registry call that failed transiently (HTTP 5xx/429, a
+  dropped connection, SQLite's "database is locked"), with exponential backoff.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from adaptflow.settings import load_settings
+
+T = TypeVar("T")
+
+REDACTED = "***"
+#: Variables whose values are secrets by name; plus any variable matching ``SECRET_NAME``.
+SECRET_VARIABLES = frozenset(
+    {
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_TOKEN",
+        "PREFECT_API_KEY",
+        "PREFECT_API_AUTH_STRING",
+        "PREFECT_SERVER_API_AUTH_STRING",
+        "OPENAI_API_KEY",
+        "PGPASSWORD",
+        "MINIO_ROOT_PASSWORD",
+    }
+)
+SECRET_NAME = re.compile(r".*(_TOKEN|_KEY|_SECRET|_PASSWORD|_AUTH_STRING)$", re.IGNORECASE)
+MIN_SECRET_LENGTH = 8
+#: Text files larger than this are uploaded as they are (model weights, indexes): scanning them
+#: would cost more than it protects, and nothing adaptflow writes that large embeds settings.
+MAX_SCANNED_BYTES = 20 * 1024 * 1024
+
+
+def secret_values(env: dict[str, str] | None = None) -> list[str]:
+    """Current values of secret-looking environment variables, longest first."""
+    env = dict(os.environ) if env is None else env
+    values = {
+        value
+        for name, value in env.items()
+        if (name.upper() in SECRET_VARIABLES or SECRET_NAME.match(name))
+        and len(value) >= MIN_SECRET_LENGTH
+    }
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str] | None = None) -> str:
+    """``text`` with every secret value from the environment replaced by ``***``."""
+    for value in secret_values() if secrets is None else secrets:
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def _redact_file(path: Path, secrets: list[str]) -> bytes | None:
+    """The redacted bytes of ``path`` when it holds a secret, else None (upload as is)."""
+    if path.stat().st_size > MAX_SCANNED_BYTES:
+        return None
+    data = path.read_bytes()
+    if not any(value.encode() in data for value in secrets):
+        return None
+    for value in secrets:
+        data = data.replace(value.encode(), REDACTED.encode())
+    return data
+
+
+@contextmanager
+def redacted_copy(path: Path) -> Iterator[Path]:
+    """``path`` itself, or a redacted copy of it (file or folder) when it contains a secret."""
+    secrets = secret_values()
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    changed = {f: data for f in files if (data := _redact_file(f, secrets)) is not None}
+    if not secrets or not changed:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="adaptflow-redacted-") as tmp:
+        target = Path(tmp) / path.name
+        if path.is_file():
+            target.write_bytes(changed[path])
+        else:
+            shutil.copytree(path, target)
+            for original, data in changed.items():
+                (target / original.relative_to(path)).write_bytes(data)
+        yield target
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for registry errors worth retrying: HTTP 5xx/429, dropped connections, busy SQLite."""
+    name = type(exc).__name__
+    if name == "RestException":  # an answer from an MLflow server
+        code = exc.get_http_status_code()  # type: ignore[attr-defined]
+        return bool(code == 429 or code >= 500)
+    if name in ("MlflowException", "OperationalError"):
+        # The embedded store reports a busy SQLite file as a plain error; only the message
+        # tells. "Max retries exceeded" is deliberately not here: MLflow's HTTP layer has then
+        # already spent its own retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, minutes of backoff).
+        return _looks_transient(str(exc))
+    return isinstance(exc, ConnectionError | TimeoutError) or name in (
+        "ConnectionError",
+        "Timeout",
+        "ReadTimeout",
+    )
+
+
+def _looks_transient(message: str) -> bool:
+    message = message.lower()
+    return any(
+        text in message
+        for text in ("database is locked", "database table is locked", "temporarily unavailable")
+    )
+
+
+#: Attempts and backoff of :func:`retrying` (module attributes so tests can shorten them).
+RETRY_ATTEMPTS = 4
+RETRY_WAIT_SECONDS = 0.5
+RETRY_MAX_WAIT_SECONDS = 8.0
+
+
+def retrying(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call ``fn(*args, **kwargs)``, retrying transient registry errors with backoff.
+
+    Only calls that are safe to repeat go through here (reads, alias and tag writes; version
+    creation only after checking it did not already happen). MLflow's own HTTP layer already
+    retries connection failures and 429/5xx answers request by request; this covers what still
+    surfaces as an exception (a 5xx/429 once those retries are spent, a locked SQLite file, a
+    raw connection error) at the granularity of one registry call.
+    """
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+    retryer = Retrying(
+        stop=stop_after_attempt(RETRY_ATTEMPTS),
+        wait=wait_exponential(multiplier=RETRY_WAIT_SECONDS, max=RETRY_MAX_WAIT_SECONDS),
+        retry=retry_if_exception(is_transient),
+        reraise=True,
+    )
+    return retryer(fn, *args, **kwargs)
 
 
 def mlflow_key(name: str) -> str:
@@ -48,6 +196,8 @@ def ensure_experiment(name: str) -> str:
 def start_run(experiment: str, run_name: str, tags: dict[str, str]) -> str:
     """Create a run in ``experiment`` and return its id."""
     experiment_id = ensure_experiment(experiment)
+    secrets = secret_values()
+    tags = {k: redact(str(v), secrets) for k, v in tags.items()}
     run = client().create_run(experiment_id, run_name=run_name, tags=tags)
     return str(run.info.run_id)
 
@@ -56,7 +206,8 @@ def log_params(run_id: str, params: dict[str, Any]) -> None:
     """Log params (values are stringified; MLflow caps them at 6000 characters)."""
     from mlflow.entities import Param
 
-    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    secrets = secret_values()
+    items = [Param(k, redact(str(v), secrets)[:6000]) for k, v in sorted(params.items())]
     client().log_batch(run_id, params=items)
 
 
@@ -85,27 +236,28 @@ def set_tags(run_id: str, tags: dict[str, str]) -> None:
     """Set run tags."""
     from mlflow.entities import RunTag
 
-    items = [RunTag(mlflow_key(k), str(v)) for k, v in sorted(tags.items())]
+    secrets = secret_values()
+    items = [RunTag(mlflow_key(k), redact(str(v), secrets)) for k, v in sorted(tags.items())]
     client().log_batch(run_id, tags=items)
 
 
 def log_artifact(run_id: str, path: Path | str, artifact_path: str | None = None) -> None:
-    """Upload a file or folder to the run's artifacts."""
-    path = Path(path)
-    if path.is_dir():
-        client().log_artifacts(run_id, str(path), artifact_path)
-    else:
-        client().log_artifact(run_id, str(path), artifact_path)
+    """Upload a file or folder to the run's artifacts (a redacted copy if it holds a secret)."""
+    with redacted_copy(Path(path)) as upload:
+        if upload.is_dir():
+            client().log_artifacts(run_id, str(upload), artifact_path)
+        else:
+            client().log_artifact(run_id, str(upload), artifact_path)
 
 
 def log_json(run_id: str, obj: Any, artifact_file: str) -> None:
     """Store ``obj`` as a JSON artifact."""
-    client().log_text(run_id, json.dumps(obj, indent=2, default=str), artifact_file)
+    client().log_text(run_id, redact(json.dumps(obj, indent=2, default=str)), artifact_file)
 
 
 def log_text(run_id: str, text: str, artifact_file: str) -> None:
     """Store ``text`` as an artifact."""
-    client().log_text(run_id, text, artifact_file)
+    client().log_text(run_id, redact(text), artifact_file)
 
 
 def end_run(run_id: str, succeeded: bool) -> None:

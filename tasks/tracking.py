@@ -99,9 +99,25 @@ def score_champion(
 
 
 @task(name="promote_if_better", cache_policy=NO_CACHE)
-def promote_if_better(name: str, version: str, expected_champion: str | None) -> dict[str, Any]:
-    """Move ``champion`` to ``version``; refused if the champion changed since it was scored."""
-    return models.promote(name, version, expected_current=expected_champion)
+def promote_if_better(
+    name: str, version: str, expected_champion: str | None, metric: str | None = None
+) -> dict[str, Any]:
+    """Move ``champion`` to ``version`` under the registry's promotion lock.
+
+    If the champion changed since it was scored, the candidate is promoted only when it beats
+    the new champion on ``metric`` (their registered metric tags); otherwise the result says
+    ``promoted: False`` and why, rather than failing the run.
+    """
+    try:
+        result = models.promote(name, version, expected_current=expected_champion, metric=metric)
+    except models.PromotionRefused as refused:
+        return {
+            "name": name,
+            "promoted": False,
+            "champion_version": refused.champion_version,
+            "reason": refused.reason,
+        }
+    return result | {"promoted": True}
 
 
 @task(name="close_run", cache_policy=NO_CACHE)
