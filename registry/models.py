@@ -166,7 +166,7 @@ def register_candidate(
             retrying(
                 mlflow_client.create_registered_model,
                 name,
-                description=f"adaptflow use case '{name}'",
+                description=redact(f"adaptflow use case '{name}'"),
             )
         except Exception as create_exc:  # another process created it first
             if "RESOURCE_ALREADY_EXISTS" not in str(getattr(create_exc, "error_code", "")):
