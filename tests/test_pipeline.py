@@ -126,10 +126,12 @@ def test_worse_candidate_does_not_move_champion_then_promote_and_rollback(first_
 
     promoted = run_cli("promote", "e2e-chars", "2", "--json")
     assert promoted.returncode == 0, promoted.stderr
+    # the contract's keys, plus ``reason`` (None: a human promotion, no re-decision)
     assert json.loads(promoted.stdout) == {
         "name": "e2e-chars",
         "champion_version": "2",
         "previous": "1",
+        "reason": None,
     }
     rolled = run_cli("rollback", "e2e-chars", "--json")
     assert rolled.returncode == 0, rolled.stderr
