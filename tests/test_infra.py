@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import missing_dependency
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -866,11 +867,11 @@ def test_postgres_init_script_creates_the_databases() -> None:
     """The init script, run as the image's entrypoint runs it, against a throwaway cluster."""
     bin_dir = _postgres_bin()
     if bin_dir is None or not shutil.which("psql"):
-        pytest.skip("PostgreSQL is not installed")
+        missing_dependency("PostgreSQL is not installed")
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
         if not shutil.which("runuser"):
-            pytest.skip("running as root without runuser")
+            missing_dependency("running as root without runuser")
         as_user = ["runuser", "-u", "postgres", "--"]
 
     with tempfile.TemporaryDirectory(prefix="adaptflow-pg-") as tmp:
