@@ -6,8 +6,9 @@ from typing import Any
 
 from prefect import flow
 
+from adaptflow.errors import SpecError
 from adaptflow.methods import UNTRAINED, check_method, resolve_method
-from adaptflow.spec import load_spec
+from adaptflow.spec import Spec, load_spec
 from flows.compare import compare
 from flows.curate import curate
 from flows.ladder import ladder
@@ -27,17 +28,27 @@ from tasks.tracking import close_run, log_stage, open_run
 
 
 @flow(name="adapt-pipeline")
-def adapt_pipeline(spec_path: str, method: str | None = None) -> dict[str, Any]:
-    """Run the whole pipeline for the spec at ``spec_path``; returns the run summary.
+def adapt_pipeline(
+    spec_path: str | None = None, method: str | None = None, spec: Spec | None = None
+) -> dict[str, Any]:
+    """Run the whole pipeline for one spec (a YAML file or inline); returns the run summary.
 
     The ``rag`` method takes its own path (``flows.rag``): the same stages, with indexing as
     the adaptation and the questions as the eval set.
 
     Args:
-        spec_path: Path to the use-case spec (YAML).
+        spec_path: Path to the use-case spec (YAML); its relative paths resolve against the
+            spec file's folder.
         method: Overrides the spec's ``method`` when given (``auto`` and ``ladder`` included).
+        spec: The spec itself instead of a file (the Prefect UI renders it as a form). Its
+            relative data paths resolve against the flow's working directory: the repository
+            on a worker (prefect.yaml's pull step), the current directory in-process.
+
+    Raises:
+        SpecError: When neither or both of ``spec_path`` and ``spec`` are given, or the spec
+            is invalid.
     """
-    spec = load_spec(spec_path)
+    spec = _the_spec(spec_path, spec)
     requested = method or spec.method
     check_method(spec.task, requested)
     if requested == "ladder":
@@ -77,3 +88,16 @@ def adapt_pipeline(spec_path: str, method: str | None = None) -> dict[str, Any]:
         spec, chosen, run_id, curation, candidate, refs, registered, gate.reasons, advice
     )
     return result | {"search": searched}
+
+
+def _the_spec(spec_path: str | None, spec: Spec | None) -> Spec:
+    if (spec_path is None) == (spec is None):
+        given = "both" if spec is not None else "neither"
+        raise SpecError(
+            f"adapt-pipeline takes exactly one of spec_path (a YAML file) and spec (an inline "
+            f"spec); {given} given. In the Prefect UI's run form, clear the one you do not use."
+        )
+    if spec is not None:
+        return spec  # Prefect validated it against Spec (relative paths: working directory)
+    assert spec_path is not None
+    return load_spec(spec_path)

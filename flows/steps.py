@@ -51,7 +51,8 @@ def provenance(spec: Spec, method: str) -> dict[str, str]:
     """Tags that say where a run came from (spec hash, git commit, Prefect flow run)."""
     return {
         "adaptflow.spec_hash": spec.spec_hash(),
-        "adaptflow.git_commit": git_commit(spec.source.parent if spec.source else None) or "",
+        # an inline spec (no file) runs in the flow's working directory: the repo, on a worker
+        "adaptflow.git_commit": git_commit(spec.source.parent if spec.source else Path.cwd()) or "",
         "adaptflow.flow_run_id": str(flow_run.id or ""),
         "adaptflow.method": method,
     }
@@ -77,7 +78,7 @@ def log_curation(
             curation["funnel_chart"],
             curation["quarantine"],
             curation["dropped_file"],
-            str(spec.source),
+            *([str(spec.source)] if spec.source else []),  # an inline spec has no file
         ],
         json_artifacts=json_artifacts,
     )
