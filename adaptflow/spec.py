@@ -250,8 +250,22 @@ class RetrievalSpec(_Strict):
     """
 
     mode: Literal["dense", "bm25", "hybrid"] = Field(
-        "hybrid", description="dense vectors, BM25 keywords, or both fused by reciprocal rank"
+        "hybrid", description="dense vectors, BM25 keywords, or both fused (see fusion)"
     )
+    fusion: Literal["convex", "rrf"] = Field(
+        "convex",
+        description="hybrid: weighted sum of min-max normalised scores, or reciprocal rank fusion",
+    )
+    lexical_weight: float = Field(
+        0.2, ge=0.0, le=1.0, description="hybrid, convex fusion: the BM25 side's weight"
+    )
+    reranker: str | None = Field(
+        None,
+        min_length=1,
+        description="A sentence-transformers cross-encoder (alias, folder or hub id) that "
+        "re-orders the first rerank_depth passages; None: no reranking",
+    )
+    rerank_depth: int = Field(20, ge=1, le=1000, description="Passages the reranker re-orders")
     chunk_tokens: int = Field(200, ge=16, le=8192, description="Chunk size in embedder tokens")
     overlap: int = Field(40, ge=0, description="Tokens shared by neighbouring chunks")
     k: int = Field(5, ge=1, le=100, description="Passages returned per question")

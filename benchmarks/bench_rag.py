@@ -71,10 +71,13 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 RESULTS_FILE = REPO_ROOT / "benchmarks" / "results" / "rag.json"
-QUESTIONS_FILE = REPO_ROOT / "benchmarks" / "rag_questions" / "questions.jsonl"
+QUESTION_FILES = {  # development set, and the held-out set written before it was first run
+    "development": REPO_ROOT / "benchmarks" / "rag_questions" / "questions.jsonl",
+    "held_out": REPO_ROOT / "benchmarks" / "rag_questions" / "fresh.jsonl",
+}
 
-TARGETS = {"hybrid_mrr_over_dense": 0.0, "index_ratio": 0.9, "reindex_share": 0.05,
-           "p95_ms_at_total": 50.0}  # fmt: skip
+TARGETS = {"hybrid_beats_dense_held_out": "mrr higher, recall@1 and recall@5 not lower",
+           "index_ratio": 0.9, "reindex_share": 0.05, "p95_ms_at_total": 50.0}  # fmt: skip
 
 #: The knowledge corpus: one file per module, in this order (fixed so questions stay valid).
 _MODULE_NAMES = """
@@ -268,14 +271,14 @@ def index_bare(chunks: list[Any], root: Path, name: str, encoder: Any) -> tuple[
     )
     batch = client.get_max_batch_size()
     started = time.perf_counter()
-    texts = [c.text for c in chunks]
+    texts = [c.indexed_text for c in chunks]
     vectors = encoder.encode(texts, batch_size=64, normalize_embeddings=True)
     for start in range(0, len(chunks), batch):
         part = chunks[start : start + batch]
         collection.add(
             ids=[c.id for c in part],
             embeddings=vectors[start : start + batch],
-            documents=[c.text for c in part],
+            documents=[c.indexed_text for c in part],
             metadatas=[c.metadata for c in part],
         )
     return time.perf_counter() - started, collection.count()
@@ -296,7 +299,7 @@ def throughput(knowledge: Path, root: Path, encoder: Any, repeats: int) -> dict[
             doc.sections, doc.source, tokenizer, settings.chunk_tokens, settings.overlap
         )
     ]
-    encoder.encode([c.text for c in chunks[:128]], batch_size=64)  # warm-up: torch, chroma
+    encoder.encode([c.indexed_text for c in chunks[:128]], batch_size=64)  # warm-up
     fresh_store(root, "warmup")[1].add(ids=["w"], embeddings=[[1.0] * 384], documents=["w"])
     ours_runs: list[float] = []
     bare_runs: list[float] = []
@@ -339,24 +342,43 @@ def reindex(knowledge: Path, kept: tuple[Any, Any, Path], encoder: Any) -> dict[
             "deleted": again.deleted, "files": again.files}  # fmt: skip
 
 
-def quality(collection: Any, encoder: Any, questions: list[dict[str, str]]) -> dict[str, Any]:
-    """Document-level retrieval metrics of each mode, and every question's rank per mode."""
+#: Retrieval settings compared for quality: name -> Retriever keyword arguments. ``hybrid`` is
+#: what a spec gets by default (convex fusion, lexical weight 0.2, the code analyzer).
+QUALITY_MODES: dict[str, dict[str, Any]] = {
+    "dense": {"mode": "dense"},
+    "bm25": {"mode": "bm25"},
+    "hybrid": {"mode": "hybrid"},
+    "hybrid-rrf": {"mode": "hybrid", "fusion": "rrf"},
+    "bm25-words": {"mode": "bm25", "analyzer": "words"},
+    "hybrid-rrf-words": {"mode": "hybrid", "fusion": "rrf", "analyzer": "words"},
+}
+
+
+def quality(
+    collection: Any, encoder: Any, question_sets: dict[str, list[dict[str, str]]]
+) -> dict[str, Any]:
+    """Per question set: document-level metrics of each retrieval setting, and every rank."""
     from tasks.evaluate.retrieval import retrieval_metrics, source_rank
     from tasks.rag.retrieve import Retriever
 
-    texts = [q["question"] for q in questions]
-    relevant = [q["source"] for q in questions]
-    metrics, ranks = {}, {}
-    for mode in ("dense", "bm25", "hybrid"):
-        hits = Retriever(collection, encoder, mode=mode).search_many(texts, k=10)
-        rankings = [[h.source for h in row] for row in hits]
-        metrics[mode] = retrieval_metrics(rankings, relevant)
-        ranks[mode] = [source_rank(r, s) for r, s in zip(rankings, relevant, strict=True)]
-    per_question = [
-        {"question": q["question"], "source": q["source"], **{m: ranks[m][i] for m in ranks}}
-        for i, q in enumerate(questions)
-    ]
-    return {"questions": len(questions), "metrics": metrics, "per_question": per_question}
+    retrievers = {name: Retriever(collection, encoder, **kw) for name, kw in QUALITY_MODES.items()}
+    out: dict[str, Any] = {}
+    for set_name, questions in question_sets.items():
+        texts = [q["question"] for q in questions]
+        relevant = [q["source"] for q in questions]
+        metrics, ranks = {}, {}
+        for mode, retriever in retrievers.items():
+            hits = retriever.search_many(texts, k=10)
+            rankings = [[h.source for h in row] for row in hits]
+            metrics[mode] = retrieval_metrics(rankings, relevant)
+            ranks[mode] = [source_rank(r, s) for r, s in zip(rankings, relevant, strict=True)]
+        per_question = [
+            {"question": q["question"], "source": q["source"], **{m: ranks[m][i] for m in ranks}}
+            for i, q in enumerate(questions)
+        ]
+        out[set_name] = {"questions": len(questions), "metrics": metrics,
+                         "per_question": per_question}  # fmt: skip
+    return out
 
 
 class PagedGet:
@@ -495,23 +517,33 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         corpus = json.loads(done.stdout.strip().splitlines()[-1])
         corpus["build_seconds"] = round(time.perf_counter() - started, 1)
         sources = {p.name for p in knowledge.iterdir()}
-        questions, dropped = load_questions(QUESTIONS_FILE, sources)
-        log(f"corpus: {corpus['files']} files, {corpus['megabytes']} MB; "
-            f"{len(questions)} questions ({len(dropped)} dropped)")  # fmt: skip
+        question_sets, dropped = {}, {}
+        for set_name, path in QUESTION_FILES.items():
+            question_sets[set_name], dropped[set_name] = load_questions(path, sources)
+        log(f"corpus: {corpus['files']} files, {corpus['megabytes']} MB; questions: "
+            + ", ".join(f"{n} {len(q)} ({len(dropped[n])} dropped)"
+                        for n, q in question_sets.items()))  # fmt: skip
         encoder = load_encoder("minilm")
         note_load("start")
-        speed = throughput(knowledge, root, encoder, args.repeats)
-        note_load("after indexing")
-        kept = speed.pop("_kept")
-        corpus["chunks"] = speed["chunks"]
-        log("re-indexing the unchanged corpus")
-        again = reindex(knowledge, kept, encoder)
+        if args.quality_only:
+            result, collection, _ = index_ours(knowledge, root, "ours", encoder)
+            corpus["chunks"] = result.chunks
+            speed, again, lat = None, None, None
+        else:
+            speed = throughput(knowledge, root, encoder, args.repeats)
+            note_load("after indexing")
+            kept = speed.pop("_kept")
+            collection = kept[1]
+            corpus["chunks"] = speed["chunks"]
+            log("re-indexing the unchanged corpus")
+            again = reindex(knowledge, kept, encoder)
         log("quality")
-        scores = quality(kept[1], encoder, questions)
+        scores = quality(collection, encoder, question_sets)
         scores["dropped_sources"] = dropped
-        log("latency")
-        lat = latency(kept[1], root, encoder, args.real, args.total,
-                      [q["question"] for q in questions], args.queries)  # fmt: skip
+        if not args.quality_only:
+            log("latency")
+            queries = [q["question"] for qs in question_sets.values() for q in qs]
+            lat = latency(collection, root, encoder, args.real, args.total, queries, args.queries)
         note_load("end")
     return {"corpus": corpus, "quality": scores, "indexing": speed, "reindex": again,
             "latency": lat, "load_average": LOAD}  # fmt: skip
@@ -523,13 +555,22 @@ def table(result: dict[str, Any]) -> str:
     again, lat = result["reindex"], result["latency"]
     lines = [
         f"corpus: {corpus['files']} stdlib module docs ({corpus['megabytes']} MB, Python "
-        f"{corpus['python']}), {corpus['chunks']} chunks; {quality_['questions']} questions",
-        "",
-        f"{'mode':<8} {'recall@1':>9} {'recall@5':>9} {'recall@10':>10} {'mrr':>7} {'ndcg@10':>8}",
+        f"{corpus['python']}), {corpus['chunks']} chunks",
     ]
-    for mode, m in quality_["metrics"].items():
-        lines.append(f"{mode:<8} {m['recall@1']:>9.3f} {m['recall@5']:>9.3f} "
-                     f"{m['recall@10']:>10.3f} {m['mrr']:>7.3f} {m['ndcg@10']:>8.3f}")  # fmt: skip
+    for set_name in QUESTION_FILES:
+        lines += [
+            "",
+            f"{set_name} questions ({quality_[set_name]['questions']})",
+            f"{'mode':<17} {'recall@1':>9} {'recall@5':>9} {'recall@10':>10} {'mrr':>7} "
+            f"{'ndcg@10':>8}",
+        ]
+        for mode, m in quality_[set_name]["metrics"].items():
+            lines.append(
+                f"{mode:<17} {m['recall@1']:>9.3f} {m['recall@5']:>9.3f} "
+                f"{m['recall@10']:>10.3f} {m['mrr']:>7.3f} {m['ndcg@10']:>8.3f}"
+            )
+    if speed is None:
+        return "\n".join(lines)
     lines += [
         "",
         f"indexing {speed['chunks']} chunks: ours {speed['ours_chunks_per_s']:.1f} chunks/s "
@@ -569,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--total", type=int, default=100_000, help="chunks with copies")
     parser.add_argument("--queries", type=int, default=300, help="latency queries")
     parser.add_argument("--quick", action="store_true", help="smoke run: small everything")
+    parser.add_argument(
+        "--quality-only", action="store_true", help="index once and measure retrieval quality"
+    )
     parser.add_argument("--worker-corpus", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker_corpus:
@@ -580,22 +624,27 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result = measure(args)
     result["seconds"] = time.perf_counter() - started
-    metrics = result["quality"]["metrics"]
-    at_total = result["latency"]["at_total"]
+    # judged on the held-out set: more right first (MRR), and no fewer found at 1 and at 5
+    held = result["quality"]["held_out"]["metrics"]
     checks = {
-        "hybrid_mrr_over_dense": metrics["hybrid"]["mrr"] - metrics["dense"]["mrr"]
-        > TARGETS["hybrid_mrr_over_dense"],
-        "index_ratio": result["indexing"]["ratio"] >= TARGETS["index_ratio"],
-        "reindex_share": result["reindex"]["share"] <= TARGETS["reindex_share"],
-        "p95_ms_at_total": max(at_total[m]["p95_ms"] for m in ("dense", "hybrid"))
-        <= TARGETS["p95_ms_at_total"],
+        "hybrid_beats_dense_held_out": held["hybrid"]["mrr"] > held["dense"]["mrr"]
+        and all(held["hybrid"][m] >= held["dense"][m] for m in ("recall@1", "recall@5")),
     }
+    if not args.quality_only:
+        at_total = result["latency"]["at_total"]
+        checks |= {
+            "index_ratio": result["indexing"]["ratio"] >= TARGETS["index_ratio"],
+            "reindex_share": result["reindex"]["share"] <= TARGETS["reindex_share"],
+            "p95_ms_at_total": max(at_total[m]["p95_ms"] for m in ("dense", "hybrid"))
+            <= TARGETS["p95_ms_at_total"],
+        }
     result["targets"], result["met"] = TARGETS, checks
     result["args"] = vars(args)
     print(table(result))
     print("\ntargets met: " + ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in checks.items()))
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS_FILE.with_name("rag_quality.json") if args.quality_only else RESULTS_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if all(checks.values()) else 1
 
 

@@ -131,7 +131,20 @@ def _rag_card(facts: dict[str, Any]) -> str:
         "## Method",
         f"- Adaptation: **rag**, embedder `{facts['base_model']}` "
         f"({facts['total_params']:,} parameters, none trained)",
-        f"- Search: {retrieval['mode']}, top {retrieval['k']} passages; chunks of "
+        f"- Search: {retrieval['mode']}"
+        + (
+            f" ({retrieval['fusion']} fusion, BM25 weight {retrieval['lexical_weight']})"
+            if retrieval["mode"] == "hybrid" and retrieval.get("fusion") == "convex"
+            else " (reciprocal rank fusion)"
+            if retrieval["mode"] == "hybrid"
+            else ""
+        )
+        + (
+            f", top {retrieval['rerank_depth']} reranked by `{retrieval['reranker']}`"
+            if retrieval.get("reranker")
+            else ""
+        )
+        + f", top {retrieval['k']} passages; chunks of "
         f"{retrieval['chunk_tokens']} tokens with {retrieval['overlap']} overlap",
         f"- Index: Chroma collection `{index['collection']}`, {index['chunks']:,} chunks, "
         f"index version (DVC hash of the manifest) `{index['index_version']}`",

@@ -14,7 +14,15 @@ from tasks.evaluate.retrieval import retrieval_metrics, source_rank
 from tasks.rag.chunk import Section, Tokenizer, chunk_sections, markdown_sections
 from tasks.rag.index import IndexSettings, build_index, chroma_client, open_collection
 from tasks.rag.ingest import ingest
-from tasks.rag.retrieve import Retriever
+from tasks.rag.package import retriever_options
+from tasks.rag.retrieve import (
+    LexicalAnalyzer,
+    Retriever,
+    fuse_convex,
+    fuse_rrf,
+    load_reranker,
+    split_identifiers,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +32,24 @@ def encoder():
     from tasks.icl.knn import load_encoder
 
     return load_encoder("minilm")
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(tmp_path_factory) -> str:
+    """A cross-encoder folder: MiniLM's encoder with a seeded, untrained scoring head.
+
+    No trained cross-encoder ships in a package here; an untrained head still scores each
+    (query, passage) pair by a fixed function, which is what the plumbing test needs.
+    """
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from adaptflow.catalogue import resolve_base_model
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cross-encoder")
+    CrossEncoder(resolve_base_model("minilm"), num_labels=1, device="cpu").save(str(folder))
+    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +76,9 @@ def test_chunks_fit_the_token_budget_keep_sections_and_overlap(tokenizer: Tokeni
     long = " ".join(f"word{i}" for i in range(300))
     sections = [Section("A", paragraphs), Section("B", (long,))]
     chunks = chunk_sections(sections, "doc.md", tokenizer, size=40, overlap=15)
-    assert all(n <= 40 for n in tokenizer.count([c.text for c in chunks]))
+    # the budget covers what is embedded: the heading path, a blank line, the paragraphs
+    assert all(n <= 40 for n in tokenizer.count([c.indexed_text for c in chunks]))
+    assert {c.indexed_text.split("\n\n")[0] for c in chunks} == {"A", "B"}
     a_chunks = [c for c in chunks if c.title == "A"]
     b_chunks = [c for c in chunks if c.title == "B"]
     # every paragraph of A is in some chunk of A, and none of B's text leaks into A
@@ -67,6 +95,62 @@ def test_chunks_fit_the_token_budget_keep_sections_and_overlap(tokenizer: Tokeni
     assert [c.position for c in chunks] == list(range(len(chunks)))
     again = chunk_sections(sections, "doc.md", tokenizer, size=40, overlap=15)
     assert [c.id for c in again] == [c.id for c in chunks]  # ids are content hashes
+
+
+def test_long_heading_paths_are_cut_to_a_quarter_of_the_budget(tokenizer: Tokenizer) -> None:
+    title = "Reference > " + " > ".join(f"level{i} heading words" for i in range(30))
+    long = " ".join(f"word{i}" for i in range(200))
+    chunks = chunk_sections([Section(title, (long,))], "doc.md", tokenizer, size=64, overlap=8)
+    header = chunks[0].header
+    assert header.startswith("Reference > level0 heading words") and header.endswith(" …")
+    assert tokenizer.count([header])[0] <= 64 // 4 + 1  # the cut, plus the ellipsis
+    assert all(n <= 64 for n in tokenizer.count([c.indexed_text for c in chunks]))
+    assert chunks[0].title == title  # the metadata keeps the whole path
+    # a heading changes the indexed text, so it changes the id: re-indexing re-embeds it
+    renamed = chunk_sections([Section("Other", (long,))], "doc.md", tokenizer, size=64, overlap=8)
+    assert renamed[0].id != chunks[0].id
+
+
+def test_identifiers_are_indexed_with_their_words() -> None:
+    assert split_identifiers("call hashlib.pbkdf2_hmac or NamedTemporaryFile, getFoo") == (
+        "call hashlib.pbkdf2_hmac pbkdf2 hmac or NamedTemporaryFile Named Temporary File, "
+        "getFoo get Foo"
+    )
+    analyze = LexicalAnalyzer("code")
+    tokens = analyze(["A named temporary file is created", "tempfile.NamedTemporaryFile(mode)"])
+    words = {v: k for k, v in tokens.vocab.items()}
+    first, second = ({words[i] for i in ids} for ids in tokens.ids)
+    # stems meet ("created" ~ "create"), and the identifier shares "name", "temporari", "file"
+    assert {"name", "temporari", "file"} <= first & second
+    plain = LexicalAnalyzer("words")(["tempfile.NamedTemporaryFile(mode)"])
+    assert "file" not in plain.vocab and "namedtemporaryfile" in plain.vocab
+
+
+def test_packages_from_before_fusion_settings_search_as_they_did() -> None:
+    old = {"mode": "hybrid", "k": 5, "candidates": 50, "rrf_k": 60}
+    assert retriever_options(old) == {
+        "candidates": 50, "rrf_k": 60, "fusion": "rrf", "lexical_weight": 0.0,
+        "analyzer": "words", "rerank_depth": 20,
+    }  # fmt: skip
+    new = old | {"fusion": "convex", "lexical_weight": 0.2, "analyzer": "code"}
+    assert retriever_options(new)["fusion"] == "convex"
+    assert retriever_options(new)["lexical_weight"] == 0.2
+    assert retriever_options(new)["analyzer"] == "code"
+
+
+def test_fusions_on_fixed_rankings() -> None:
+    dense = [("a", 0.9), ("b", 0.8), ("c", 0.5)]
+    lexical = [("c", 12.0), ("d", 4.0), ("a", 2.0)]
+    # convex, w = 0.2: a = 0.8 * 1 + 0.2 * 0; b = 0.8 * 0.75; c = 0.8 * 0 + 0.2 * 1; d = 0.2 * 0.2
+    fused = fuse_convex([dense, lexical], [0.8, 0.2])
+    assert [cid for cid, _ in fused] == ["a", "b", "c", "d"]
+    assert [round(score, 6) for _, score in fused] == [0.8, 0.6, 0.2, 0.04]
+    # a heavier lexical side lets its best chunk win; RRF ignores how far apart scores are
+    assert fuse_convex([dense, lexical], [0.4, 0.6])[0][0] == "c"
+    rrf = fuse_rrf([dense, lexical], 60)
+    assert [cid for cid, _ in rrf] == ["a", "c", "b", "d"]
+    assert rrf[0][1] == pytest.approx(1 / 61 + 1 / 63)
+    assert fuse_convex([[("x", 3.0), ("y", 3.0)]], [1.0]) == [("x", 1.0), ("y", 1.0)]
 
 
 def test_ingest_skips_bad_files_with_reasons_and_flags_injections(tmp_path: Path) -> None:
@@ -180,10 +264,15 @@ def test_retrieval_metrics_on_fixed_rankings() -> None:
     assert metrics["ndcg@10"] == pytest.approx((1 + 1 / 2 + 1 / 1.5849625) / 4, rel=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
-def test_each_retriever_finds_the_known_source(tmp_path: Path, encoder, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "fusion"), [("dense", "convex"), ("bm25", "convex"), ("hybrid", "convex"),
+                         ("hybrid", "rrf")],
+)  # fmt: skip
+def test_each_retriever_finds_the_known_source(
+    tmp_path: Path, encoder, mode: str, fusion: str
+) -> None:
     collection, _ = _index(tmp_path, encoder, _corpus(tmp_path / "kb"))
-    retriever = Retriever(collection, encoder, mode=mode)  # type: ignore[arg-type]
+    retriever = Retriever(collection, encoder, mode=mode, fusion=fusion)  # type: ignore[arg-type]
     questions = {
         "How is green tea processed after picking?": "tea.md",
         "What moves the chain between sprockets?": "bikes.md",
@@ -195,6 +284,25 @@ def test_each_retriever_finds_the_known_source(tmp_path: Path, encoder, mode: st
     assert metrics["recall@1"] == 1.0 and metrics["mrr"] == 1.0
     # BM25 returns only chunks sharing a term with the question; the others always fill k
     assert all((1 <= len(r) <= 3) if mode == "bm25" else len(r) == 3 for r in hits)
+
+
+def test_a_reranker_reorders_the_first_stage_by_its_own_scores(
+    tmp_path: Path, encoder, cross_encoder: str
+) -> None:
+    collection, _ = _index(tmp_path, encoder, _corpus(tmp_path / "kb"))
+    plain = Retriever(collection, encoder, mode="hybrid")
+    reranker = load_reranker(cross_encoder)
+    reranked = Retriever(collection, encoder, mode="hybrid", reranker=reranker, rerank_depth=6)
+    query = "What moves the chain between sprockets?"
+    first = plain.search(query, k=6)
+    got = reranked.search(query, k=3)
+    scores = reranker.predict([(query, h.text) for h in first])
+    expected = sorted(range(len(first)), key=lambda i: -float(scores[i]))[:3]
+    assert [h.id for h in got] == [first[i].id for i in expected]
+    assert [h.score for h in got] == pytest.approx([float(scores[i]) for i in expected])
+    # the reranker sees the first stage's top 6 only, and its order differs from it here
+    assert {h.id for h in got} <= {h.id for h in first}
+    assert [h.id for h in got] != [h.id for h in first[:3]]
 
 
 def test_large_collections_are_read_page_by_page(tmp_path: Path, encoder, monkeypatch) -> None:

@@ -178,6 +178,10 @@ def test_retrieval_qa_needs_no_training_data(data_dir: Path) -> None:
     assert spec.metric == "recall@5"
     assert spec.retrieval.model_dump() == {
         "mode": "hybrid",
+        "fusion": "convex",
+        "lexical_weight": 0.2,
+        "reranker": None,
+        "rerank_depth": 20,
         "chunk_tokens": 200,
         "overlap": 40,
         "k": 5,

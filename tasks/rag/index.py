@@ -31,7 +31,7 @@ from tasks.rag.ingest import ingest
 
 #: Bumped whenever ingest or chunking would cut the same file differently, so that indexes built
 #: by an older adaptflow are rebuilt rather than silently mixed with new chunks.
-CHUNKER_VERSION = 2
+CHUNKER_VERSION = 3  # 3: chunks are indexed with their heading path in front
 #: Chunks embedded and written per batch (a kill loses at most one batch of work).
 BATCH = 256
 
@@ -185,21 +185,24 @@ def build_index(
     stale = sorted(existing - wanted)
     for start in range(0, len(stale), BATCH * 16):
         collection.delete(ids=stale[start : start + BATCH * 16])
-    # Similar lengths side by side, so each encode batch pads little (sentence-transformers sorts
-    # within one call; our calls are per upsert batch). Ids are content hashes: order is free.
-    to_embed = sorted((c for c in fresh if c.id not in existing), key=lambda c: len(c.text))
+    # Similar token counts side by side, so each encode batch pads little: sentence-transformers
+    # sorts only within one call (by characters), and our calls are per upsert batch. Counting
+    # is one batched fast-tokenizer call. Ids are content hashes: the order is free.
+    new = [c for c in fresh if c.id not in existing]
+    lengths = tokenizer.count([c.indexed_text for c in new]) if new else []
+    to_embed = [c for _, c in sorted(zip(lengths, new, strict=True), key=lambda pair: pair[0])]
     moved = [c for c in fresh if c.id in existing]
     progress, bar = _progress(len(to_embed), "embedding chunks")
     with progress:
         for start in range(0, len(to_embed), BATCH):
             batch = to_embed[start : start + BATCH]
             vectors = encoder.encode(
-                [c.text for c in batch], batch_size=64, normalize_embeddings=True
+                [c.indexed_text for c in batch], batch_size=64, normalize_embeddings=True
             )
             collection.upsert(
                 ids=[c.id for c in batch],
                 embeddings=vectors.tolist(),
-                documents=[c.text for c in batch],
+                documents=[c.indexed_text for c in batch],
                 metadatas=[c.metadata for c in batch],
             )
             progress.advance(bar, len(batch))

@@ -37,7 +37,7 @@ from tasks.rag.index import (
     collection_name,
     open_collection,
 )
-from tasks.rag.retrieve import Hit, Retriever
+from tasks.rag.retrieve import Hit, Retriever, load_reranker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,6 +49,8 @@ KIND = "rag-retriever"
 #: enough distinct sources even when one document fills several of the top chunks.
 EVAL_DEPTH = 50
 RRF_K = 60
+#: BM25's analyzer for new packages (``tasks.rag.retrieve.LexicalAnalyzer``).
+ANALYZER = "code"
 #: Upper bound on a generator's context (positions) used for RAG prompts, to bound CPU cost.
 MAX_CONTEXT = 4096
 ANSWERS_FILE = "rag_answers.jsonl"
@@ -214,6 +216,22 @@ def index_knowledge(
     }
 
 
+def retriever_options(retrieval: dict[str, Any]) -> dict[str, Any]:
+    """``Retriever`` keyword arguments from a package manifest's ``retrieval`` entry.
+
+    Packages written before fusion and the BM25 analyzer were settings (they have neither key)
+    keep searching exactly as when they were registered: RRF over bm25s's plain tokens.
+    """
+    return {
+        "candidates": int(retrieval["candidates"]),
+        "rrf_k": int(retrieval["rrf_k"]),
+        "fusion": retrieval.get("fusion", "rrf"),
+        "lexical_weight": float(retrieval.get("lexical_weight", 0.0)),
+        "analyzer": retrieval.get("analyzer", "words"),
+        "rerank_depth": int(retrieval.get("rerank_depth", 20)),
+    }
+
+
 def write_package(out: Path, index: dict[str, Any], retrieval: dict[str, Any]) -> Path:
     """Write the RAG package for an index built by ``index_knowledge``."""
     if out.exists():
@@ -236,6 +254,11 @@ def write_package(out: Path, index: dict[str, Any], retrieval: dict[str, Any]) -
             "k": retrieval["k"],
             "candidates": retrieval["candidates"],
             "rrf_k": RRF_K,
+            "fusion": retrieval["fusion"],
+            "lexical_weight": retrieval["lexical_weight"],
+            "analyzer": ANALYZER,
+            "reranker": retrieval["reranker"],
+            "rerank_depth": retrieval["rerank_depth"],
         },
         "prompt_template": PROMPT_TEMPLATE,
         "generator": generator_settings(retrieval),
@@ -279,7 +302,8 @@ class RagRetriever:
 
         Args:
             package_dir: A folder written by ``write_package``.
-            mode: Search with this mode instead of the package's (the baseline uses it).
+            mode: Search with this mode instead of the package's, and without its reranker
+                (the baseline uses it).
 
         Raises:
             DataError: When the collection is missing, or was rebuilt with other settings.
@@ -311,12 +335,13 @@ class RagRetriever:
         self.template = self.manifest["prompt_template"]
         self.generator_settings: dict[str, Any] | None = self.manifest.get("generator")
         self._generator: Generator | None = None
+        reference = retrieval.get("reranker") if mode is None else None
         self.retriever = Retriever(
             collection,
             load_encoder(self.manifest["embedder"]),
             self.mode,  # type: ignore[arg-type]
-            int(retrieval["candidates"]),
-            int(retrieval["rrf_k"]),
+            **retriever_options(retrieval),
+            reranker=load_reranker(reference) if reference else None,
         )
 
     def search_many(self, questions: list[str], k: int | None = None) -> list[list[Hit]]:
