@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -49,26 +48,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO_ROOT / "examples" / "unicode-categories"
 RESULTS_FILE = REPO_ROOT / "benchmarks" / "results" / "operations.json"
 ADAPTFLOW = [sys.executable, "-m", "adaptflow"]
-
-
-def write_tiny_spec(folder: Path) -> Path:
-    """ICL on 8 records per label of the unicode-categories example (a fast full pipeline)."""
-    per_label: dict[str, list[str]] = defaultdict(list)
-    for line in (EXAMPLE / "data" / "chars.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if len(per_label[row["label"]]) < 8:
-            per_label[row["label"]].append(line)
-    (folder / "data").mkdir(parents=True)
-    (folder / "data" / "chars.jsonl").write_text(
-        "\n".join(line for lines in per_label.values() for line in lines) + "\n"
-    )
-    spec = folder / "spec.yaml"
-    spec.write_text(
-        "name: bench-ops\ntask: classification\nbase_model: minilm\nmethod: icl\n"
-        "data: {train: data/chars.jsonl, id_field: id, text_field: text, label_field: label}\n"
-        "target: {metric: f1_macro, min: 0.1}\nseed: 7\n"
-    )
-    return spec
 
 
 def cli(*args: str, env: dict[str, str]) -> dict[str, Any]:
@@ -219,7 +198,11 @@ def benchmark(repeat: int, calls: int, query_seconds: float) -> dict[str, Any]:
     """Start servers, deploy, measure both numbers, stop the servers."""
     scratch = Path(tempfile.mkdtemp(prefix="bench-ops-"))
     home = scratch / "home"
-    spec = write_tiny_spec(scratch / "spec")
+    sys.path.insert(0, str(REPO_ROOT))
+    from adaptflow.samples import write_tiny_icl_spec
+    from adaptflow.servers import free_port
+
+    spec = write_tiny_icl_spec(scratch / "spec", "bench-ops")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env |= {
         "ADAPTFLOW_HOME": str(home),
@@ -227,9 +210,6 @@ def benchmark(repeat: int, calls: int, query_seconds: float) -> dict[str, Any]:
         "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds),
         "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",  # no cron run in the middle
     }
-    sys.path.insert(0, str(REPO_ROOT))
-    from adaptflow.servers import free_port
-
     started = time.perf_counter()
     up = cli("up", "--prefect-port", str(free_port()), "--mlflow-port", str(free_port()), env=env)
     up_seconds = time.perf_counter() - started

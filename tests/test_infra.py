@@ -15,16 +15,14 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import missing_dependency
+from helpers import postgres_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -854,60 +852,17 @@ def test_postgres_init_script_syntax() -> None:
     subprocess.run(["sh", "-n", str(INIT_SCRIPT)], check=True)
 
 
-def _postgres_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if found:
-        return found[-1].parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).resolve().parent if initdb else None
-
-
 @pytest.mark.integration
 def test_postgres_init_script_creates_the_databases() -> None:
     """The init script, run as the image's entrypoint runs it, against a throwaway cluster."""
-    bin_dir = _postgres_bin()
-    if bin_dir is None or not shutil.which("psql"):
-        missing_dependency("PostgreSQL is not installed")
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        if not shutil.which("runuser"):
-            missing_dependency("running as root without runuser")
-        as_user = ["runuser", "-u", "postgres", "--"]
-
-    with tempfile.TemporaryDirectory(prefix="adaptflow-pg-") as tmp:
-        if as_user:
-            shutil.chown(tmp, user="postgres")
+    with postgres_cluster(("prefect",)) as cluster:  # "prefect": what POSTGRES_DB does
         env = {
-            "PGHOST": tmp,  # a Unix socket in tmp: no TCP port is opened
-            "PGUSER": "adaptflow",
-            "POSTGRES_USER": "adaptflow",
+            "POSTGRES_USER": cluster.user,
             "POSTGRES_DB": "prefect",
             "ADAPTFLOW_EXTRA_DATABASES": "mlflow",
         }
-
-        def run(*command: str, check: bool = True) -> str:
-            environment = [f"{name}={value}" for name, value in env.items()]
-            done = subprocess.run(
-                [*as_user, "env", *environment, *command],
-                check=check,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            return done.stdout
-
-        pg_ctl = [str(bin_dir / "pg_ctl"), "-D", f"{tmp}/data"]
-        run(str(bin_dir / "initdb"), "-D", f"{tmp}/data", "-U", "adaptflow", "--auth=trust")
-        try:
-            # -l: the server's output goes to a file, not to the pipe subprocess waits on.
-            server_options = f"-k {tmp} -c listen_addresses=''"
-            run(*pg_ctl, "-l", f"{tmp}/log", "-o", server_options, "-w", "start")
-            run("psql", "-d", "postgres", "-c", "CREATE DATABASE prefect")  # what POSTGRES_DB does
-            run("sh", str(INIT_SCRIPT))
-            listed = run("psql", "-At", "-d", "postgres", "-c", "SELECT datname FROM pg_database")
-            assert {"prefect", "mlflow"} <= set(listed.split())
-        finally:
-            run(*pg_ctl, "-m", "fast", "stop", check=False)
+        cluster.run("sh", str(INIT_SCRIPT), env=env)
+        assert {"prefect", "mlflow"} <= cluster.databases()
 
 
 # --- tests: each checker catches what it claims -------------------------------------------------

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import clean_env, trigger_and_wait
 
 from adaptflow import servers
 from adaptflow.errors import AdaptflowError, ServiceError
+from adaptflow.samples import write_tiny_icl_spec
 from adaptflow.settings import load_settings
 from tasks.retrain import retrain_decision
 
@@ -259,13 +259,8 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
-def _clean_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    return env | {"ADAPTFLOW_HOME": str(home), "ADAPTFLOW_REPO": str(REPO)} | extra
-
-
 def test_deploy_without_a_server_is_one_message(tmp_path: Path) -> None:
-    env = _clean_env(tmp_path / "home")
+    env = clean_env(tmp_path / "home")
     result = run_cli("deploy", "--json", env=env)
     assert result.returncode == 3 and "Traceback" not in result.stderr
     assert "adaptflow up" in json.loads(result.stdout)["error"]
@@ -278,59 +273,6 @@ def test_deploy_without_a_server_is_one_message(tmp_path: Path) -> None:
 
 
 # --- the real servers --------------------------------------------------------------------------
-
-
-def _tiny_spec(folder: Path) -> Path:
-    """ICL on 8 records per label of the unicode-categories example: the fastest full run."""
-    per_label: dict[str, list[str]] = defaultdict(list)
-    source = REPO / "examples" / "unicode-categories" / "data" / "chars.jsonl"
-    for line in source.read_text().splitlines():
-        row = json.loads(line)
-        if len(per_label[row["label"]]) < 8:
-            per_label[row["label"]].append(line)
-    (folder / "data").mkdir(parents=True)
-    (folder / "data" / "chars.jsonl").write_text(
-        "\n".join(line for lines in per_label.values() for line in lines) + "\n"
-    )
-    spec = folder / "spec.yaml"
-    spec.write_text(
-        "name: ops-tiny\ntask: classification\nbase_model: minilm\nmethod: icl\n"
-        "data: {train: data/chars.jsonl, id_field: id, text_field: text, label_field: label}\n"
-        "target: {metric: f1_macro, min: 0.1}\nseed: 7\n"
-    )
-    return spec
-
-
-async def _trigger_and_wait(
-    api_url: str, deployment: str, parameters: dict[str, Any], timeout: float
-) -> tuple[Any, list[str]]:
-    """What the UI's "Run" button does (POST /deployments/{id}/create_flow_run); then wait."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        async with get_client() as client:
-            found = await client.read_deployment_by_name(deployment)
-            run = await client.create_flow_run_from_deployment(found.id, parameters=parameters)
-            deadline = time.monotonic() + timeout
-            while not (run.state and run.state.is_final()) and time.monotonic() < deadline:
-                await asyncio.sleep(1)
-                run = await client.read_flow_run(run.id)
-            # The run's process ships its logs in batches, the last ones after the final state.
-            messages: list[str] = []
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                logs = await client.read_logs(  # this server rejects a null limit or offset
-                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
-                    limit=200,
-                    offset=0,
-                )
-                messages = [log.message for log in logs]
-                if any(m.startswith("Finished in state") for m in messages):
-                    break
-                await asyncio.sleep(1)
-    return run, messages
 
 
 def _read_deployment(api_url: str, name: str) -> Any:
@@ -382,9 +324,9 @@ def test_up_deploy_trigger_retrain_down(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
     home = tmp_path / "home"
-    spec = _tiny_spec(tmp_path / "spec")
+    spec = write_tiny_icl_spec(tmp_path / "spec", "ops-tiny")
     # A 2 s poll keeps trigger-to-running short; no cron schedule may fire during the test.
-    env = _clean_env(
+    env = clean_env(
         home,
         PREFECT_WORKER_QUERY_SECONDS="2",
         PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
@@ -433,10 +375,8 @@ def test_up_deploy_trigger_retrain_down(tmp_path: Path) -> None:
         _assert_gpu_tasks_never_overlap(api, env | {"PREFECT_HOME": str(home / "prefect")})
 
         registry = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
-        run, _ = asyncio.run(
-            _trigger_and_wait(
-                api, "adapt-pipeline/adapt-pipeline", {"spec_path": str(spec)}, timeout=240
-            )
+        run, _ = trigger_and_wait(
+            api, "adapt-pipeline/adapt-pipeline", {"spec_path": str(spec)}, timeout=240
         )
         assert run.state.is_completed(), f"{run.state}\n{worker_log.read_text()[-3000:]}"
         champion = registry.get_model_version_by_alias("ops-tiny", "champion")
@@ -444,23 +384,16 @@ def test_up_deploy_trigger_retrain_down(tmp_path: Path) -> None:
         assert champion.tags["adaptflow.flow_run_id"] == str(run.id)
         data_hash = champion.tags["adaptflow.data_hash"]
 
-        run, logs = asyncio.run(
-            _trigger_and_wait(
-                api, "scheduled-retrain/scheduled-retrain", {"spec_path": str(spec)}, 240
-            )
+        run, logs = trigger_and_wait(
+            api, "scheduled-retrain/scheduled-retrain", {"spec_path": str(spec)}, 240
         )
         assert run.state.is_completed(), f"{run.state}\n{worker_log.read_text()[-3000:]}"
         reason = f"data unchanged since champion v1 (hash {data_hash})"
         assert f"ops-tiny: skipping training: {reason}" in logs, "\n".join(logs)
         assert len(registry.search_model_versions("name='ops-tiny'")) == 1
 
-        run, logs = asyncio.run(
-            _trigger_and_wait(
-                api,
-                "scheduled-retrain/scheduled-retrain",
-                {"spec_path": str(spec), "force": True},
-                240,
-            )
+        run, logs = trigger_and_wait(
+            api, "scheduled-retrain/scheduled-retrain", {"spec_path": str(spec), "force": True}, 240
         )
         assert run.state.is_completed(), f"{run.state}\n{worker_log.read_text()[-3000:]}"
         assert f"ops-tiny: training: {reason}; force=True" in logs, "\n".join(logs)
