@@ -13,7 +13,7 @@ from adaptflow.errors import SpecError
 from adaptflow.spec import load_spec
 from tasks.evaluate.retrieval import answer_metrics
 from tasks.evaluate.text_metrics import groundedness
-from tasks.rag.package import fit_prompt, render_prompt
+from tasks.rag.package import MAX_CONTEXT, fit_prompt, load_rag_generator, render_prompt
 from tasks.rag.questions import curate_knowledge
 from tasks.rag.retrieve import Hit
 
@@ -89,6 +89,33 @@ def test_fit_prompt_with_the_generator_tokenizer_stays_within_budget() -> None:
     assert count(prompt) <= budget < count(render_prompt(question, _hits()))
     assert 1 <= len(used) < 3
     assert prompt.endswith(f"Question: {question}\nAnswer:")
+
+
+def test_a_seq2seq_generator_reads_the_whole_prompt_and_decodes_fresh() -> None:
+    """tiny-t5 as the generator: its encoder reads the whole fitted prompt and its decoder
+    generates from scratch (no prompt echo), greedily, as the model's own ``generate`` does.
+
+    The untrained tiny-t5 only emits whitespace tokens, so the answer text is empty; the test
+    pins the path (budget, encoder input, decoding), not answer quality.
+    """
+    import torch
+
+    generator = load_rag_generator({"model": "tiny-t5", "max_new_tokens": 8})
+    assert generator.family == "encoder-decoder" and generator.raw
+    assert generator.max_length == MAX_CONTEXT - 1  # relative positions: the cap, less an EOS
+
+    def count(text: str) -> int:
+        return len(generator.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    prompt, kept = fit_prompt(QUESTIONS[1]["question"], _hits(), count, generator.max_length)
+    assert len(kept) == 3  # the whole prompt fits the encoder
+    answer = generator.predict([prompt])[0]
+    encoded = generator.tokenizer([prompt], return_tensors="pt")
+    assert encoded["input_ids"].shape[1] == count(prompt) <= generator.max_length  # all of it
+    with torch.no_grad():
+        ids = generator.model.generate(**encoded, max_new_tokens=8, do_sample=False)
+    assert ids.shape[1] == 1 + 8  # decoder start, then 8 fresh tokens: nothing copied in
+    assert answer == generator.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
 
 
 def test_answer_metrics_on_a_fixed_case() -> None:
