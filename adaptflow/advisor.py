@@ -22,7 +22,9 @@ Cost model (each number comes from one of these formulas; the constants are belo
   20 tokens per parameter).
 - hours = FLOPs / (peak FLOP/s × utilisation) / 3600, for the hardware in ``HARDWARE``.
 - peak training memory: AdamW full training 16 bytes/parameter; LoRA-style 2 bytes/parameter of
-  frozen 16-bit weights plus 16 bytes per trainable parameter; plus activations of
+  frozen 16-bit weights plus 16 bytes per trainable parameter (QLoRA: 0.516 bytes/parameter of
+  frozen 4-bit NF4 weights with double-quantized constants, Dettmers et al. 2023); plus
+  activations of
   ``s·b·h·(34 + 5·a·s/h)`` bytes per layer (Korthikanti et al. 2022, 16-bit, no recomputation).
 - inference tokens per query: the query itself, plus shown examples (decoder ICL), retrieved
   passages (RAG) or virtual tokens (prefix / prompt tuning).
@@ -62,6 +64,11 @@ VIRTUAL_TOKENS = 20
 LORA_MATRICES_PER_LAYER = 2
 #: Parameters of the embedder RAG indexes with (all-MiniLM-L6-v2).
 EMBEDDER_PARAMS = 22_700_000
+#: Bytes per frozen parameter under QLoRA: 4-bit NF4 values plus double-quantized block
+#: constants (0.127 bits/parameter), Dettmers et al. 2023. Layers bitsandbytes leaves in 16 bits
+#: (embeddings, the output head, norms) are not counted apart: an underestimate for models whose
+#: embeddings are a large share of their parameters (small models with large vocabularies).
+QLORA_BYTES_PER_PARAM = (4 + 0.127) / 8
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ HARDWARE: dict[str, Hardware] = {
     "h100": Hardware(989e12, 80, 0.35, "NVIDIA H100 SXM, bf16 tensor cores"),
 }
 
-PEFT = ("lora", "dora", "ia3", "prefix", "prompt-tuning", "p-tuning")
+PEFT = ("lora", "dora", "ia3", "prefix", "prompt-tuning", "p-tuning", "qlora")
 FINE_TUNING = (*PEFT, "freeze", "full")
 TRAINED = (*FINE_TUNING, "cpt", "pretrain")
 METHODS = ("icl", "rag", *FINE_TUNING, "cpt", "pretrain")
@@ -98,6 +105,7 @@ COST_RANK: dict[str, float] = {
     "prefix": 2.3,
     "prompt-tuning": 2.4,
     "p-tuning": 2.5,
+    "qlora": 2.6,  # LoRA's cost plus dequantizing every step: chosen when LoRA does not fit
     "freeze": 3,
     "full": 4,
     "cpt": 5,
@@ -180,6 +188,7 @@ def _trainable(method: str, f: Facts) -> int | None:
     h, layers = f.hidden, f.layers
     sizes: dict[str, float] = {
         "lora": layers * LORA_MATRICES_PER_LAYER * f.lora_r * 2 * h,
+        "qlora": layers * LORA_MATRICES_PER_LAYER * f.lora_r * 2 * h,
         "dora": layers * LORA_MATRICES_PER_LAYER * (f.lora_r * 2 * h + h),
         "ia3": layers * 3 * h,
         "prefix": layers * 2 * VIRTUAL_TOKENS * h,
@@ -242,6 +251,9 @@ def estimate(method: str, f: Facts) -> Estimate:
         if method in ("full", "cpt", "pretrain"):
             flops, formula = 6.0 * n * d, "6·N·D"
             memory = 16 * n + _activation_bytes(f)
+        elif method == "qlora":
+            flops, formula = 4.0 * n * d, "4·N·D"
+            memory = QLORA_BYTES_PER_PARAM * n + 16 * (trainable or 0) + _activation_bytes(f)
         elif method == "freeze":
             flops, formula = 2.0 * n * d + 4.0 * (trainable or 0) * d, "2·N·D + 4·N_top·D"
             memory = 2 * n + 16 * (trainable or 0) + _activation_bytes(f)
@@ -331,6 +343,13 @@ RULES: tuple[Rule, ...] = (
          "the knowledge changes often: a fine-tuned model goes stale between retrainings"),
     Rule(PEFT, lambda f, e: f.new_domain_language, -1,
          "a new language or domain vocabulary is more than a small adapter learns"),
+    Rule(("qlora",), lambda f, e: f.hardware == "cpu", BLOCK,
+         "4-bit QLoRA needs a CUDA GPU and bitsandbytes; budget.hardware is cpu"),
+    Rule(("qlora",), lambda f, e: f.family == "encoder", BLOCK,
+         "QLoRA here adapts decoders and encoder-decoders, not an encoder classifier"),
+    Rule(("qlora",), lambda f, e: f.hardware != "cpu", 0,
+         "the frozen base in 4 bits: ~{memory} GB at peak on {hardware}, about a quarter of "
+         "LoRA's 16-bit base; slower per step (weights are dequantized on the fly)"),
     Rule(("full",), lambda f, e: MIN_LABELLED_FINE_TUNE <= f.labelled < MIN_LABELLED_FULL, -1,
          "{labelled:,} labelled examples (< " f"{MIN_LABELLED_FULL:,}" "): full fine-tuning "
          "tends to overfit and forget more than PEFT"),

@@ -8,9 +8,11 @@ path or id, so a user with hub access gets real hub models with no code change.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from adaptflow.errors import SpecError
 
@@ -186,3 +188,23 @@ def model_shape(ref: str) -> ModelShape:
         hidden=_first(text, "hidden_size", "n_embd", "d_model"),
         heads=_first(text, "num_attention_heads", "n_head", "num_heads"),
     )
+
+
+def known_family(ref: str) -> str | None:
+    """The family of a base model when it is known without loading anything, else None.
+
+    A catalogue alias knows its family; a local folder tells through its ``config.json``. A hub
+    id is not looked up (no network at spec time): its family is checked when it loads.
+    """
+    if ref in CATALOGUE:
+        return CATALOGUE[ref].family
+    config_file = Path(ref) / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a broken folder fails when it loads, with the library's own message
+    if not isinstance(config, dict):
+        return None
+    return _family(SimpleNamespace(**config), ref)

@@ -140,6 +140,7 @@ def run(
     challenger, not promoted).
     """
     with _guard(json_out):
+        from adaptflow.hardware import check_capabilities
         from adaptflow.methods import check_method
         from adaptflow.spec import load_spec
 
@@ -148,6 +149,8 @@ def run(
         method = "ladder" if ladder else method
         parsed = load_spec(spec)  # a bad spec fails here, before any server starts
         check_method(parsed.task, method or parsed.method)
+        train = parsed.train
+        check_capabilities(parsed.task, method or parsed.method, train.precision, train.devices)
         _prepare()
         from flows.pipeline import adapt_pipeline
 

@@ -28,6 +28,10 @@ class ServiceError(AdaptflowError):
     exit_code = 3
 
 
+class CapabilityError(AdaptflowError):
+    """The spec asks for something this machine cannot do (a GPU feature, a missing package)."""
+
+
 class RegistryError(AdaptflowError):
     """A registry operation is not possible (unknown model, version or alias)."""
 

@@ -12,7 +12,17 @@ from typing import Any
 from adaptflow.errors import SpecError
 
 #: Generative tasks train through ``tasks.train.sft`` with any of these methods.
-GENERATIVE = ("lora", "dora", "ia3", "prefix", "prompt-tuning", "p-tuning", "freeze", "full")
+GENERATIVE = (
+    "lora",
+    "dora",
+    "ia3",
+    "prefix",
+    "prompt-tuning",
+    "p-tuning",
+    "qlora",
+    "freeze",
+    "full",
+)
 RUNNABLE: dict[str, tuple[str, ...]] = {
     "classification": ("icl", "lora", "dora", "ia3"),
     "retrieval-qa": ("rag",),

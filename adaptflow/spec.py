@@ -27,9 +27,9 @@ from pydantic import (
     model_validator,
 )
 
-from adaptflow.catalogue import normalize_reference
+from adaptflow.catalogue import known_family, normalize_reference
 from adaptflow.errors import SpecError
-from adaptflow.methods import GENERATIVE_TASKS
+from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS
 
 Task = Literal[
     "classification", "instruction", "qa", "summarization", "language-modeling", "retrieval-qa"
@@ -45,6 +45,7 @@ Method = Literal[
     "prefix",
     "prompt-tuning",
     "p-tuning",
+    "qlora",
     "freeze",
     "full",
     "cpt",
@@ -182,6 +183,18 @@ class TrainSpec(_Strict):
         50, ge=1, description="Steps between resumable checkpoints (generative recipes)"
     )
     max_new_tokens: int = Field(64, ge=1, le=4096, description="Answer length when evaluating")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Training precision: auto (bf16 on a CUDA GPU that supports it, else fp32), "
+        "fp32, bf16 (also on CPU) or fp16 (CUDA only); mixed precision over fp32 weights",
+    )
+    devices: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Training processes (one per GPU, or CPU processes without CUDA), launched "
+        "with torchrun; batch_size is the global batch, split evenly across them",
+    )
 
 
 class NearDedupSpec(_Strict):
@@ -390,6 +403,11 @@ class Spec(_Strict):
     name: str = Field(description="MLflow registered model name")
     task: Task
     base_model: str = Field("minilm", description="Catalogue alias, local path, or hub id")
+    allow_pickle: bool = Field(
+        False,
+        description="Load base_model from pickle-based weights (pytorch_model.bin) when it has "
+        "no safetensors; unpickling can run code, so this is off unless set explicitly",
+    )
     method: Method = "auto"
     data: DataSpec
     needs: Needs = Field(default_factory=Needs)
@@ -464,7 +482,44 @@ class Spec(_Strict):
                 f"method 'cpt' replays general text (cpt.replay {self.cpt.replay}): set "
                 "data.general, or cpt.replay: 0 to train on the domain corpus alone"
             )
+        self._training_checks()
+        self._family_checks()
         return self
+
+    def _training_checks(self) -> None:
+        devices = self.train.devices
+        if devices > 1 and self.task not in GENERATIVE_TASKS + LM_TASKS:
+            raise ValueError(
+                f"train.devices {devices}: multi-process training runs the recipes of tasks "
+                f"{', '.join(GENERATIVE_TASKS + LM_TASKS)}; task '{self.task}' trains in one "
+                "process (set train.devices: 1)"
+            )
+        if self.train.batch_size % devices:
+            raise ValueError(
+                f"train.batch_size {self.train.batch_size} is the global batch and must split "
+                f"evenly over train.devices {devices}"
+            )
+
+    def _family_checks(self) -> None:
+        """Method and task against the base model's family, when known without loading it."""
+        family = known_family(self.base_model)
+        if family is None:
+            return
+        base = f"base model '{self.base_model}' is {'an' if family[0] == 'e' else 'a'} {family}"
+        if self.task in LM_TASKS and family != "decoder":
+            raise ValueError(
+                f"task '{self.task}' trains with method 'cpt' (continued next-token "
+                f"pre-training), which needs a decoder; {base}"
+            )
+        if self.cpt.corpus is not None and family != "decoder":
+            raise ValueError(
+                f"cpt.corpus adds a continued pre-training stage, which needs a decoder; {base}"
+            )
+        if self.task in GENERATIVE_TASKS and family == "encoder":
+            raise ValueError(
+                f"task '{self.task}' generates text, which needs a decoder or an "
+                f"encoder-decoder; {base}"
+            )
 
     def _format_checks(self) -> None:
         data = self.data

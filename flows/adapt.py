@@ -34,6 +34,7 @@ def continue_pretraining(
         spec.cpt.replay,
         spec.forgetting.check_fraction,
         spec.forgetting.max_check_texts,
+        spec.allow_pickle,
     )
     return result
 
@@ -90,7 +91,9 @@ def adapt(spec: Spec, method: str, train_file: str, run_id: str) -> dict[str, An
     work = load_settings().work_dir / spec.name
     out = work / run_id / "package"
     if method == "icl":
-        return build_knn_classifier_task(Path(train_file), spec.base_model, out, spec.metric)
+        return build_knn_classifier_task(
+            Path(train_file), spec.base_model, out, spec.metric, spec.allow_pickle
+        )
     hyper = Hyper(**spec.train.model_dump(), seed=spec.seed)
     result: TrainResult
     if spec.task in LM_TASKS:
@@ -109,7 +112,10 @@ def adapt(spec: Spec, method: str, train_file: str, run_id: str) -> dict[str, An
             work / "checkpoints",
             spec.task,
             bundle_base=base != spec.base_model,
+            allow_pickle=spec.allow_pickle,
         )
     else:
-        result = train_peft_classifier_task(Path(train_file), spec.base_model, method, hyper, out)
+        result = train_peft_classifier_task(
+            Path(train_file), spec.base_model, method, hyper, out, spec.allow_pickle
+        )
     return asdict(result) | {"tokens_per_second": result.tokens_per_second}

@@ -38,16 +38,22 @@ def compare(
     train, held_out = Path(train_file), Path(eval_file)
     baseline = known_baseline
     if baseline is None and spec.task in LM_TASKS:
-        baseline = base_lm_baseline_task(spec.base_model, held_out, spec.train.max_length)
+        baseline = base_lm_baseline_task(
+            spec.base_model, held_out, spec.train.max_length, spec.allow_pickle
+        )
     if baseline is None and spec.task in GENERATIVE_TASKS:
         baseline = base_model_baseline_task(
-            spec.base_model, held_out, spec.train.max_length, spec.train.max_new_tokens
+            spec.base_model,
+            held_out,
+            spec.train.max_length,
+            spec.train.max_new_tokens,
+            spec.allow_pickle,
         )
     if baseline is None:
         baseline = (
             majority_baseline_task(train, held_out)
             if method == "icl"
-            else knn_baseline_task(train, held_out, spec.base_model, spec.metric)
+            else knn_baseline_task(train, held_out, spec.base_model, spec.metric, spec.allow_pickle)
         )
     champion_version = current_champion(spec.name)
     return {

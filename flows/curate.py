@@ -48,6 +48,7 @@ def curation_inputs(spec: Spec) -> CurationInputs:
         needs_labels=spec.task == "classification",
         task=spec.task,
         base_model=spec.base_model,
+        allow_pickle=spec.allow_pickle,
         blocks=spec.curation,
     )
 

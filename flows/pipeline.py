@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from adaptflow.errors import SpecError
+from adaptflow.hardware import check_capabilities
 from adaptflow.methods import UNTRAINED, check_method, resolve_method
 from adaptflow.spec import Spec, load_spec
 from flows.compare import compare
@@ -51,10 +52,14 @@ def adapt_pipeline(
     spec = _the_spec(spec_path, spec)
     requested = method or spec.method
     check_method(spec.task, requested)
+    # a GPU feature this machine lacks fails here, before any work
+    check_capabilities(spec.task, requested, spec.train.precision, spec.train.devices)
     if requested == "ladder":
         return ladder(spec, recommend_task(spec))
     advice = recommend_task(spec) if requested == "auto" else None
     chosen = resolve_method(spec.task, requested, advice)
+    if chosen != requested:
+        check_capabilities(spec.task, chosen, spec.train.precision, spec.train.devices)
     if chosen == "rag":
         return rag_pipeline(spec, advice)
     tags = provenance(spec, chosen)

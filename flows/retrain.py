@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from adaptflow.hardware import check_capabilities
 from adaptflow.methods import check_method
 from adaptflow.settings import load_settings
 from adaptflow.spec import load_spec
@@ -38,6 +39,8 @@ def scheduled_retrain(
     logger = get_run_logger()
     spec = load_spec(spec_path)
     check_method(spec.task, method or spec.method)
+    train = spec.train
+    check_capabilities(spec.task, method or spec.method, train.precision, train.devices)
     # A registry that cannot be read would look like "no champion" and retrain every time.
     check_mlflow(load_settings().mlflow_tracking_uri)
     curation = curate_knowledge(spec) if spec.task == "retrieval-qa" else curate(spec)

@@ -11,7 +11,8 @@ from typing import Any
 
 from prefect.runtime import flow_run
 
-from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS
+from adaptflow.hardware import training_precision
+from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS, UNTRAINED
 from adaptflow.provenance import git_commit
 from adaptflow.spec import LOWER_IS_BETTER, Spec
 from flows.adapt import adapt
@@ -42,9 +43,17 @@ def run_params(spec: Spec, method: str) -> dict[str, Any]:
                 **{f"retrieval.{k}": v for k, v in spec.retrieval.model_dump().items()},
             }
             if method == "rag"
-            else {f"train.{k}": v for k, v in spec.train.model_dump().items()}
+            else train_params(spec, method)
         ),
     }
+
+
+def train_params(spec: Spec, method: str) -> dict[str, Any]:
+    """The ``train.*`` params; ``train.precision`` is what training runs in on this machine."""
+    params = {f"train.{k}": v for k, v in spec.train.model_dump().items()}
+    if method not in UNTRAINED:  # 'auto' resolved; the spec's own word: spec.resolved.json
+        params["train.precision"] = training_precision(spec.task, spec.train.precision)
+    return params
 
 
 def provenance(spec: Spec, method: str) -> dict[str, str]:
@@ -121,6 +130,7 @@ def check_forgetting(spec: Spec, package_dir: str, run_id: str) -> dict[str, Any
         spec.forgetting.check_fraction,
         spec.forgetting.max_check_texts,
         package.parent / "eval",
+        spec.allow_pickle,
     )
     artifacts = [report["artifact"]] if "artifact" in report else []
     log_stage(run_id, forgetting_metrics(report), prefix="forgetting.", artifacts=artifacts)

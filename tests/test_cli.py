@@ -102,7 +102,7 @@ def test_recommend_prints_the_ranking_of_every_method() -> None:
     assert advice["ladder"] == ["icl", "lora"]
     methods = [item["method"] for item in advice["ranking"]]
     assert sorted(methods) == sorted(
-        ["icl", "rag", "lora", "dora", "ia3", "prefix", "prompt-tuning", "p-tuning"]
+        ["icl", "rag", "lora", "dora", "ia3", "prefix", "prompt-tuning", "p-tuning", "qlora"]
         + ["freeze", "full", "cpt", "pretrain"]
     )
     by_method = {item["method"]: item for item in advice["ranking"]}

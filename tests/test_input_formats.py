@@ -414,7 +414,9 @@ def test_encoder_decoder_source_text() -> None:
 def _spec(tmp_path: Path, task: str, data: dict) -> Spec:
     write_jsonl(tmp_path / "train.jsonl", [{"instruction": "Q", "output": "A"}])
     (tmp_path / "train.csv").write_text("instruction,output\nQ,A\n")
-    raw = {"name": "formats", "task": task, "data": {"train": "train.jsonl"} | data}
+    # a decoder base: generative tasks refuse the default encoder (minilm) at spec time
+    raw = {"name": "formats", "task": task, "base_model": "tiny-gpt"}
+    raw["data"] = {"train": "train.jsonl"} | data
     return parse_spec(raw, base_dir=tmp_path, source="spec.yaml")
 
 

@@ -342,7 +342,9 @@ def clusters(n: int, pairs: Sequence[tuple[int, int, float]]) -> list[int]:
     return [find(i) for i in range(n)]
 
 
-def semantic_dedup(records: list[Record], threshold: float, base_model: str) -> Outcome:
+def semantic_dedup(
+    records: list[Record], threshold: float, base_model: str, allow_pickle: bool = False
+) -> Outcome:
     """Drop records whose embedding is within cosine ``threshold`` of an earlier kept record."""
     import numpy as np
 
@@ -350,7 +352,7 @@ def semantic_dedup(records: list[Record], threshold: float, base_model: str) -> 
 
     if not records:
         return Outcome(kept=[])
-    vectors = embed(load_encoder(base_model), [r.full_text for r in records])
+    vectors = embed(load_encoder(base_model, allow_pickle), [r.full_text for r in records])
     kept_rows: list[int] = []
     kept, dropped = [], []
     for i, record in enumerate(records):

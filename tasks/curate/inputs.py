@@ -28,6 +28,7 @@ class CurationInputs:
     needs_labels: bool
     task: str = "classification"
     base_model: str = "minilm"
+    allow_pickle: bool = False  # the spec's flag, for the encoder of semantic_dedup
     blocks: CurationSpec = field(default_factory=CurationSpec)
 
     @property

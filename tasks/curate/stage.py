@@ -207,7 +207,9 @@ def _global_blocks(inputs: CurationInputs, src: _Source) -> np.ndarray:
             position_of = {src.ids[p]: p for p in alive.tolist()}  # ids are unique in a source
             records = [Record(id=src.ids[p], text=texts[p]) for p in alive.tolist()]
             settings = inputs.blocks.semantic_dedup
-            outcome = semantic_dedup(records, settings.threshold, inputs.base_model)
+            outcome = semantic_dedup(
+                records, settings.threshold, inputs.base_model, inputs.allow_pickle
+            )
             for item in outcome.dropped:
                 src.remove(position_of[item.record.id], name, item.reason, item.detail)
             gone = np.array([position_of[i.record.id] for i in outcome.dropped], dtype=np.int64)

@@ -39,11 +39,13 @@ def evaluate_lm(package_dir: Path, eval_path: Path) -> dict[str, Any]:
     return {"metrics": metrics, "artifacts": [], "eval_examples": len(rows)}
 
 
-def base_lm_baseline(base_model: str, eval_path: Path, max_length: int) -> dict[str, Any]:
+def base_lm_baseline(
+    base_model: str, eval_path: Path, max_length: int, allow_pickle: bool = False
+) -> dict[str, Any]:
     """The no-training baseline of ``language-modeling``: the base model on the same holdout."""
     from tasks.train.lm import load_base, load_base_tokenizer
 
-    model = load_base(base_model, "decoder")
+    model = load_base(base_model, "decoder", allow_pickle)
     model.eval()
     texts = [r["text"] for r in read_jsonl(eval_path)]
     metrics = lm_metrics(model, load_base_tokenizer(base_model), texts, max_length)
@@ -59,6 +61,7 @@ def forgetting_check(
     check_fraction: float,
     max_check: int,
     out_dir: Path,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Measure forgetting on the check part of ``data.general``: base model vs candidate.
 
@@ -80,7 +83,7 @@ def forgetting_check(
     model, tokenizer, manifest = load_generator(package_dir)
     after = lm_metrics(model, tokenizer, general.check, manifest.max_length)
     del model
-    base = load_base(base_model, "decoder")
+    base = load_base(base_model, "decoder", allow_pickle)
     base.eval()
     before = lm_metrics(base, load_base_tokenizer(base_model), general.check, manifest.max_length)
     increase = after["perplexity"] / before["perplexity"] - 1

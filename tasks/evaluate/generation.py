@@ -53,11 +53,13 @@ class Generator:
         )
 
     @classmethod
-    def from_base(cls, base_model: str, max_length: int, max_new_tokens: int) -> Generator:
+    def from_base(
+        cls, base_model: str, max_length: int, max_new_tokens: int, allow_pickle: bool = False
+    ) -> Generator:
         """The untrained base model, prompted exactly like a candidate (the baseline)."""
         from tasks.train.lm import family_of, load_base, load_base_tokenizer
 
-        model = load_base(base_model)
+        model = load_base(base_model, allow_pickle=allow_pickle)
         model.eval()
         tokenizer = load_base_tokenizer(base_model)
         return cls(model, tokenizer, family_of(model.config), max_length, max_new_tokens)
@@ -128,10 +130,14 @@ def evaluate_generator(package_dir: Path, eval_path: Path, out_dir: Path) -> dic
 
 
 def base_model_baseline(
-    base_model: str, eval_path: Path, max_length: int, max_new_tokens: int
+    base_model: str,
+    eval_path: Path,
+    max_length: int,
+    max_new_tokens: int,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """The no-training baseline: the base model answering the same prompts, zero-shot."""
-    generator = Generator.from_base(base_model, max_length, max_new_tokens)
+    generator = Generator.from_base(base_model, max_length, max_new_tokens, allow_pickle)
     scored = score_generator(generator, read_jsonl(eval_path))
     return {"metrics": scored["metrics"], "method": f"base model '{base_model}', no training"}
 

@@ -20,6 +20,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from adaptflow.errors import SpecError
 from tasks.curate.records import read_jsonl, write_jsonl
 from tasks.evaluate.classification import classification_metrics
 from tasks.train.encoder import PackageManifest
@@ -109,13 +110,31 @@ def tune_k(
     return best, scores
 
 
-def load_encoder(base_model: str) -> Any:
-    """The base model as a sentence-transformers encoder on CPU."""
+def load_encoder(base_model: str, allow_pickle: bool = False) -> Any:
+    """The base model as a sentence-transformers encoder on CPU.
+
+    Safetensors only unless ``allow_pickle`` (the spec's flag); no code from the model's
+    repository runs.
+
+    Raises:
+        SpecError: When the model has only pickle-based weights and ``allow_pickle`` is off.
+    """
     from sentence_transformers import SentenceTransformer
 
     from adaptflow.catalogue import resolve_base_model
+    from tasks.train.lm import pickle_refused
 
-    return SentenceTransformer(resolve_base_model(base_model), device="cpu")
+    try:
+        return SentenceTransformer(
+            resolve_base_model(base_model),
+            device="cpu",
+            trust_remote_code=False,
+            model_kwargs={"use_safetensors": None if allow_pickle else True},
+        )
+    except OSError as exc:
+        if allow_pickle or "safetensors" not in str(exc):
+            raise
+        raise SpecError(pickle_refused(base_model)) from None
 
 
 def embed(encoder: Any, texts: list[str]) -> Any:
@@ -138,7 +157,11 @@ def tuned_index(
 
 
 def build_knn_classifier(
-    train_path: Path, base_model: str, out: Path, metric: str = "f1_macro"
+    train_path: Path,
+    base_model: str,
+    out: Path,
+    metric: str = "f1_macro",
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Build the ICL package: embed the labelled examples, tune ``k``, save the index.
 
@@ -147,6 +170,7 @@ def build_knn_classifier(
         base_model: The encoder (alias, folder or hub id), referenced by the package.
         out: Package folder to write (manifest, ``index/vectors.npy``, ``index/examples.jsonl``).
         metric: Classification metric that ``k`` is tuned for.
+        allow_pickle: The spec's ``allow_pickle`` (recorded, so serving loads the same way).
 
     Returns:
         The same keys as a training recipe's result, plus ``k`` and ``k_scores``.
@@ -155,7 +179,7 @@ def build_knn_classifier(
 
     rows = read_jsonl(train_path)
     started = time.perf_counter()
-    encoder = load_encoder(base_model)
+    encoder = load_encoder(base_model, allow_pickle)
     vectors, labels, k, scores = tuned_index(encoder, rows, metric)
     seconds = time.perf_counter() - started
     (out / "index").mkdir(parents=True, exist_ok=True)
@@ -170,7 +194,8 @@ def build_knn_classifier(
         max_length=int(encoder.max_seq_length),
         trainable_params=0,
         total_params=int(total),
-        options={"k": k, "metric": metric, "k_scores": scores, "examples": len(rows)},
+        options={"k": k, "metric": metric, "k_scores": scores, "examples": len(rows)}
+        | ({"allow_pickle": True} if allow_pickle else {}),
     ).write(out)
     tokens = sum(len(ids) for ids in encoder.tokenizer([r["text"] for r in rows])["input_ids"])
     return {
@@ -200,7 +225,8 @@ class KnnClassifier:
         labels = self.manifest.labels
         self.label_ids = [labels.index(row["label"]) for row in examples]
         self.k = int(self.manifest.options["k"])
-        self.encoder = load_encoder(self.manifest.base_model)
+        allow_pickle = bool(self.manifest.options.get("allow_pickle", False))
+        self.encoder = load_encoder(self.manifest.base_model, allow_pickle)
 
     def predict(self, texts: list[str]) -> list[str]:
         """One label per text."""
@@ -212,7 +238,11 @@ class KnnClassifier:
 
 
 def knn_baseline(
-    train_path: Path, eval_path: Path, base_model: str, metric: str = "f1_macro"
+    train_path: Path,
+    eval_path: Path,
+    base_model: str,
+    metric: str = "f1_macro",
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """The no-training baseline: the ICL vote (``k`` tuned on train) scored on the eval split.
 
@@ -220,7 +250,7 @@ def knn_baseline(
         ``metrics`` (the same keys as a trained candidate's) and ``method`` (which baseline).
     """
     eval_rows = read_jsonl(eval_path)
-    encoder = load_encoder(base_model)
+    encoder = load_encoder(base_model, allow_pickle)
     train_vectors, train_labels, k, _ = tuned_index(encoder, read_jsonl(train_path), metric)
     eval_vectors = embed(encoder, [row["text"] for row in eval_rows])
     predicted = knn_vote(train_vectors, train_labels, eval_vectors, k)

@@ -6,7 +6,8 @@ windows of ``max_length`` tokens, and general windows are added until they are
 ``cpt.replay`` of all training tokens: replaying general text is the standard guard against
 catastrophic forgetting. Windows are always bin-packed into rows (positions restart per window,
 so documents never attend to each other). Every weight trains. Training, checkpoints and resume
-are the SFT recipe's (``tasks.train.sft.train``), keyed the same way.
+are the SFT recipe's (``tasks.train.sft.train``), keyed the same way, and so are precision and
+multi-process training (``train.devices``: the recipe runs as torchrun ranks, rank 0 saves).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from prefect.cache_policies import NO_CACHE
 from adaptflow.errors import SpecError
 from tasks.curate.general import load_general
 from tasks.curate.records import read_jsonl
+from tasks.train import launch
 from tasks.train.encoder import PackageManifest
 from tasks.train.lm import KINDS, Encoded, chunk_text
+from tasks.train.methods import trainable_parameters
 from tasks.train.peft import Hyper
-from tasks.train.sft import GenerativeResult, run_key, setup, train
+from tasks.train.sft import GenerativeResult, run_key, run_precision, setup, train
 from tasks.train.sft import save as save_weights
 
 
@@ -73,6 +76,7 @@ def train_cpt(
     replay: float = 0.2,
     check_fraction: float = 0.2,
     max_check: int = 200,
+    allow_pickle: bool = False,
 ) -> CptResult:
     """Continue pre-training a decoder on curated domain text mixed with general replay.
 
@@ -87,11 +91,30 @@ def train_cpt(
         replay: Share of training tokens drawn from general text.
         check_fraction: Share of ``data.general`` held out for the forgetting check.
         max_check: Most general texts in the check part.
+        allow_pickle: The spec's ``allow_pickle`` (the base may load from pickle-based weights).
 
     Raises:
         SpecError: When the base model is not a decoder.
     """
-    model, tokenizer, family = setup(base_model, "full", hyper)
+    if hyper.devices > 1 and not launch.in_worker():  # run this function as torchrun ranks
+        arguments = {
+            "train_path": train_path,
+            "base_model": base_model,
+            "hyper": hyper,
+            "out": out,
+            "checkpoint_root": checkpoint_root,
+            "general_path": general_path,
+            "text_field": text_field,
+            "replay": replay,
+            "check_fraction": check_fraction,
+            "max_check": max_check,
+            "allow_pickle": allow_pickle,
+        }
+        launched: CptResult = launch.run_distributed(
+            "cpt", arguments, hyper.devices, checkpoint_root
+        )
+        return launched
+    model, tokenizer, family = setup(base_model, "full", hyper, allow_pickle)
     if family != "decoder":
         raise SpecError(
             f"method 'cpt' continues next-token pre-training, which needs a decoder; "
@@ -118,10 +141,13 @@ def train_cpt(
     seconds, history, steps, resumed = train(
         model, tokenizer, windows, family, True, hyper, checkpoints
     )
-    trainable, total = save_weights(model, tokenizer, out, family, "full", base_model, hyper)
-    tokenizer.save_pretrained(str(out / "weights"))  # weights/ is a base model for an SFT stage
-    _write_manifest(out, base_model, hyper, trainable, total, replay)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    if launch.is_main_process():
+        trainable, total = save_weights(model, tokenizer, out, family, "full", base_model, hyper)
+        tokenizer.save_pretrained(str(out / "weights"))  # weights/: the base of an SFT stage
+        _write_manifest(out, base_model, hyper, trainable, total, replay)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    else:
+        trainable, total = trainable_parameters(model)
     domain_tokens = sum(len(w.input_ids) for w in domain)
     general_tokens = sum(len(w.input_ids) for w in general)
     epochs = max(1, round(hyper.epochs))
@@ -140,6 +166,8 @@ def train_cpt(
         replay_tokens=replay_tokens,
         replay_share=replay_tokens / (domain_tokens + replay_tokens) if windows else 0.0,
         replay_passes=replay_tokens / general_tokens if general_tokens else 0.0,
+        precision=run_precision(hyper),
+        devices=hyper.devices,
     )
 
 

@@ -53,6 +53,7 @@ def load_classifier(folder: Path) -> tuple[Any, Any, PackageManifest]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from adaptflow.catalogue import resolve_base_model
+    from tasks.train.lm import weights_arguments
 
     manifest = PackageManifest.read(folder)
     labels = manifest.labels
@@ -68,7 +69,9 @@ def load_classifier(folder: Path) -> tuple[Any, Any, PackageManifest]:
         )
     else:
         base = AutoModelForSequenceClassification.from_pretrained(
-            resolve_base_model(manifest.base_model), use_safetensors=True, **label_maps
+            resolve_base_model(manifest.base_model),
+            **weights_arguments(bool(manifest.options.get("allow_pickle", False))),
+            **label_maps,
         )
         model = PeftModel.from_pretrained(base, str(folder / "adapter"))
     model.eval()

@@ -243,30 +243,86 @@ def load_base_tokenizer(reference: str) -> Any:
     return tokenizer
 
 
-def load_base(reference: str, family: str | None = None, allow_pickle: bool = False) -> Any:
+def weights_arguments(allow_pickle: bool) -> dict[str, Any]:
+    """``from_pretrained`` arguments that decide which weight files may load.
+
+    Safetensors only, unless ``allow_pickle``: then safetensors are still preferred and a
+    pickle-based ``pytorch_model.bin`` is the fallback. ``trust_remote_code`` is always off: a
+    model that needs custom code from its repository does not load, instead of running it.
+    """
+    return {"use_safetensors": None if allow_pickle else True, "trust_remote_code": False}
+
+
+def load_base(
+    reference: str,
+    family: str | None = None,
+    allow_pickle: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Any:
     """Load a base model from a catalogue alias, folder or hub id (safetensors unless allowed).
 
-    ``trust_remote_code`` stays off: a model that needs custom code from its repository does
-    not load, instead of running that code.
+    Args:
+        reference: Catalogue alias, folder or hub id.
+        family: ``decoder`` or ``encoder-decoder`` (default: read from the config).
+        allow_pickle: The spec's ``allow_pickle``: also load pickle-based weights.
+        extra: More ``from_pretrained`` arguments (the 4-bit loading of ``qlora``).
+
+    Raises:
+        SpecError: When the model has only pickle-based weights and ``allow_pickle`` is off.
     """
     from transformers import AutoConfig
 
     from adaptflow.catalogue import resolve_base_model
 
     path = resolve_base_model(reference)
-    family = family or family_of(AutoConfig.from_pretrained(path))
+    family = family or family_of(AutoConfig.from_pretrained(path, trust_remote_code=False))
     try:
         return auto_class(family).from_pretrained(
-            path, use_safetensors=not allow_pickle, trust_remote_code=False
+            path, **weights_arguments(allow_pickle), **(extra or {})
         )
     except OSError as exc:
         if allow_pickle or "safetensors" not in str(exc):
             raise
-        raise SpecError(
-            f"base model '{reference}' has no safetensors weights; pickle-based weights "
-            "(pytorch_model.bin) can run code when loaded and are refused unless allowed "
-            "explicitly"
-        ) from None
+        raise SpecError(pickle_refused(reference)) from None
+
+
+def pickle_refused(reference: str) -> str:
+    """The message for a base model that has only pickle-based weights."""
+    return (
+        f"base model '{reference}' has no safetensors weights; pickle-based weights "
+        "(pytorch_model.bin) can run code when loaded and are refused unless the spec sets "
+        "allow_pickle: true"
+    )
+
+
+def qlora_quantization(precision: str = "bf16") -> dict[str, Any]:
+    """``BitsAndBytesConfig`` arguments of QLoRA (Dettmers et al. 2023).
+
+    NF4 4-bit weights with double-quantized constants, computing in the training precision
+    (bf16 on GPUs that have it; fp16 or fp32 when ``train.precision`` says so).
+    """
+    import torch
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    return {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": dtypes[precision],
+    }
+
+
+def qlora_loading(precision: str, local_rank: int = 0) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load a base for QLoRA onto this process's GPU."""
+    from transformers import BitsAndBytesConfig
+
+    quantization = qlora_quantization(precision)
+    return {
+        "quantization_config": BitsAndBytesConfig(**quantization),
+        # 4-bit weights are placed while loading; under torchrun each rank takes its own GPU
+        "device_map": {"": local_rank},
+        "dtype": quantization["bnb_4bit_compute_dtype"],
+    }
 
 
 def load_generator(folder: Path) -> tuple[Any, Any, PackageManifest]:
@@ -287,7 +343,10 @@ def load_generator(folder: Path) -> tuple[Any, Any, PackageManifest]:
         # an adapter over a base that lives only in the package (a CPT stage's output)
         bundled = folder / "base"
         base = str(bundled) if bundled.is_dir() else manifest.base_model
-        model = PeftModel.from_pretrained(load_base(base, family), str(folder / "adapter"))
+        allow_pickle = bool(manifest.options.get("allow_pickle", False))
+        model = PeftModel.from_pretrained(
+            load_base(base, family, allow_pickle), str(folder / "adapter")
+        )
     model.eval()
     return model, tokenizer, manifest
 

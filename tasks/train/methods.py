@@ -1,6 +1,7 @@
 """Which weights each adaptation method trains, for decoder and encoder-decoder models.
 
-PEFT methods go through peft (lora, dora, ia3 and the three virtual-token methods); ``freeze``
+PEFT methods go through peft (lora, dora, ia3 and the three virtual-token methods; ``qlora`` is
+a LoRA over a base loaded in 4 bits, see ``tasks.train.lm.load_base``); ``freeze``
 trains only the top N transformer blocks (and whatever sits after them: final norm, and the
 head when it is not tied to the embeddings); ``full`` trains everything. Every method reports
 its trainable and total parameter counts the same way (``trainable_parameters``).
@@ -11,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-ADAPTER_METHODS = ("lora", "dora", "ia3")
+ADAPTER_METHODS = ("lora", "dora", "ia3", "qlora")
+#: Methods that load the base model quantized to 4 bits (bitsandbytes NF4) and train a LoRA.
+QUANTIZED_METHODS = ("qlora",)
 #: Methods that add virtual tokens in front of every sequence: they cannot be packed (the
 #: virtual tokens would appear once per packed row instead of once per example).
 VIRTUAL_TOKEN_METHODS = ("prefix", "prompt-tuning", "p-tuning")
@@ -43,7 +46,7 @@ def peft_config(method: str, family: str, options: MethodOptions) -> Any:
     )
 
     task_type = TaskType.CAUSAL_LM if family == "decoder" else TaskType.SEQ_2_SEQ_LM
-    if method in ("lora", "dora"):
+    if method in ("lora", "dora", "qlora"):
         return LoraConfig(
             task_type=task_type,
             r=options.lora_r,
@@ -117,8 +120,12 @@ def freeze_all_but_top(model: Any, layers: int) -> None:
 def apply_method(model: Any, method: str, family: str, options: MethodOptions) -> Any:
     """Make ``model`` train only what ``method`` trains; returns the model to train."""
     if method in PEFT_METHODS:
-        from peft import get_peft_model
+        from peft import get_peft_model, prepare_model_for_kbit_training
 
+        if method in QUANTIZED_METHODS:
+            # freezes the base, upcasts its 16-bit norms to fp32 and, on a 4-bit model, turns
+            # on gradient checkpointing (QLoRA's memory recipe)
+            model = prepare_model_for_kbit_training(model)
         return get_peft_model(model, peft_config(method, family, options))
     if method == "freeze":
         freeze_all_but_top(model, options.unfrozen_layers)

@@ -16,6 +16,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from adaptflow.errors import SpecError
 from tasks.curate.records import read_jsonl
 from tasks.train.encoder import PackageManifest
 
@@ -39,6 +40,8 @@ class Hyper:
     unfrozen_layers: int = 2
     checkpoint_steps: int = 50
     max_new_tokens: int = 64
+    precision: str = "auto"
+    devices: int = 1
     seed: int = 42
 
 
@@ -95,22 +98,34 @@ def peft_config(method: str, hyper: Hyper, modules_to_save: list[str]) -> Any:
     raise ValueError(f"not a PEFT method for encoders: {method}")
 
 
-def setup(base_model: str, labels: list[str], method: str, hyper: Hyper) -> Any:
-    """Load the base encoder with a fresh classification head and wrap it with peft."""
+def setup(
+    base_model: str, labels: list[str], method: str, hyper: Hyper, allow_pickle: bool = False
+) -> Any:
+    """Load the base encoder with a fresh classification head and wrap it with peft.
+
+    Raises:
+        SpecError: When the base has only pickle-based weights and ``allow_pickle`` is off.
+    """
     from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification, set_seed
 
     from adaptflow.catalogue import resolve_base_model
+    from tasks.train.lm import pickle_refused, weights_arguments
 
     set_seed(hyper.seed)  # the new head's initialisation draws from the global RNG
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        resolve_base_model(base_model),
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        use_safetensors=True,
-        output_loading_info=True,
-    )
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            resolve_base_model(base_model),
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            output_loading_info=True,
+            **weights_arguments(allow_pickle),
+        )
+    except OSError as exc:
+        if allow_pickle or "safetensors" not in str(exc):
+            raise
+        raise SpecError(pickle_refused(base_model)) from None
     # Anything the checkpoint lacks is freshly initialised and must be trained and saved with
     # the adapter, or a reload would draw different random weights.
     fresh = sorted({key.split(".")[0] for key in info["missing_keys"]})
@@ -122,6 +137,8 @@ def train(
 ) -> tuple[int, float, list[tuple[int, float]], int]:
     """Fine-tune ``model`` in place; returns (tokens, seconds, loss history, steps)."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from adaptflow.hardware import precision_arguments, resolve_precision
 
     encodings = tokenizer(texts, truncation=True, max_length=hyper.max_length)
     tokens = sum(len(ids) for ids in encodings["input_ids"])
@@ -138,6 +155,8 @@ def train(
         logging_steps=5,
         report_to="none",
         use_cpu=True,
+        # this recipe trains on CPU (see adaptflow.hardware.CPU_RECIPE_TASKS): auto is fp32
+        **precision_arguments(resolve_precision(hyper.precision, "cpu", False)),
         optim="adamw_torch",
         dataloader_num_workers=0,
     )
@@ -163,6 +182,7 @@ def save(
     base_model: str,
     labels: list[str],
     hyper: Hyper,
+    allow_pickle: bool = False,
 ) -> tuple[int, int]:
     """Write the package: adapter + tokenizer + manifest; returns (trainable, total) params."""
     trainable, total = model.get_nb_trainable_parameters()
@@ -176,12 +196,18 @@ def save(
         max_length=hyper.max_length,
         trainable_params=int(trainable),
         total_params=int(total),
+        options={"allow_pickle": True} if allow_pickle else {},
     ).write(out)
     return int(trainable), int(total)
 
 
 def train_peft_classifier(
-    train_path: Path, base_model: str, method: str, hyper: Hyper, out: Path
+    train_path: Path,
+    base_model: str,
+    method: str,
+    hyper: Hyper,
+    out: Path,
+    allow_pickle: bool = False,
 ) -> TrainResult:
     """Fine-tune an encoder classifier with a PEFT method and save it as a package.
 
@@ -191,6 +217,7 @@ def train_peft_classifier(
         method: One of ``PEFT_METHODS``.
         hyper: Hyperparameters.
         out: Package folder to write.
+        allow_pickle: The spec's ``allow_pickle`` (the base may load from pickle-based weights).
 
     Returns:
         Where the package is, and what training cost.
@@ -204,11 +231,11 @@ def train_peft_classifier(
     label_ids = [labels.index(row["label"]) for row in rows]
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(base_model))
-    model = setup(base_model, labels, method, hyper)
+    model = setup(base_model, labels, method, hyper, allow_pickle)
     tokens, seconds, history, steps = train(
         model, tokenizer, [row["text"] for row in rows], label_ids, hyper, out
     )
-    trainable, total = save(model, tokenizer, out, method, base_model, labels, hyper)
+    trainable, total = save(model, tokenizer, out, method, base_model, labels, hyper, allow_pickle)
     return TrainResult(str(out), method, trainable, total, seconds, tokens, steps, history)
 
 

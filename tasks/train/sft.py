@@ -8,12 +8,18 @@ adds what it lacks for a pipeline that gets killed: checkpoints are written ever
 completeness marker once fully written, and a re-run with the same inputs resumes from the last
 complete one (the Trainer restores weights, optimizer, scheduler, RNG and data position). A
 resumed run ends with the same weights as an uninterrupted one (tested to 1e-6 on CPU).
+
+``train.precision`` picks mixed precision (bf16 or fp16 autocast over fp32 master weights;
+``auto`` is bf16 on a CUDA GPU that has it). ``qlora`` loads the base in 4 bits (bitsandbytes
+NF4) first. With ``train.devices`` > 1 the whole recipe runs as that many torchrun ranks
+(``tasks.train.launch``): ``batch_size`` stays the global batch, split evenly across them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -24,7 +30,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adaptflow.catalogue import resolve_base_model
+from adaptflow.hardware import precision_arguments, qlora_error, qlora_missing, resolve_precision
 from tasks.curate.records import read_jsonl
+from tasks.train import launch
 from tasks.train.encoder import PackageManifest
 from tasks.train.lm import (
     KINDS,
@@ -35,10 +43,12 @@ from tasks.train.lm import (
     family_of,
     load_base,
     load_base_tokenizer,
+    qlora_loading,
     training_set,
 )
 from tasks.train.methods import (
     PEFT_METHODS,
+    QUANTIZED_METHODS,
     VIRTUAL_TOKEN_METHODS,
     MethodOptions,
     apply_method,
@@ -56,6 +66,8 @@ class GenerativeResult(TrainResult):
     resumed_from: str | None = None
     truncated: int = 0
     packed: bool = False
+    precision: str = "fp32"  # what training ran in (train.precision resolved on this machine)
+    devices: int = 1
 
 
 def run_key(train_path: Path, base_model: str, method: str, hyper: Hyper, task: str) -> str:
@@ -87,11 +99,16 @@ def _marker_callback() -> Any:
     from transformers import TrainerCallback
 
     class MarkComplete(TrainerCallback):  # type: ignore[misc]
-        """Mark a checkpoint complete after the Trainer has written all of it."""
+        """Mark a checkpoint complete after the Trainer has written all of it.
+
+        With several ranks every one writes its own RNG state into the checkpoint and the
+        Trainer does not wait for them after saving, so rank 0 marks it only after a barrier.
+        """
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            launch.barrier()
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
+            if state.is_world_process_zero and folder.is_dir():
                 (folder / COMPLETE).write_text(json.dumps({"step": state.global_step}) + "\n")
 
     return MarkComplete()
@@ -108,7 +125,38 @@ def options(hyper: Hyper) -> MethodOptions:
     )
 
 
-def setup(base_model: str, method: str, hyper: Hyper) -> tuple[Any, Any, str]:
+def run_precision(hyper: Hyper) -> str:
+    """``hyper.precision`` resolved for this machine (generative recipes train on CUDA if any).
+
+    Raises:
+        CapabilityError: fp16 without CUDA, bf16 on a GPU without bfloat16.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    return resolve_precision(hyper.precision, "cuda" if cuda else "cpu", bf16)
+
+
+def quantized_loading(method: str, hyper: Hyper) -> dict[str, Any] | None:
+    """``from_pretrained`` arguments of a method that loads its base quantized (else None).
+
+    Raises:
+        CapabilityError: ``qlora`` without a CUDA GPU or without bitsandbytes.
+    """
+    if method not in QUANTIZED_METHODS:
+        return None
+    from adaptflow.hardware import this_machine
+
+    missing = qlora_missing(this_machine())
+    if missing:
+        raise qlora_error(missing)
+    return qlora_loading(run_precision(hyper), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def setup(
+    base_model: str, method: str, hyper: Hyper, allow_pickle: bool = False
+) -> tuple[Any, Any, str]:
     """Load tokenizer and base model and make it train what ``method`` trains.
 
     Returns:
@@ -119,10 +167,11 @@ def setup(base_model: str, method: str, hyper: Hyper) -> tuple[Any, Any, str]:
     from adaptflow.catalogue import resolve_base_model
 
     path = resolve_base_model(base_model)
-    family = family_of(AutoConfig.from_pretrained(path))
+    family = family_of(AutoConfig.from_pretrained(path, trust_remote_code=False))
+    extra = quantized_loading(method, hyper)  # before any loading: fail fast
     tokenizer = load_base_tokenizer(base_model)
     set_seed(hyper.seed)  # peft's new weights draw from the global RNG
-    model = load_base(base_model, family)
+    model = load_base(base_model, family, allow_pickle, extra)
     model.config.use_cache = False  # a cache disables the packed-sequence mask (see lm.collator)
     return apply_method(model, method, family, options(hyper)), tokenizer, family
 
@@ -155,7 +204,8 @@ def train(
     """Fine-tune ``model`` in place, resuming from the last complete checkpoint if any.
 
     With ``packed``, examples are bin-packed into rows of ``hyper.max_length`` tokens and
-    ``hyper.batch_size`` counts rows.
+    ``hyper.batch_size`` counts rows. ``hyper.batch_size`` is the global batch: under torchrun
+    each of the ``hyper.devices`` ranks takes an equal share of it.
 
     Returns:
         (seconds, loss history, optimizer steps, checkpoint resumed from or None).
@@ -165,11 +215,14 @@ def train(
 
     resume = last_complete_checkpoint(checkpoints)
     cuda = torch.cuda.is_available()
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    if hyper.batch_size % ranks:
+        raise ValueError(f"batch size {hyper.batch_size} does not split over {ranks} ranks")
     args = TrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=hyper.epochs,
         learning_rate=hyper.learning_rate,
-        per_device_train_batch_size=hyper.batch_size,
+        per_device_train_batch_size=hyper.batch_size // ranks,
         weight_decay=hyper.weight_decay,
         seed=hyper.seed,
         data_seed=hyper.seed,
@@ -180,7 +233,9 @@ def train(
         logging_steps=5,
         report_to="none",
         use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        **precision_arguments(run_precision(hyper)),
+        # several CPU ranks talk over gloo (accelerate would pick MPI when torch has it)
+        ddp_backend="gloo" if ranks > 1 and not cuda else None,
         optim="adamw_torch",
         dataloader_num_workers=0,
         remove_unused_columns=False,
@@ -194,15 +249,27 @@ def train(
     )
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    launch.barrier()  # every rank is done with the checkpoints before rank 0 moves on
     seconds = time.perf_counter() - started
     history = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
     return seconds, history, int(output.global_step), str(resume) if resume else None
 
 
 def save(
-    model: Any, tokenizer: Any, out: Path, family: str, method: str, base_model: str, hyper: Hyper
+    model: Any,
+    tokenizer: Any,
+    out: Path,
+    family: str,
+    method: str,
+    base_model: str,
+    hyper: Hyper,
+    allow_pickle: bool = False,
 ) -> tuple[int, int]:
-    """Write the package (adapter or weights, tokenizer, manifest); returns (trainable, total)."""
+    """Write the package (adapter or weights, tokenizer, manifest); returns (trainable, total).
+
+    An adapter package over a base loaded with ``allow_pickle`` records it, so loading the
+    package for serving may load that base the same way.
+    """
     trainable, total = trainable_parameters(model)
     if method in PEFT_METHODS:
         model.save_pretrained(str(out / "adapter"), safe_serialization=True)
@@ -218,7 +285,8 @@ def save(
         max_length=hyper.max_length,
         trainable_params=trainable,
         total_params=total,
-        options={"max_new_tokens": hyper.max_new_tokens},
+        options={"max_new_tokens": hyper.max_new_tokens}
+        | ({"allow_pickle": True} if allow_pickle and method in PEFT_METHODS else {}),
     ).write(out)
     return trainable, total
 
@@ -232,6 +300,7 @@ def train_generator(
     checkpoint_root: Path,
     task: str = "instruction",
     bundle_base: bool = False,
+    allow_pickle: bool = False,
 ) -> GenerativeResult:
     """Fine-tune a decoder or encoder-decoder on (text, target) rows and save it as a package.
 
@@ -246,23 +315,45 @@ def train_generator(
         task: The spec's task (part of the checkpoint key).
         bundle_base: Copy the base model into the package (``base/``) when an adapter is
             saved: for a base that exists only on this machine, such as a CPT stage's output.
+        allow_pickle: The spec's ``allow_pickle`` (the base may load from pickle-based weights).
 
     Returns:
         Where the package is, what training cost, and whether it resumed.
     """
+    if hyper.devices > 1 and not launch.in_worker():  # run this function as torchrun ranks
+        arguments = {
+            "train_path": train_path,
+            "base_model": base_model,
+            "method": method,
+            "hyper": hyper,
+            "out": out,
+            "checkpoint_root": checkpoint_root,
+            "task": task,
+            "bundle_base": bundle_base,
+            "allow_pickle": allow_pickle,
+        }
+        launched: GenerativeResult = launch.run_distributed(
+            "generator", arguments, hyper.devices, checkpoint_root
+        )
+        return launched
     rows = read_jsonl(train_path)
     checkpoints = checkpoint_root / run_key(train_path, base_model, method, hyper, task)
     out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer, family = setup(base_model, method, hyper)
+    model, tokenizer, family = setup(base_model, method, hyper, allow_pickle)
     examples = encode_rows(tokenizer, rows, family, hyper.max_length)
     packed = uses_packing(hyper, family, method)
     seconds, history, steps, resumed = train(
         model, tokenizer, examples, family, packed, hyper, checkpoints
     )
-    trainable, total = save(model, tokenizer, out, family, method, base_model, hyper)
-    if bundle_base and method in PEFT_METHODS:
-        shutil.copytree(resolve_base_model(base_model), out / "base", dirs_exist_ok=True)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    if launch.is_main_process():
+        trainable, total = save(
+            model, tokenizer, out, family, method, base_model, hyper, allow_pickle
+        )
+        if bundle_base and method in PEFT_METHODS:
+            shutil.copytree(resolve_base_model(base_model), out / "base", dirs_exist_ok=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    else:
+        trainable, total = trainable_parameters(model)
     epochs = max(1, round(hyper.epochs))
     tokens = sum(len(e.input_ids) for e in examples) * epochs
     return GenerativeResult(
@@ -277,6 +368,8 @@ def train_generator(
         resumed_from=resumed,
         truncated=sum(e.truncated for e in examples),
         packed=packed,
+        precision=run_precision(hyper),
+        devices=hyper.devices,
     )
 
 
