@@ -699,7 +699,12 @@ def test_server_images_match_the_client_versions() -> None:
     assert base_images(dockerfile_instructions(MLFLOW_DOCKERFILE.read_text())) == [
         f"ghcr.io/mlflow/mlflow:v{mlflow}"
     ]
-    assert f"mlflow[auth]=={mlflow}" in MLFLOW_REQUIREMENTS.read_text().split()
+    requirements = MLFLOW_REQUIREMENTS.read_text().split()
+    assert f"mlflow[auth]=={mlflow}" in requirements
+    # postgresql:// names psycopg 3 under SQLAlchemy 2.1 and psycopg2 under 2.0: the image gets
+    # the pair the PostgreSQL-backed integration test runs the server with.
+    assert f"SQLAlchemy=={constraints_pin('sqlalchemy')}" in requirements
+    assert f"psycopg[binary]=={constraints_pin('psycopg')}" in requirements
 
 
 def test_worker_environment_is_what_adaptflow_reads() -> None:
