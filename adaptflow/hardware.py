@@ -21,8 +21,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Tasks whose recipe always trains on CPU (``tasks.train.peft`` sets ``use_cpu``): the
 #: encoder classifier is small, and CPU keeps its results identical from machine to machine.
 CPU_RECIPE_TASKS = ("classification",)
-#: Methods that train nothing, so nothing here applies to them.
+#: Methods that train nothing, and tasks that only run such methods: nothing here applies.
 UNTRAINED_METHODS = ("icl", "rag")
+UNTRAINED_TASKS = ("retrieval-qa",)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def check_capabilities(
     Raises:
         CapabilityError: Naming every missing piece.
     """
-    if method in UNTRAINED_METHODS:
+    if method in UNTRAINED_METHODS or task in UNTRAINED_TASKS:
         return
     machine = machine or this_machine()
     problems: list[str] = []

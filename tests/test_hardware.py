@@ -75,6 +75,7 @@ def test_capability_check_names_every_missing_piece() -> None:
     with pytest.raises(CapabilityError, match="fp16"):
         check_capabilities("classification", "lora", "fp16", 1, AMPERE)  # trains on CPU
     check_capabilities("classification", "icl", "fp16", 1, CPU)  # trains nothing
+    check_capabilities("retrieval-qa", "auto", "fp16", 1, CPU)  # only ever indexes
 
 
 @pytest.mark.skipif(CAPABLE, reason="this machine can run QLoRA")
