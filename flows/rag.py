@@ -53,6 +53,7 @@ def index(spec: Spec, run_id: str) -> dict[str, Any]:
         settings.home,
         settings.chroma_url,
         settings.work_dir / spec.name / run_id / "package",
+        spec.allow_pickle,
     )
 
 
@@ -172,6 +173,7 @@ def index_refresh(spec_path: str) -> dict[str, Any]:
             spec.retrieval.model_dump(),
             settings.home,
             settings.chroma_url,
+            spec.allow_pickle,
         )
         log_stage(
             run_id,

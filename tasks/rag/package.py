@@ -182,6 +182,7 @@ def index_knowledge(
     retrieval: dict[str, Any],
     home: Path,
     chroma_url: str | None,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Bring the spec's collection in line with ``knowledge`` and version its manifest.
 
@@ -192,6 +193,7 @@ def index_knowledge(
         retrieval: The spec's ``retrieval`` block (``chunk_tokens``, ``overlap`` used here).
         home: ``ADAPTFLOW_HOME`` (Chroma's persistent store, the manifests, the DVC repo).
         chroma_url: A Chroma server to use instead of the persistent store.
+        allow_pickle: The spec's flag: the embedder may load from pickle-based weights.
 
     Returns:
         The ``IndexResult`` as a dict plus ``index_version`` (DVC hash of the manifest folder),
@@ -203,7 +205,7 @@ def index_knowledge(
     collection = collection_name(name, settings)
     folder = home / "indexes" / collection
     client = chroma_client(chroma_url, home / "chroma")
-    encoder = load_encoder(embedder)
+    encoder = load_encoder(embedder, allow_pickle)
     result = build_index(
         knowledge, open_collection(client, collection), encoder, settings, folder / "manifest.json"
     )
@@ -213,6 +215,7 @@ def index_knowledge(
         "chroma_url": chroma_url,
         "chroma_path": None if chroma_url else str(home / "chroma"),
         "embedder_params": sum(p.numel() for p in encoder.parameters()),
+        "allow_pickle": allow_pickle,
     }
 
 
@@ -241,6 +244,7 @@ def write_package(out: Path, index: dict[str, Any], retrieval: dict[str, Any]) -
     manifest = {
         "kind": KIND,
         "embedder": index["settings"]["embedder"],
+        "allow_pickle": index.get("allow_pickle", False),
         "index": {
             "collection": index["collection"],
             "version": index["index_version"],
@@ -275,6 +279,7 @@ def build_rag(
     home: Path,
     chroma_url: str | None,
     out: Path,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """The ``rag`` recipe: index (incrementally), then package; returns what it cost.
 
@@ -283,11 +288,13 @@ def build_rag(
         ``total_params`` (the embedder's) and ``train_seconds`` (indexing time).
     """
     started = time.perf_counter()
-    index = index_knowledge(name, knowledge, embedder, retrieval, home, chroma_url)
+    index = index_knowledge(name, knowledge, embedder, retrieval, home, chroma_url, allow_pickle)
     package = write_package(out, index, retrieval)
     return {
         "package_dir": str(package),
-        "index": {k: v for k, v in index.items() if k not in ("ingest", "settings")},
+        "index": {
+            k: v for k, v in index.items() if k not in ("ingest", "settings", "allow_pickle")
+        },
         "trainable_params": 0,
         "total_params": index["embedder_params"],
         "train_seconds": time.perf_counter() - started,
@@ -338,7 +345,7 @@ class RagRetriever:
         reference = retrieval.get("reranker") if mode is None else None
         self.retriever = Retriever(
             collection,
-            load_encoder(self.manifest["embedder"]),
+            load_encoder(self.manifest["embedder"], bool(self.manifest.get("allow_pickle"))),
             self.mode,  # type: ignore[arg-type]
             **retriever_options(retrieval),
             reranker=load_reranker(reference) if reference else None,
