@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from adaptflow.errors import RegistryError
+from adaptflow.errors import RegistryError, ServiceError
 from adaptflow.settings import load_settings
 from registry.tracking import client, mlflow_key, redact, retrying
 
@@ -61,6 +61,26 @@ LOCK_LEASE_SECONDS = 60.0
 LOCK_SETTLE_SECONDS = float(os.environ.get("ADAPTFLOW_PROMOTION_LOCK_SETTLE", "1.0"))
 #: How long a promotion waits for the lock before giving up.
 LOCK_TIMEOUT_SECONDS = 180.0
+#: Error codes of an MLflow answer that mean "no such model, version or alias" (a missing alias
+#: is INVALID_PARAMETER_VALUE). Any other failure must not read as "none": a registry that could
+#: not be read (a server still down once MLflow's own retries are spent) would otherwise look
+#: like "no champion", and the gate would promote without comparing, or a retrain retrain.
+NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+def _is_mlflow_error(exc: BaseException) -> bool:
+    return type(exc).__name__ in ("MlflowException", "RestException")
+
+
+def _not_found(exc: BaseException) -> bool:
+    """True when ``exc`` is MLflow's answer that the model, version or alias does not exist."""
+    return _is_mlflow_error(exc) and getattr(exc, "error_code", None) in NOT_FOUND_CODES
+
+
+def _unreadable(exc: BaseException, what: str) -> ServiceError:
+    """The error for a registry read that failed for another reason than "not found"."""
+    uri = load_settings().mlflow_tracking_uri
+    return ServiceError(f"could not read {what} from the MLflow registry at {uri}: {exc}")
 
 
 class PromotionRefused(RegistryError):
@@ -151,7 +171,10 @@ def register_candidate(
 
     Idempotent: a version already registered from ``run_id`` with the same model is reused, so
     a retried call (the first one's answer lost to a dropped connection or a server restart)
-    never creates a second version. Transient registry errors are retried.
+    never creates a second version. Transient registry errors are retried. One window is left,
+    inside MLflow's HTTP layer: it re-sends a request whose connection broke while the answer
+    was on its way, POSTs included, so a server killed (not stopped: SIGTERM lets requests in
+    flight finish) between creating the version and answering could get it created twice.
 
     Returns:
         The version number, as a string.
@@ -160,7 +183,7 @@ def register_candidate(
     try:
         retrying(mlflow_client.get_registered_model, name)
     except Exception as exc:
-        if type(exc).__name__ not in ("MlflowException", "RestException"):
+        if not _not_found(exc):
             raise
         try:
             retrying(
@@ -218,12 +241,18 @@ def _create_version_once(
 
 
 def champion_version(name: str) -> str | None:
-    """The version the ``champion`` alias points at, or None."""
+    """The version the ``champion`` alias points at, or None.
+
+    Raises:
+        ServiceError: The registry could not be read (rather than answering "no champion").
+    """
     try:
         return str(retrying(client().get_model_version_by_alias, name, CHAMPION).version)
     except Exception as exc:
-        if type(exc).__name__ in ("MlflowException", "RestException"):
+        if _not_found(exc):
             return None  # no such alias (or model)
+        if _is_mlflow_error(exc):
+            raise _unreadable(exc, f"the champion of '{name}'") from None
         raise
 
 
@@ -235,8 +264,12 @@ def version_tags(name: str, version: str) -> dict[str, str]:
 def _require_model(name: str) -> None:
     try:
         retrying(client().get_registered_model, name)
-    except Exception:
-        raise RegistryError(f"no registered model named '{name}'") from None
+    except Exception as exc:
+        if _not_found(exc):
+            raise RegistryError(f"no registered model named '{name}'") from None
+        if _is_mlflow_error(exc):
+            raise _unreadable(exc, f"registered model '{name}'") from None
+        raise
 
 
 def _get_version(name: str, version: str) -> Any:
@@ -244,8 +277,12 @@ def _get_version(name: str, version: str) -> Any:
     _require_model(name)
     try:
         return retrying(mlflow_client.get_model_version, name, str(version))
-    except Exception:
-        raise RegistryError(f"registered model '{name}' has no version {version}") from None
+    except Exception as exc:
+        if _not_found(exc):
+            raise RegistryError(f"registered model '{name}' has no version {version}") from None
+        if _is_mlflow_error(exc):
+            raise _unreadable(exc, f"version {version} of '{name}'") from None
+        raise
 
 
 _UNSET = object()

@@ -15,6 +15,15 @@ Two safeguards live here because this is where everything reaches MLflow:
   leaves the process; they become ``***``.
 - **Retries.** :func:`retrying` re-runs a registry call that failed transiently (HTTP 5xx/429, a
   dropped connection, SQLite's "database is locked"), with exponential backoff.
+
+A restart of the tracking server needs nothing from us: MLflow's HTTP layer (a requests session
+whose urllib3 ``Retry`` allows every method) re-sends each request, POSTs included, on a refused
+or dropped connection and on a 429/5xx answer, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` times (7) with
+exponential backoff (``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` 2: waits of 0, 4, 8, ... 120 s, about
+4 minutes in all), then raises an ``MlflowException`` naming the URL and "Max retries exceeded".
+So the tracking calls below do not go through :func:`retrying` too: that would multiply the
+bound (4 attempts of 4 minutes) and cover nothing more. The variables tune the bound;
+``tests/test_postgres_servers.py`` restarts the server in the middle of a pipeline run.
 """
 
 from __future__ import annotations
