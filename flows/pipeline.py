@@ -9,6 +9,7 @@ from prefect import flow
 from adaptflow.errors import SpecError
 from adaptflow.hardware import check_capabilities
 from adaptflow.methods import UNTRAINED, check_method, resolve_method
+from adaptflow.secrets import load_secret_blocks
 from adaptflow.spec import Spec, load_spec
 from flows.compare import compare
 from flows.curate import curate
@@ -49,6 +50,7 @@ def adapt_pipeline(
         SpecError: When neither or both of ``spec_path`` and ``spec`` are given, or the spec
             is invalid.
     """
+    load_secret_blocks()  # tokens kept in Prefect Secret blocks (ADAPTFLOW_SECRET_BLOCKS)
     spec = _the_spec(spec_path, spec)
     requested = method or spec.method
     check_method(spec.task, requested)

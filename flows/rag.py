@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow
 
 from adaptflow.errors import SpecError
+from adaptflow.secrets import load_secret_blocks
 from adaptflow.settings import load_settings
 from adaptflow.spec import Spec, load_spec
 from flows.steps import provenance, register_attempt, run_params, summary
@@ -159,6 +160,7 @@ def index_refresh(spec_path: str) -> dict[str, Any]:
         The index result (counts, ``index_version``), ``champion_version`` and
         ``champion_metrics`` (None when there is no champion).
     """
+    load_secret_blocks()  # tokens kept in Prefect Secret blocks (ADAPTFLOW_SECRET_BLOCKS)
     spec = load_spec(spec_path)
     if spec.task != "retrieval-qa" or spec.data.knowledge is None:
         raise SpecError(f"{spec_path}: index-refresh needs a retrieval-qa spec with data.knowledge")

@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 from adaptflow.hardware import check_capabilities
 from adaptflow.methods import check_method
+from adaptflow.secrets import load_secret_blocks
 from adaptflow.settings import load_settings
 from adaptflow.spec import load_spec
 from flows.curate import curate
@@ -37,6 +38,7 @@ def scheduled_retrain(
         pipeline's summary as well.
     """
     logger = get_run_logger()
+    load_secret_blocks()  # tokens kept in Prefect Secret blocks (ADAPTFLOW_SECRET_BLOCKS)
     spec = load_spec(spec_path)
     check_method(spec.task, method or spec.method)
     train = spec.train
