@@ -28,6 +28,7 @@ bound (4 attempts of 4 minutes) and cover nothing more. The variables tune the b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -80,23 +81,33 @@ def secret_values(env: dict[str, str] | None = None) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+#: The password of a URL's user info (``postgresql://user:PASSWORD@host/db``), wherever it came
+#: from: a tracking URI, a Chroma URL or a database URL typed into a spec or a parameter.
+URL_PASSWORD = re.compile(r"(?<=://)([^\s/?#@:]*):([^\s/?#@]+)@")
+
+
 def redact(text: str, secrets: list[str] | None = None) -> str:
-    """``text`` with every secret value from the environment replaced by ``***``."""
+    """``text`` with secrets replaced by ``***``.
+
+    The secrets are the values of secret-looking environment variables, and every password in
+    a URL's user info.
+    """
     for value in secret_values() if secrets is None else secrets:
         text = text.replace(value, REDACTED)
-    return text
+    return URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
 
 
 def _redact_file(path: Path, secrets: list[str]) -> bytes | None:
     """The redacted bytes of ``path`` when it holds a secret, else None (upload as is)."""
     if path.stat().st_size > MAX_SCANNED_BYTES:
         return None
-    data = path.read_bytes()
-    if not any(value.encode() in data for value in secrets):
-        return None
+    original = data = path.read_bytes()
     for value in secrets:
         data = data.replace(value.encode(), REDACTED.encode())
-    return data
+    # URL passwords in text files only: a pattern over weights' bytes could corrupt them
+    with contextlib.suppress(UnicodeDecodeError):
+        data = URL_PASSWORD.sub(rf"\1:{REDACTED}@", data.decode("utf-8")).encode("utf-8")
+    return None if data == original else data
 
 
 @contextmanager
@@ -105,7 +116,7 @@ def redacted_copy(path: Path) -> Iterator[Path]:
     secrets = secret_values()
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     changed = {f: data for f in files if (data := _redact_file(f, secrets)) is not None}
-    if not secrets or not changed:
+    if not changed:
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="adaptflow-redacted-") as tmp:

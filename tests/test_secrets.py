@@ -32,6 +32,29 @@ def test_redact_replaces_secret_values_only(monkeypatch: pytest.MonkeyPatch) -> 
     assert tracking.redact(text) == "x ***-plain y abc"
 
 
+def test_passwords_in_urls_are_redacted_wherever_they_come_from(tmp_path: Path) -> None:
+    text = (
+        "tracking https://alice:pw-in-url-1@mlflow.example:5000/x, "
+        "db postgresql://mlflow:pw2@127.0.0.1:5432/mlflow, "
+        "plain http://host:5000/a@b and s3://bucket/key and mail bob@example.com"
+    )
+    assert tracking.redact(text, secrets=[]) == (
+        "tracking https://alice:***@mlflow.example:5000/x, "
+        "db postgresql://mlflow:***@127.0.0.1:5432/mlflow, "
+        "plain http://host:5000/a@b and s3://bucket/key and mail bob@example.com"
+    )
+    # uploaded files too: a text file is redacted in a copy, a binary one is left as it is
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "settings.txt").write_text("uri: https://u:pw-in-url-1@h/\n")
+    binary = b"\xff\xfe://u:pw@" + bytes(range(256))
+    (tmp_path / "run" / "weights.bin").write_bytes(binary)
+    with tracking.redacted_copy(tmp_path / "run") as copy:
+        assert copy != tmp_path / "run"
+        assert (copy / "settings.txt").read_text() == "uri: https://u:***@h/\n"
+        assert (copy / "weights.bin").read_bytes() == binary
+    assert "pw-in-url-1" in (tmp_path / "run" / "settings.txt").read_text()  # original kept
+
+
 def _scan(path: Path) -> list[str]:
     return [str(p) for p in path.rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
 
