@@ -135,7 +135,7 @@ def is_transient(exc: BaseException) -> bool:
     name = type(exc).__name__
     if name == "RestException":  # an answer from an MLflow server
         code = exc.get_http_status_code()  # type: ignore[attr-defined]
-        return bool(code == 429 or code >= 500)
+        return bool(code == 429 or code >= 500) or _concurrent_tag_write(str(exc))
     if name in ("MlflowException", "OperationalError"):
         # The embedded store reports a busy SQLite file as a plain error; only the message
         # tells. "Max retries exceeded" is deliberately not here: MLflow's HTTP layer has then
@@ -146,6 +146,19 @@ def is_transient(exc: BaseException) -> bool:
         "Timeout",
         "ReadTimeout",
     )
+
+
+def _concurrent_tag_write(message: str) -> bool:
+    """Whether the server lost a race between two upserts of one tag.
+
+    It checks, then inserts, and answers 400 with the database's unique-constraint error.
+    Setting a tag again is safe.
+
+    Seen with 8 processes taking the promotion lease on one server (SQLite backend).
+    """
+    message = message.lower()
+    unique = "unique constraint failed" in message or "violates unique constraint" in message
+    return unique and "_tags" in message
 
 
 def _looks_transient(message: str) -> bool:

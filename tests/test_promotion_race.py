@@ -274,5 +274,10 @@ def test_permanent_errors_are_not_retried(store: str, monkeypatch: pytest.Monkey
     assert tracking.is_transient(ConnectionResetError())
     assert tracking.is_transient(MlflowException("(sqlite3.OperationalError) database is locked"))
     assert not tracking.is_transient(MlflowException("API request failed: Max retries exceeded"))
+    # two upserts of one tag racing on the server: the loser's 400 is worth another try
+    lost = "(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_tags.key"
+    assert tracking.is_transient(RestException({"error_code": "BAD_REQUEST", "message": lost}))
+    other = "UNIQUE constraint failed: model_versions.version"
+    assert not tracking.is_transient(RestException({"error_code": "BAD_REQUEST", "message": other}))
     with pytest.raises(RegistryError, match="no registered model"):
         models.promote("nothing-here", "1")
