@@ -261,28 +261,41 @@ def version_tags(name: str, version: str) -> dict[str, str]:
     return dict(_get_version(name, version).tags)
 
 
-def _require_model(name: str) -> None:
+def _read(what: str, missing: str, fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, retried, for a read whose object must exist.
+
+    MLflow's "not found" becomes ``RegistryError(missing)``; any other MLflow failure a
+    ``ServiceError`` about reading ``what``.
+    """
     try:
-        retrying(client().get_registered_model, name)
+        return retrying(fn, *args)
     except Exception as exc:
         if _not_found(exc):
-            raise RegistryError(f"no registered model named '{name}'") from None
+            raise RegistryError(missing) from None
         if _is_mlflow_error(exc):
-            raise _unreadable(exc, f"registered model '{name}'") from None
+            raise _unreadable(exc, what) from None
         raise
+
+
+def _require_model(name: str) -> None:
+    _read(
+        f"registered model '{name}'",
+        f"no registered model named '{name}'",
+        client().get_registered_model,
+        name,
+    )
 
 
 def _get_version(name: str, version: str) -> Any:
     mlflow_client = client()
     _require_model(name)
-    try:
-        return retrying(mlflow_client.get_model_version, name, str(version))
-    except Exception as exc:
-        if _not_found(exc):
-            raise RegistryError(f"registered model '{name}' has no version {version}") from None
-        if _is_mlflow_error(exc):
-            raise _unreadable(exc, f"version {version} of '{name}'") from None
-        raise
+    return _read(
+        f"version {version} of '{name}'",
+        f"registered model '{name}' has no version {version}",
+        mlflow_client.get_model_version,
+        name,
+        str(version),
+    )
 
 
 _UNSET = object()
