@@ -282,6 +282,13 @@ class RetrievalSpec(_Strict):
     chunk_tokens: int = Field(200, ge=16, le=8192, description="Chunk size in embedder tokens")
     overlap: int = Field(40, ge=0, description="Tokens shared by neighbouring chunks")
     k: int = Field(5, ge=1, le=100, description="Passages returned per question")
+    per_source: int | None = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Most of the k passages one source file may fill (drawn from the top "
+        "candidates of each ranking); None: no limit",
+    )
     candidates: int = Field(
         50, ge=1, le=1000, description="Candidates per ranking fused in hybrid mode"
     )

@@ -10,17 +10,20 @@ the questions point at always exist (a module that fails to import is skipped an
 questions dropped, both reported). Chunked by ``tasks.rag`` (200 tokens of
 the embedder's tokenizer, 40 overlap, never across a heading), all-MiniLM-L6-v2 embeddings.
 
-Questions: ``benchmarks/rag_questions/questions.jsonl``, one natural developer question per
-module (133 in all), each answered by exactly one file (``source``), paraphrased without the
-module's name. They were written by hand from what each module is for, checked only against
-the documents' text (that the answer is in the file), and frozen before any retrieval was run;
-they were not edited after seeing results.
+Questions: three sets under ``benchmarks/rag_questions/`` (see its README), natural developer
+questions each answered by exactly one file (``source``), paraphrased without the module's
+name, written by hand and checked only against the documents' text: ``questions.jsonl`` (133,
+development), ``fresh.jsonl`` (115, held out until the per-source cap was chosen on it and the
+development set) and ``fresh2.jsonl`` (written and committed before anything was run on it;
+the target is judged there). No question was edited after seeing results.
 
 Measured, in one process, on this machine's CPU:
 
 1. quality: recall@1, recall@5, recall@10, MRR and nDCG@10 at the document level
-   (``tasks.evaluate.retrieval``) of ``Retriever`` in dense, BM25 and hybrid (RRF) modes over
-   the index built below (k = 10 chunks). Target: hybrid beats dense (higher MRR).
+   (``tasks.evaluate.retrieval``) of ``Retriever`` in the ``QUALITY_MODES`` settings over
+   the index built below (k = 10 chunks, at most ``per_source`` = 3 of one file unless the
+   mode says uncapped). Target, on ``fresh2.jsonl``: hybrid beats dense (MRR higher, recall@1
+   and recall@5 not lower).
 2. indexing throughput ratio = our ``build_index`` chunks/s ÷ a bare baseline's chunks/s
    (target >= 0.9). Ours is timed whole (ingest, chunking, id reconciliation, embedding in
    batches of 256, upserts, manifest); the bare baseline gets the same chunks precomputed
@@ -71,9 +74,13 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 RESULTS_FILE = REPO_ROOT / "benchmarks" / "results" / "rag.json"
-QUESTION_FILES = {  # development set, and the held-out set written before it was first run
+#: The development set; the first held-out set (written before it was first run, then used to
+#: choose the per-source cap, so no longer held out); the second held-out set (written and
+#: committed before the cap was measured on it), which the target is judged on.
+QUESTION_FILES = {
     "development": REPO_ROOT / "benchmarks" / "rag_questions" / "questions.jsonl",
     "held_out": REPO_ROOT / "benchmarks" / "rag_questions" / "fresh.jsonl",
+    "held_out_2": REPO_ROOT / "benchmarks" / "rag_questions" / "fresh2.jsonl",
 }
 
 TARGETS = {"hybrid_beats_dense_held_out": "mrr higher, recall@1 and recall@5 not lower",
@@ -342,15 +349,23 @@ def reindex(knowledge: Path, kept: tuple[Any, Any, Path], encoder: Any) -> dict[
             "deleted": again.deleted, "files": again.files}  # fmt: skip
 
 
+#: The spec's default cap on passages from one source (``retrieval.per_source``; ``measure``
+#: checks that they agree: adaptflow is not imported at module level, see ``--worker-corpus``).
+PER_SOURCE = 3
+
 #: Retrieval settings compared for quality: name -> Retriever keyword arguments. ``hybrid`` is
-#: what a spec gets by default (convex fusion, lexical weight 0.2, the code analyzer).
+#: what a spec gets by default (convex fusion, lexical weight 0.2, the code analyzer, at most
+#: ``PER_SOURCE`` chunks of one file); every mode without ``uncapped`` in its name has the same
+#: cap, so dense and hybrid are compared on equal terms. The uncapped rows show what the cap
+#: changes; ``hybrid-rrf-words-uncapped`` is the hybrid default before this benchmark.
 QUALITY_MODES: dict[str, dict[str, Any]] = {
-    "dense": {"mode": "dense"},
-    "bm25": {"mode": "bm25"},
-    "hybrid": {"mode": "hybrid"},
-    "hybrid-rrf": {"mode": "hybrid", "fusion": "rrf"},
-    "bm25-words": {"mode": "bm25", "analyzer": "words"},
-    "hybrid-rrf-words": {"mode": "hybrid", "fusion": "rrf", "analyzer": "words"},
+    "dense": {"mode": "dense", "per_source": PER_SOURCE},
+    "bm25": {"mode": "bm25", "per_source": PER_SOURCE},
+    "hybrid": {"mode": "hybrid", "per_source": PER_SOURCE},
+    "hybrid-rrf": {"mode": "hybrid", "fusion": "rrf", "per_source": PER_SOURCE},
+    "dense-uncapped": {"mode": "dense"},
+    "hybrid-uncapped": {"mode": "hybrid"},
+    "hybrid-rrf-words-uncapped": {"mode": "hybrid", "fusion": "rrf", "analyzer": "words"},
 }
 
 
@@ -415,13 +430,13 @@ def _latency(collection: Any, encoder: Any, queries: list[str]) -> dict[str, Any
     for mode in ("dense", "hybrid"):
         started = time.perf_counter()
         try:
-            retriever = Retriever(collection, encoder, mode=mode)
+            retriever = Retriever(collection, encoder, mode=mode, per_source=PER_SOURCE)
             error = None
         except Exception as exc:  # Chroma's unpaged get of a large collection (see PagedGet)
             error = f"{type(exc).__name__}: {exc}"
             log(f"  Retriever({mode}) failed to open at {out['chunks']} chunks: {error}")
             started = time.perf_counter()
-            retriever = Retriever(PagedGet(collection), encoder, mode=mode)
+            retriever = Retriever(PagedGet(collection), encoder, mode=mode, per_source=PER_SOURCE)
         opened = time.perf_counter() - started
         if len(retriever.chunks) != out["chunks"]:
             raise SystemExit(f"retriever read {len(retriever.chunks)} of {out['chunks']} chunks")
@@ -499,8 +514,11 @@ def latency(
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measurement; returns the result dict."""
+    from adaptflow.spec import RetrievalSpec
     from tasks.icl.knn import load_encoder
 
+    if RetrievalSpec().per_source != PER_SOURCE:
+        raise SystemExit(f"PER_SOURCE {PER_SOURCE} != spec default {RetrievalSpec().per_source}")
     modules = MODULES[: args.modules] if args.modules else MODULES
     with tempfile.TemporaryDirectory(prefix="bench_rag_") as tmp:
         root = Path(tmp)
@@ -561,12 +579,12 @@ def table(result: dict[str, Any]) -> str:
         lines += [
             "",
             f"{set_name} questions ({quality_[set_name]['questions']})",
-            f"{'mode':<17} {'recall@1':>9} {'recall@5':>9} {'recall@10':>10} {'mrr':>7} "
+            f"{'mode':<26} {'recall@1':>9} {'recall@5':>9} {'recall@10':>10} {'mrr':>7} "
             f"{'ndcg@10':>8}",
         ]
         for mode, m in quality_[set_name]["metrics"].items():
             lines.append(
-                f"{mode:<17} {m['recall@1']:>9.3f} {m['recall@5']:>9.3f} "
+                f"{mode:<26} {m['recall@1']:>9.3f} {m['recall@5']:>9.3f} "
                 f"{m['recall@10']:>10.3f} {m['mrr']:>7.3f} {m['ndcg@10']:>8.3f}"
             )
     if speed is None:
@@ -625,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(args)
     result["seconds"] = time.perf_counter() - started
     # judged on the held-out set: more right first (MRR), and no fewer found at 1 and at 5
-    held = result["quality"]["held_out"]["metrics"]
+    held = result["quality"]["held_out_2"]["metrics"]
     checks = {
         "hybrid_beats_dense_held_out": held["hybrid"]["mrr"] > held["dense"]["mrr"]
         and all(held["hybrid"][m] >= held["dense"][m] for m in ("recall@1", "recall@5")),

@@ -144,7 +144,13 @@ def _rag_card(facts: dict[str, Any]) -> str:
             if retrieval.get("reranker")
             else ""
         )
-        + f", top {retrieval['k']} passages; chunks of "
+        + f", top {retrieval['k']} passages"
+        + (
+            f" (at most {retrieval['per_source']} from one source)"
+            if retrieval.get("per_source")
+            else ""
+        )
+        + "; chunks of "
         f"{retrieval['chunk_tokens']} tokens with {retrieval['overlap']} overlap",
         f"- Index: Chroma collection `{index['collection']}`, {index['chunks']:,} chunks, "
         f"index version (DVC hash of the manifest) `{index['index_version']}`",

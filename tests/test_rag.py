@@ -130,7 +130,7 @@ def test_packages_from_before_fusion_settings_search_as_they_did() -> None:
     old = {"mode": "hybrid", "k": 5, "candidates": 50, "rrf_k": 60}
     assert retriever_options(old) == {
         "candidates": 50, "rrf_k": 60, "fusion": "rrf", "lexical_weight": 0.0,
-        "analyzer": "words", "rerank_depth": 20,
+        "analyzer": "words", "rerank_depth": 20, "per_source": None,
     }  # fmt: skip
     new = old | {"fusion": "convex", "lexical_weight": 0.2, "analyzer": "code"}
     assert retriever_options(new)["fusion"] == "convex"
@@ -284,6 +284,27 @@ def test_each_retriever_finds_the_known_source(
     assert metrics["recall@1"] == 1.0 and metrics["mrr"] == 1.0
     # BM25 returns only chunks sharing a term with the question; the others always fill k
     assert all((1 <= len(r) <= 3) if mode == "bm25" else len(r) == 3 for r in hits)
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_per_source_caps_what_one_file_fills(tmp_path: Path, encoder, mode: str) -> None:
+    collection, _ = _index(tmp_path, encoder, _corpus(tmp_path / "kb"))  # 4 files, 2 chunks each
+    query = "How is green tea processed after picking?"
+    everything = Retriever(collection, encoder, mode=mode).search(query, k=8)  # type: ignore[arg-type]
+    assert len(everything) == 8
+    # without a cap, both tea chunks take two of the top four
+    assert [h.source for h in everything[:4]].count("tea.md") == 2
+    one = Retriever(collection, encoder, mode=mode, per_source=1)  # type: ignore[arg-type]
+    firsts = [
+        h for n, h in enumerate(everything) if h.source not in {e.source for e in everything[:n]}
+    ]
+    assert [h.id for h in one.search(query, k=4)] == [h.id for h in firsts]
+    # fewer than k when the sources run out
+    assert [h.id for h in one.search(query, k=6)] == [h.id for h in firsts]
+    two = Retriever(collection, encoder, mode=mode, per_source=2)  # type: ignore[arg-type]
+    assert [h.id for h in two.search(query, k=8)] == [h.id for h in everything]
+    with pytest.raises(ValueError, match="per_source must be at least 1"):
+        Retriever(collection, encoder, mode=mode, per_source=0)  # type: ignore[arg-type]
 
 
 def test_a_reranker_reorders_the_first_stage_by_its_own_scores(

@@ -155,6 +155,12 @@ def test_rag_pipeline_indexes_evaluates_registers_and_serves(tmp_path: Path) -> 
     assert run.data.metrics["index.embedded"] == index["embedded"]
     assert run.data.tags["adaptflow.index_version"] == index["index_version"]
     assert run.data.params["retrieval.mode"] == "hybrid"
+    assert run.data.params["retrieval.per_source"] == "3"
+    package = Path(first["train"]["package_dir"])
+    assert (
+        json.loads((package / "adaptflow_model.json").read_text())["retrieval"]["per_source"] == 3
+    )
+    assert "top 3 passages (at most 3 from one source)" in (package / "README.md").read_text()
     tags = models.version_tags("kb-rag", "1")
     assert tags["adaptflow.index_version"] == index["index_version"]
     assert tags["metric.recall_at_5"] == "1.000000"

@@ -185,6 +185,7 @@ def test_retrieval_qa_needs_no_training_data(data_dir: Path) -> None:
         "chunk_tokens": 200,
         "overlap": 40,
         "k": 5,
+        "per_source": 3,
         "candidates": 50,
         "generator": None,  # passages only, no generated answers
         "max_new_tokens": 64,

@@ -232,6 +232,8 @@ def retriever_options(retrieval: dict[str, Any]) -> dict[str, Any]:
         "lexical_weight": float(retrieval.get("lexical_weight", 0.0)),
         "analyzer": retrieval.get("analyzer", "words"),
         "rerank_depth": int(retrieval.get("rerank_depth", 20)),
+        # packages from before the cap return the top k whatever their sources
+        "per_source": retrieval.get("per_source"),
     }
 
 
@@ -263,6 +265,7 @@ def write_package(out: Path, index: dict[str, Any], retrieval: dict[str, Any]) -
             "analyzer": ANALYZER,
             "reranker": retrieval["reranker"],
             "rerank_depth": retrieval["rerank_depth"],
+            "per_source": retrieval["per_source"],
         },
         "prompt_template": PROMPT_TEMPLATE,
         "generator": generator_settings(retrieval),

@@ -25,7 +25,15 @@ Hybrid fuses the top ``candidates`` of each ranking, by one of:
 
 On the benchmark's development questions with the plain analyzer, RRF fell below dense alone
 (recall@5 0.880 vs 0.895), which is what the convex default and the code analyzer fix; see
-``benchmarks/bench_rag.py`` for both question sets.
+``benchmarks/bench_rag.py`` for its question sets.
+
+``per_source`` caps how many of the ``k`` chunks one source file may fill (result collapsing,
+as search engines group hits by document). Without it, a long document that matches a query
+loosely everywhere can fill every slot: on the benchmark, ``xmlrpc.server`` took all ten chunks
+for a question about the XML-RPC *client*, and fusion (which rewards chunks both rankings
+like) made that flooding worse than in dense search. With a cap the pool is the top
+``candidates`` of each ranking, so fewer than ``k`` chunks come back when the pool runs out of
+sources. The cap is applied last, after reranking.
 """
 
 from __future__ import annotations
@@ -155,8 +163,12 @@ class Retriever:
         analyzer: Analyzer = "code",
         reranker: Any = None,
         rerank_depth: int = 20,
+        per_source: int | None = None,
     ) -> None:
+        if per_source is not None and per_source < 1:
+            raise ValueError(f"per_source must be at least 1 (or None), not {per_source}")
         self.collection, self.encoder, self.mode = collection, encoder, mode
+        self.per_source = per_source
         self.candidates, self.rrf_k = candidates, rrf_k
         self.fusion, self.lexical_weight = fusion, lexical_weight
         self.reranker, self.rerank_depth = reranker, rerank_depth
@@ -203,11 +215,29 @@ class Retriever:
         ]
 
     def search_many(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
-        """The top ``k`` chunks for each query, best first (reranked when a reranker is set)."""
+        """The top ``k`` chunks for each query, best first (reranked when a reranker is set).
+
+        With ``per_source``, at most that many of them from one source (see the module doc).
+        """
+        depth = k if self.per_source is None else max(k, self.candidates)
         if self.reranker is None:
-            return self._first_stage(queries, k)
-        found = self._first_stage(queries, max(k, self.rerank_depth))
-        return [self._rerank(query, hits)[:k] for query, hits in zip(queries, found, strict=True)]
+            found = self._first_stage(queries, depth)
+        else:
+            found = self._first_stage(queries, max(depth, self.rerank_depth))
+            found = [self._rerank(query, hits) for query, hits in zip(queries, found, strict=True)]
+        return [self._per_source(hits)[:k] for hits in found]
+
+    def _per_source(self, hits: list[Hit]) -> list[Hit]:
+        """``hits`` in order, keeping at most ``per_source`` from each source."""
+        if self.per_source is None:
+            return hits
+        taken: dict[str, int] = defaultdict(int)
+        kept = []
+        for hit in hits:
+            if taken[hit.source] < self.per_source:
+                taken[hit.source] += 1
+                kept.append(hit)
+        return kept
 
     def _rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
         """``hits`` ordered by the cross-encoder's score of (query, passage), best first."""
