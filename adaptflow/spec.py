@@ -300,11 +300,11 @@ class RetrievalSpec(_Strict):
     )
     max_new_tokens: int = Field(64, ge=1, le=4096, description="Longest generated answer")
 
-    @field_validator("generator")
+    @field_validator("generator", "reranker")
     @classmethod
-    def _generator_named(cls, value: str | None) -> str | None:
+    def _model_named(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and not value.strip():
-            raise ValueError("retrieval.generator must name a model (or be left out)")
+            raise ValueError(f"retrieval.{info.field_name} must name a model (or be left out)")
         return value
 
     @model_validator(mode="after")

@@ -190,3 +190,26 @@ def test_retrieval_qa_needs_no_training_data(data_dir: Path) -> None:
         "generator": None,  # passages only, no generated answers
         "max_new_tokens": 64,
     }
+
+
+def test_spec_literals_name_exactly_the_methods_and_tasks_the_code_knows() -> None:
+    """``Method`` and ``Task`` stay static Literals (pydantic, the UI enums): keep them in step."""
+    from typing import get_args
+
+    from adaptflow.advisor import METHODS
+    from adaptflow.methods import CHOSEN_BY_ADVISOR, RUNNABLE
+    from adaptflow.spec import Method, Task
+
+    assert set(get_args(Method)) == {*CHOSEN_BY_ADVISOR, *METHODS}
+    assert {m for ms in RUNNABLE.values() for m in ms} <= set(METHODS)
+    assert set(get_args(Task)) == set(RUNNABLE)
+
+
+@pytest.mark.parametrize("field", ["generator", "reranker"])
+def test_a_blank_model_name_is_a_spec_error(data_dir: Path, field: str) -> None:
+    text = (
+        "name: kb\ntask: retrieval-qa\ndata: {knowledge: data, questions: data/train.jsonl}\n"
+        f"retrieval: {{{field}: '   '}}\n"
+    )
+    with pytest.raises(SpecError, match=f"retrieval.{field} must name a model"):
+        load_spec(_write(data_dir, text))
