@@ -392,7 +392,37 @@ def quality(
             for i, q in enumerate(questions)
         ]
         out[set_name] = {"questions": len(questions), "metrics": metrics,
+                         "hybrid_vs_dense": paired(ranks["hybrid"], ranks["dense"]),
                          "per_question": per_question}  # fmt: skip
+    return out
+
+
+def paired(ours: list[int | None], theirs: list[int | None]) -> dict[str, Any]:
+    """Per-question comparison of two rankings of the same questions (None: not found).
+
+    For recall@1, recall@5 and the rank itself: the questions where ``ours`` does better and
+    worse (ties left out), and the one-sided sign-test p-value of that many wins or more if
+    either were equally likely to win.
+    """
+    from math import comb
+
+    def rank(r: int | None) -> float:
+        return r if r is not None else float("inf")
+
+    def tally(better: int, worse: int) -> dict[str, Any]:
+        n = better + worse
+        p = sum(comb(n, i) for i in range(better, n + 1)) / 2**n if n else 1.0
+        return {"better": better, "worse": worse, "p_one_sided": p}
+
+    out = {}
+    for k in (1, 5):
+        better = sum(1 for a, b in zip(ours, theirs, strict=True) if rank(a) <= k < rank(b))
+        worse = sum(1 for a, b in zip(ours, theirs, strict=True) if rank(b) <= k < rank(a))
+        out[f"recall@{k}"] = tally(better, worse)
+    pairs = list(zip(ours, theirs, strict=True))
+    out["rank"] = tally(
+        sum(1 for a, b in pairs if rank(a) < rank(b)), sum(1 for a, b in pairs if rank(a) > rank(b))
+    )
     return out
 
 
@@ -587,6 +617,14 @@ def table(result: dict[str, Any]) -> str:
                 f"{mode:<26} {m['recall@1']:>9.3f} {m['recall@5']:>9.3f} "
                 f"{m['recall@10']:>10.3f} {m['mrr']:>7.3f} {m['ndcg@10']:>8.3f}"
             )
+        vs = quality_[set_name]["hybrid_vs_dense"]
+        lines.append(
+            "hybrid vs dense, questions better/worse (one-sided sign test p): "
+            + ", ".join(
+                f"{what} {t['better']}/{t['worse']} (p {t['p_one_sided']:.3g})"
+                for what, t in vs.items()
+            )
+        )
     if speed is None:
         return "\n".join(lines)
     lines += [
