@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -142,7 +142,7 @@ def run(
     with _guard(json_out):
         from adaptflow.hardware import check_capabilities
         from adaptflow.methods import check_method
-        from adaptflow.spec import load_spec
+        from adaptflow.spec import Method, load_spec
 
         if ladder and method not in (None, "ladder"):
             raise AdaptflowError(f"--ladder and --method {method} contradict each other")
@@ -154,7 +154,8 @@ def run(
         _prepare()
         from flows.pipeline import adapt_pipeline
 
-        summary = adapt_pipeline(str(spec), method)
+        # check_method above let through only names in the spec's Method literal
+        summary = adapt_pipeline(str(spec), cast("Method | None", method))
     ladder_missed = summary["ladder"] is not None and not summary["ladder"]["target_met"]
     if json_out:
         _emit(summary)

@@ -10,7 +10,7 @@ from adaptflow.errors import SpecError
 from adaptflow.hardware import check_capabilities
 from adaptflow.methods import UNTRAINED, check_method, resolve_method
 from adaptflow.secrets import load_secret_blocks
-from adaptflow.spec import Spec, load_spec
+from adaptflow.spec import Method, Spec, load_spec
 from flows.compare import compare
 from flows.curate import curate
 from flows.ladder import ladder
@@ -31,7 +31,7 @@ from tasks.tracking import close_run, log_stage, open_run
 
 @flow(name="adapt-pipeline")
 def adapt_pipeline(
-    spec_path: str | None = None, method: str | None = None, spec: Spec | None = None
+    spec_path: str | None = None, method: Method | None = None, spec: Spec | None = None
 ) -> dict[str, Any]:
     """Run the whole pipeline for one spec (a YAML file or inline); returns the run summary.
 
@@ -41,7 +41,8 @@ def adapt_pipeline(
     Args:
         spec_path: Path to the use-case spec (YAML); its relative paths resolve against the
             spec file's folder.
-        method: Overrides the spec's ``method`` when given (``auto`` and ``ladder`` included).
+        method: Overrides the spec's ``method`` when given (``auto`` and ``ladder`` included);
+            the run form shows the spec's method names as a select.
         spec: The spec itself instead of a file (the Prefect UI renders it as a form). Its
             relative data paths resolve against the flow's working directory: the repository
             on a worker (prefect.yaml's pull step), the current directory in-process.

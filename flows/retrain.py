@@ -10,7 +10,7 @@ from adaptflow.hardware import check_capabilities
 from adaptflow.methods import check_method
 from adaptflow.secrets import load_secret_blocks
 from adaptflow.settings import load_settings
-from adaptflow.spec import load_spec
+from adaptflow.spec import Method, load_spec
 from flows.curate import curate
 from flows.pipeline import adapt_pipeline
 from flows.rag import curate_knowledge
@@ -20,7 +20,7 @@ from tasks.retrain import champion_data_task, retrain_decision
 
 @flow(name="scheduled-retrain")
 def scheduled_retrain(
-    spec_path: str, force: bool = False, method: str | None = None
+    spec_path: str, force: bool = False, method: Method | None = None
 ) -> dict[str, Any]:
     """Retrain the spec's model when its curated data differs from the champion's.
 

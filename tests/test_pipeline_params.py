@@ -48,6 +48,11 @@ def test_parameter_schema_renders_the_spec_as_a_form() -> None:
     assert [props[k]["position"] for k in props] == [0, 1, 2]
     assert schema["required"] == []  # exactly-one-of is checked in the flow, with a message
     assert props["spec_path"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
+    # the method override is a select of the spec's method names, not free text
+    assert props["method"]["anyOf"] == [
+        {"enum": list(get_args(Method)), "type": "string"},
+        {"type": "null"},
+    ]
     assert props["spec"]["anyOf"] == [{"$ref": "#/definitions/Spec"}, {"type": "null"}]
     assert "relative data paths resolve against the flow's working directory" in " ".join(
         props["spec"]["description"].split()
@@ -84,6 +89,19 @@ def test_the_server_accepts_what_the_form_sends_and_names_bad_fields() -> None:
     errors = validate({"spec": inline | {"task": "sorting", "colour": "red"}}, schema)
     assert errors  # an enum outside Task, an unknown key
     assert "sorting" in " ".join(e.message for e in errors)
+    errors = validate({"spec_path": "s.yaml", "method": "lora-please"}, schema)
+    assert [e.path[-1] for e in errors] == ["method"]  # a typed method is refused up front
+
+
+def test_scheduled_retrain_offers_the_same_method_select() -> None:
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.retrain import scheduled_retrain
+
+    props = parameter_schema(scheduled_retrain).model_dump()["properties"]
+    assert props["method"]["anyOf"][0]["enum"] == list(get_args(Method))
+    assert list(props) == ["spec_path", "force", "method"]
+    assert props["spec_path"]["type"] == "string" and props["force"]["default"] is False
 
 
 def test_exactly_one_of_spec_path_and_spec() -> None:
