@@ -4,12 +4,16 @@ The 2-process run must end with the weights of a 1-process run with the same glo
 the Trainer gives each rank half of every global batch, normalises the loss by the token count
 of the whole global batch (``average_tokens_across_devices``) and DDP averages the gradients,
 so the only differences left are float rounding (padding to a shorter batch changes the
-matmul shapes, and the all-reduce sums in another order). Measured on the 2-core CI machine
-with LoRA: max |difference| 1.9e-7 for adapter weights up to 0.098 (the tolerance below is
-about 10x that). Exact equality is not reachable for that reason; and with ``full`` training
-the same rounding grows to ~2e-4 (of updates ~1e-2), because AdamW divides each update by the
-root of its squared gradients, so a parameter whose gradient is rounding noise (an embedding
-row of a token absent from the data) takes a step as large as one with a real gradient.
+matmul shapes, and the all-reduce sums in another order). Exact equality is not reachable for
+that reason, and how far the rounding grows depends on the CPU's kernels: with LoRA, adapter
+weights up to 0.098, the largest |difference| was 1.9e-7 on one 2-core CI machine and 5.7e-6
+on another (an AMD EPYC without AVX-512), where the mean |difference| was 2.5e-9. AdamW divides
+each update by the root of its squared gradients, so an element whose gradient is close to
+rounding noise takes a step out of proportion to it: the maximum is one such element, the mean
+is all of them. So the test bounds both, the maximum loosely (a batching or sharding bug moves
+weights by about the learning rate, 3e-3, per step) and the mean tightly. With ``full``
+training the same effect grows to ~2e-4 (of updates ~1e-2): an embedding row of a token absent
+from the data has a gradient that is pure rounding noise and takes a full-size step.
 Dropout is switched off (the model's and LoRA's): each rank would draw its own masks.
 """
 
@@ -30,8 +34,10 @@ from helpers import REPO, write_jsonl
 from adaptflow.catalogue import resolve_base_model
 from tasks.train.peft import Hyper
 
-#: Largest |difference| allowed between 1- and 2-process LoRA weights (measured: 1.9e-7).
-TOLERANCE = 2e-6
+#: Largest |difference| allowed between 1- and 2-process LoRA weights (measured: 1.9e-7
+#: and 5.7e-6 on two machines), and the largest mean |difference| (measured: 2.5e-9).
+MAX_TOLERANCE = 5e-5
+MEAN_TOLERANCE = 1e-7
 ADAPTER = "adapter/adapter_model.safetensors"
 #: Global batch 8 over 32 examples: 4 steps an epoch, none short (a short last batch would be
 #: padded differently: accelerate evens out the ranks' batches by repeating examples).
@@ -65,12 +71,16 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "base": base, "data": data, "result": result}
 
 
-def _max_difference(a: Path, b: Path) -> float:
+def _assert_same_weights(a: Path, b: Path) -> None:
+    """The adapters at ``a`` and ``b`` hold the same weights up to float rounding."""
+    import torch
     from safetensors.torch import load_file
 
     left, right = load_file(str(a)), load_file(str(b))
     assert left.keys() == right.keys()
-    return max(float((left[k] - right[k]).abs().max()) for k in left)
+    differences = torch.cat([(left[k] - right[k]).abs().flatten() for k in left])
+    assert float(differences.max()) <= MAX_TOLERANCE, float(differences.max())
+    assert float(differences.mean()) <= MEAN_TOLERANCE, float(differences.mean())
 
 
 def test_two_cpu_processes_train_the_weights_of_one(single: dict) -> None:
@@ -95,7 +105,7 @@ def test_two_cpu_processes_train_the_weights_of_one(single: dict) -> None:
     assert two.steps == one.steps == 8  # the same global batches
     assert two.loss_history[0][1] == pytest.approx(one.loss_history[0][1], rel=1e-5)
     weights = root / "two" / ADAPTER
-    assert _max_difference(root / "one" / ADAPTER, weights) <= TOLERANCE
+    _assert_same_weights(root / "one" / ADAPTER, weights)
     # it did train: LoRA's B matrices start at zero
     trained = load_file(str(weights))
     assert max(float(t.abs().max()) for k, t in trained.items() if "lora_B" in k) > 1e-3
@@ -155,4 +165,4 @@ def test_killed_two_process_run_resumes_to_the_same_weights(single: dict) -> Non
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = again.stdout.strip().splitlines()[-1]
     assert "checkpoint-" in resumed and resumed.endswith(" 8"), resumed
-    assert _max_difference(root / "one" / ADAPTER, root / "killed" / ADAPTER) <= TOLERANCE
+    _assert_same_weights(root / "one" / ADAPTER, root / "killed" / ADAPTER)
