@@ -67,6 +67,11 @@ class Settings:
         return self.home / "chroma"
 
     @property
+    def bm25_cache_dir(self) -> Path:
+        """Built BM25 indexes, one folder per collection, keyed by the chunks' content."""
+        return self.home / "cache" / "bm25"
+
+    @property
     def uses_embedded_mlflow(self) -> bool:
         """True when MLflow is the local SQLite store rather than a server."""
         return self.mlflow_tracking_uri.startswith("sqlite:")

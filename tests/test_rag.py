@@ -326,6 +326,74 @@ def test_a_reranker_reorders_the_first_stage_by_its_own_scores(
     assert [h.id for h in got] != [h.id for h in first[:3]]
 
 
+def _builds(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.iterdir() if not p.name.startswith("."))
+
+
+def test_a_stored_bm25_build_is_reused_only_for_the_same_chunks(
+    tmp_path: Path, encoder, monkeypatch, caplog
+) -> None:
+    import tasks.rag.retrieve as retrieve
+
+    knowledge = _corpus(tmp_path / "kb")
+    collection, _ = _index(tmp_path, encoder, knowledge)
+    cache = tmp_path / "bm25"
+    queries = ["What causes spring tides?", "How is green tea processed after picking?"]
+
+    def ranked(r: Retriever) -> list[list[tuple[str, float]]]:
+        return [[(h.id, round(h.score, 6)) for h in hits] for hits in r.search_many(queries, k=6)]
+
+    plain = {m: ranked(Retriever(collection, encoder, mode=m)) for m in ("bm25", "hybrid")}  # type: ignore[arg-type]
+    built = Retriever(collection, encoder, mode="hybrid", bm25_cache=cache)
+    assert not built.bm25_from_cache and ranked(built) == plain["hybrid"]
+    [first] = _builds(cache)
+    assert sorted(json.loads((first / "order.json").read_text())) == sorted(built.chunks)
+    for mode in ("bm25", "hybrid"):
+        loaded = Retriever(collection, encoder, mode=mode, bm25_cache=cache)  # type: ignore[arg-type]
+        assert loaded.bm25_from_cache and ranked(loaded) == plain[mode]
+    assert _builds(cache) == [first]
+    # dense search needs no BM25: nothing is read or stored
+    assert not Retriever(collection, encoder, mode="dense", bm25_cache=cache).bm25_from_cache
+
+    # one changed paragraph is another set of chunks: a new build, the old one kept
+    (knowledge / "tides.txt").write_text("Spring tides follow the new and the full moon.\n")
+    _index(tmp_path, encoder, knowledge)
+    changed = Retriever(collection, encoder, mode="hybrid", bm25_cache=cache)
+    assert not changed.bm25_from_cache
+    assert changed.search("When are spring tides?", k=1)[0].text.startswith("Spring tides follow")
+    assert len(_builds(cache)) == 2 and first in _builds(cache)
+    [second] = [b for b in _builds(cache) if b != first]
+
+    # a damaged build is dropped, rebuilt in its place, and says so
+    (second / "params.index.json").write_text("{not json")
+    with caplog.at_level("WARNING", logger="tasks.rag.retrieve"):
+        repaired = Retriever(collection, encoder, mode="hybrid", bm25_cache=cache)
+    assert not repaired.bm25_from_cache and ranked(repaired) == ranked(changed)
+    assert f"BM25 cache {second} unusable" in caplog.text
+    assert Retriever(collection, encoder, mode="hybrid", bm25_cache=cache).bm25_from_cache
+
+    # only the newest BM25_CACHE_KEEP builds stay
+    monkeypatch.setattr(retrieve, "BM25_CACHE_KEEP", 1)
+    (knowledge / "bees.txt").unlink()
+    _index(tmp_path, encoder, knowledge)
+    third = Retriever(collection, encoder, mode="hybrid", bm25_cache=cache)
+    assert not third.bm25_from_cache
+    assert "bees.txt" not in {meta["source"] for _, meta in third.chunks.values()}
+    [kept] = _builds(cache)
+    assert kept not in (first, second) and not list(cache.glob(".*"))
+
+
+def test_an_unwritable_bm25_cache_only_warns(tmp_path: Path, encoder, caplog) -> None:
+    collection, _ = _index(tmp_path, encoder, _corpus(tmp_path / "kb"))
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with caplog.at_level("WARNING", logger="tasks.rag.retrieve"):
+        retriever = Retriever(collection, encoder, mode="hybrid", bm25_cache=blocked / "bm25")
+    assert retriever.search("What causes spring tides?", k=1)[0].source == "tides.txt"
+    assert "could not store the BM25 index" in caplog.text
+    assert blocked.read_text() == "not a folder"
+
+
 def test_large_collections_are_read_page_by_page(tmp_path: Path, encoder, monkeypatch) -> None:
     import tasks.rag.index as index
 

@@ -172,6 +172,12 @@ def test_rag_pipeline_indexes_evaluates_registers_and_serves(tmp_path: Path) -> 
     assert answer["passages"][0]["source"] == "bikes.md"
     assert answer["passages"][0]["rank"] == 1
     assert "[1] bikes.md — Bicycles\n```text\nA derailleur moves the chain" in answer["prompt"]
+    # evaluation and predict (another process) share one stored BM25 build of these chunks
+    from adaptflow.settings import load_settings
+
+    builds = load_settings().bm25_cache_dir / index["collection"]
+    assert [p.name for p in builds.iterdir()] == [next(builds.iterdir()).name]
+    assert (next(builds.iterdir()) / "order.json").is_file()
 
     # Same knowledge, same settings: nothing re-embedded; a tie with the champion is no promotion.
     second = adapt_pipeline(str(_spec(tmp_path, "kb-rag")))

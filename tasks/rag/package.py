@@ -26,6 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adaptflow.errors import DataError
+from adaptflow.settings import load_settings
 from tasks.curate.records import read_jsonl, write_jsonl
 from tasks.curate.version import version_with_dvc
 from tasks.evaluate.retrieval import answer_metrics, retrieval_metrics, source_rank
@@ -352,6 +353,7 @@ class RagRetriever:
             self.mode,  # type: ignore[arg-type]
             **retriever_options(retrieval),
             reranker=load_reranker(reference) if reference else None,
+            bm25_cache=load_settings().bm25_cache_dir / index["collection"],
         )
 
     def search_many(self, questions: list[str], k: int | None = None) -> list[list[Hit]]:

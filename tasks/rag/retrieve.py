@@ -2,7 +2,8 @@
 
 Dense search is Chroma's HNSW over the embedder's normalised vectors (cosine). BM25 is bm25s
 (a maintained, numpy/scipy implementation) over the same chunk texts, built in memory when the
-retriever opens. Its analyzer (``analyzer="code"``, the default) is made for technical
+retriever opens, or loaded from ``bm25_cache`` when a build of the very same chunks is there
+(see ``Retriever``). Its analyzer (``analyzer="code"``, the default) is made for technical
 documentation: identifiers are also indexed as their words (``pbkdf2_hmac`` adds ``pbkdf2``
 and ``hmac``, ``NamedTemporaryFile`` adds ``named``, ``temporary``, ``file``), English
 stopwords are dropped and every word is reduced to its Snowball stem (PyStemmer), so "compress",
@@ -38,10 +39,16 @@ sources. The cap is applied last, after reranking.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import re
+import shutil
+import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import bm25s
@@ -53,6 +60,12 @@ from tasks.rag.index import read_all
 # bm25s sets its own logger to DEBUG on import and logs every index build, which Prefect's
 # handlers would print; so, after importing it:
 logging.getLogger("bm25s").setLevel(logging.WARNING)
+log = logging.getLogger(__name__)
+
+#: Built BM25 indexes kept per collection folder (newest first); older ones are removed.
+BM25_CACHE_KEEP = 3
+#: Part of every cache key: bump it when what is stored beside the bm25s files changes.
+BM25_CACHE_FORMAT = 1
 
 Mode = Literal["dense", "bm25", "hybrid"]
 Fusion = Literal["convex", "rrf"]
@@ -137,6 +150,23 @@ def fuse_rrf(rankings: list[list[tuple[str, float]]], rrf_k: int) -> list[tuple[
     return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
 
+def _prune(parent: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used stored builds in ``parent``.
+
+    Also removes temporary folders an hour old (a process killed while storing one).
+    """
+    for stale in parent.glob(".*.tmp"):
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    builds = sorted(
+        (p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in builds[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class Hit:
     """One retrieved chunk."""
@@ -164,7 +194,18 @@ class Retriever:
         reranker: Any = None,
         rerank_depth: int = 20,
         per_source: int | None = None,
+        bm25_cache: Path | None = None,
     ) -> None:
+        """Read every chunk of ``collection``; build (or load) BM25 unless ``mode`` is dense.
+
+        ``bm25_cache``: a folder for this collection's built BM25 indexes. Tokenizing and
+        indexing every chunk is most of a hybrid retriever's opening time (about 11 of 15 s
+        at 100k chunks on 2 cores), and a ``predict`` process opens one for each call. A
+        build is stored under a hash of the analyzer, the bm25s version and every (id, text)
+        pair, so it is reused only for exactly the same chunks; a changed collection builds
+        and stores a new one, and the newest ``BM25_CACHE_KEEP`` are kept. A cache that
+        cannot be read or written is rebuilt or skipped, with a warning, never an error.
+        """
         if per_source is not None and per_source < 1:
             raise ValueError(f"per_source must be at least 1 (or None), not {per_source}")
         self.collection, self.encoder, self.mode = collection, encoder, mode
@@ -182,10 +223,62 @@ class Retriever:
             )
         }
         self._order = list(self.chunks)
+        #: True when BM25 came from ``bm25_cache`` rather than being built at opening
+        self.bm25_from_cache = False
         if mode != "dense" and self._order:
-            self._bm25 = bm25s.BM25()
-            texts = [self.chunks[cid][0] for cid in self._order]
-            self._bm25.index(self.analyze(texts), show_progress=False)
+            folder = bm25_cache / self._bm25_key() if bm25_cache is not None else None
+            if folder is not None and self._load_bm25(folder):
+                self.bm25_from_cache = True
+            else:
+                self._bm25 = bm25s.BM25()
+                texts = [self.chunks[cid][0] for cid in self._order]
+                self._bm25.index(self.analyze(texts), show_progress=False)
+                if folder is not None:
+                    self._store_bm25(folder)
+
+    def _bm25_key(self) -> str:
+        """A hash of what the BM25 index is a function of (independent of reading order)."""
+        digest = hashlib.sha256(
+            f"{BM25_CACHE_FORMAT}\x00{self.analyze.analyzer}\x00{bm25s.__version__}".encode()
+        )
+        for cid in sorted(self.chunks):
+            digest.update(f"\x01{cid}\x00".encode())
+            digest.update(self.chunks[cid][0].encode())
+        return digest.hexdigest()[:32]
+
+    def _load_bm25(self, folder: Path) -> bool:
+        """Load a stored build of these chunks; False when there is none or it is unusable."""
+        if not (folder / "order.json").is_file():
+            return False
+        try:
+            order = json.loads((folder / "order.json").read_text())
+            if sorted(order) != sorted(self.chunks):
+                raise ValueError("its chunk ids differ from the collection's")
+            self._bm25 = bm25s.BM25.load(str(folder), show_progress=False)
+        except Exception as error:  # a damaged cache is rebuilt, never fatal
+            log.warning("BM25 cache %s unusable (%s); rebuilding it", folder, error)
+            shutil.rmtree(folder, ignore_errors=True)  # so that the rebuild takes its place
+            return False
+        self._order = order
+        os.utime(folder)  # recently used: pruned last
+        return True
+
+    def _store_bm25(self, folder: Path) -> None:
+        """Write this build to ``folder`` (atomically: a temporary folder, then a rename)."""
+        temporary = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            self._bm25.save(str(temporary), show_progress=False)
+            # written last: a folder without it is never loaded
+            (temporary / "order.json").write_text(json.dumps(self._order))
+            try:
+                temporary.rename(folder)
+            except OSError:  # another process stored the same build first
+                shutil.rmtree(temporary, ignore_errors=True)
+            _prune(folder.parent, BM25_CACHE_KEEP)
+        except OSError as error:
+            shutil.rmtree(temporary, ignore_errors=True)
+            log.warning("could not store the BM25 index in %s (%s)", folder.parent, error)
 
     def _hit(self, cid: str, score: float) -> Hit:
         text, meta = self.chunks[cid]
