@@ -224,6 +224,9 @@ class QualitySpec(_Strict):
     max_symbol_ratio: float | None = Field(None, ge=0)
     min_alpha_word_ratio: float | None = Field(None, ge=0, le=1)
     max_duplicate_line_ratio: float | None = Field(None, ge=0, le=1)
+    max_duplicate_line_chars: float | None = Field(
+        None, ge=0, le=1, description="Share of characters in lines that repeat an earlier line"
+    )
     max_top_ngram_ratio: float | None = Field(None, ge=0, le=1)
 
     def overrides(self) -> dict[str, Any]:
@@ -232,10 +235,24 @@ class QualitySpec(_Strict):
 
 
 class DecontaminateSpec(_Strict):
-    """Drop training records sharing a word n-gram with the eval set."""
+    """Drop training records that are largely eval content (``tasks/curate/decontaminate.py``)."""
 
     enabled: bool = True
-    ngram: int = Field(8, ge=1, le=50)
+    ngram: int = Field(8, ge=1, le=50, description="Words per n-gram")
+    min_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="A training record is dropped when this share of its content n-grams is in "
+        "the eval set, or it holds this share of one eval record's",
+    )
+    boilerplate: float = Field(
+        0.01,
+        ge=0,
+        lt=1,
+        description="An n-gram held by more than this share of records (and more than 5) is "
+        "boilerplate and ignored",
+    )
 
 
 class CurationSpec(_Strict):

@@ -10,7 +10,7 @@ import pytest
 from helpers import built_corpus, pii_canaries
 
 from tasks.curate.blocks import run_blocks
-from tasks.curate.decontaminate import decontaminate
+from tasks.curate.decontaminate import DecontaminationSettings, decontaminate
 from tasks.curate.dedup import (
     NearDupParams,
     clusters,
@@ -100,7 +100,7 @@ def test_near_duplicate_recall_against_exact_jaccard() -> None:
 def test_quality_rules_depend_on_the_task_type() -> None:
     one_liner = "Stainless steel water bottle, 750 ml"
     assert quality_problem(one_liner, EXAMPLE_RULES) is None
-    assert quality_problem(one_liner, DOCUMENT_RULES) == ("too few words", "6 < 50")
+    assert quality_problem(one_liner, DOCUMENT_RULES) == ("too few words", "6 < 10")
     spam = "buy now " * 20
     assert quality_problem(spam, EXAMPLE_RULES) == (
         "repeated n-grams",
@@ -148,20 +148,58 @@ def test_pii_canaries_are_caught() -> None:
     assert caught / len(canaries) >= 0.99, caught
 
 
-def test_decontamination_drops_training_records_sharing_an_eval_ngram() -> None:
-    evaluation = _records(("one two three four five six seven eight nine", "x"))
+def test_document_rules_keep_technical_pages_and_drop_garbage() -> None:
+    # a real-looking CLI page: JSON output repeats its braces and key lines, table borders
+    # and Markdown headings are layout; Gopher's web limits dropped pages like this one
+    listing = "\n".join(
+        ["## Listing clusters", "The following example lists the clusters in your account."]
+        + [f'{{\n"Name": "cluster-{i:03d}",\n"State": "available",\n}},' for i in range(8)]
+        + ["│ Interface │ Attribute │ Value │", "├───────────┼───────────┼───────┤"] * 3
+        + ["For more information, see Clusters in the user guide."]
+    )
+    assert quality_problem(listing, DOCUMENT_RULES) is None
+    # the same line over most of a page, a base64 blob, hash-tag spam and a number dump go
+    menu = "\n".join(["Home | Products | Contact us | Login"] * 12 + ["Welcome to our shop."])
+    assert quality_problem(menu, DOCUMENT_RULES) == (
+        "repeated lines",
+        "characters in repeated lines 0.88 > 0.6",
+    )
+    blob = "Certificate: " + " ".join(["MIIDdzCCAl+gAwIBAgIEAgAAuTANBgkqhkiG9w0BAQUFADBaMQsw"] * 12)
+    assert quality_problem(blob, DOCUMENT_RULES)[0] == "long words"
+    tags = " ".join(["#deal #sale #buy now"] * 10)
+    assert quality_problem(tags, DOCUMENT_RULES)[0] == "symbols"
+    assert quality_problem(" ".join(str(i) for i in range(60)), DOCUMENT_RULES)[0] in (
+        "short words",
+        "non-alphabetic",
+    )
+
+
+def test_decontamination_drops_training_records_that_are_largely_eval_content() -> None:
+    template = "Licensed under the Apache License, Version 2.0; see the LICENSE file. "
+    topics = [" ".join(f"w{i}x{j}" for j in range(30)) for i in range(12)]  # 30 words each
+    evaluation = _records((template + topics[0], "x"), ("one two three four five", "x"))
     train = _records(
-        ("zero one two three four five six seven eight", "x"),  # shares an 8-gram
-        ("one two three four five six seven nine eight", "x"),  # shares only 7-grams
-        ("short text", "x"),
+        *[(template + t, "x") for t in topics[1:]],  # the licence line is in every record
+        (topics[0] + " and a short note", "x"),  # most of eval record 0's content
+        (" ".join(topics[0].split()[:9]) + " and then thirty other words " * 5, "x"),  # 2 8-grams
+        ("one two three four five", "x"),  # a short eval record, compared whole
+        ("one two three four five six", "x"),  # not the same text
     )
-    outcome = decontaminate(train, evaluation, ngram=8)
-    assert [r.text for r in outcome.kept] == [train[1].text, "short text"]
-    (dropped,) = outcome.dropped
-    assert dropped.reason == "overlaps eval set"
-    assert dropped.detail == (
-        "shares 8-gram 'one two three four five six seven eight' with eval id 0"
-    )
+    outcome = decontaminate(train, evaluation)
+    dropped = {d.record.text: d.detail for d in outcome.dropped}
+    share = "of its content 8-grams are in the eval set"
+    assert dropped == {
+        # 23 of its 27 8-grams are eval record 0's (the 7 that cross from the licence line into
+        # the topic are content too, and this record lacks them)
+        topics[0] + " and a short note": f"85% {share} (eval id 0)",
+        "one two three four five": f"100% {share} (eval id 1)",
+    }
+    assert len(outcome.kept) == len(train) - 2  # the boilerplate alone drops nothing
+    assert all(d.reason == "overlaps eval set" for d in outcome.dropped)
+    # GPT-3's rule (any shared 8-gram, no boilerplate filter) would have dropped them all
+    any_gram = DecontaminationSettings(min_share=1e-9, boilerplate=1)
+    strict = decontaminate(train, evaluation, any_gram)
+    assert len(strict.dropped) == len(train) - 1
 
 
 def test_split_keeps_near_duplicate_clusters_together() -> None:

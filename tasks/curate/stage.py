@@ -39,7 +39,7 @@ from prefect.cache_policies import NO_CACHE
 from adaptflow.errors import DataError
 from tasks.curate.blocks import Removed, quarantine_row, removed_row
 from tasks.curate.decontaminate import REASON as CONTAMINATED
-from tasks.curate.decontaminate import contamination, eval_ngrams
+from tasks.curate.decontaminate import DecontaminationSettings, contaminated
 from tasks.curate.dedup import (
     clusters,
     conflicting_labels,
@@ -436,14 +436,19 @@ def _finish(
         else:
             eval_src, evaluation = train_src, _split(inputs, train_src, alive["train"])
             train = set(alive["train"].tolist()) - evaluation
-        if inputs.blocks.decontaminate.enabled:
-            n = inputs.blocks.decontaminate.ngram
-            owners = eval_ngrams((r for _, r in eval_src.stream(evaluation.__contains__)), n)
-            for position, record in train_src.stream(train.__contains__):
-                detail = contamination(record.full_text, owners, n)
-                if detail is not None:
-                    train_src.remove(position, "decontaminate", CONTAMINATED, detail)
-                    train.discard(position)
+        cfg = inputs.blocks.decontaminate
+        if cfg.enabled:
+            found = list(
+                contaminated(
+                    lambda: train_src.stream(train.__contains__),
+                    (r for _, r in eval_src.stream(evaluation.__contains__)),
+                    len(train) + len(evaluation),
+                    DecontaminationSettings(cfg.ngram, cfg.min_share, cfg.boilerplate),
+                )
+            )
+            for position, detail in found:
+                train_src.remove(position, "decontaminate", CONTAMINATED, detail)
+                train.discard(position)
             steps.append(("decontaminate", len(train) + len(evaluation)))
         roles["train"] |= dict.fromkeys(train, "train")
         roles[eval_src.name] |= dict.fromkeys(evaluation, "eval")
