@@ -359,14 +359,19 @@ def index(
             raise AdaptflowError(f"{spec}: data.knowledge is not set; nothing to index")
         settings = _prepare(check_prefect=False)
         from tasks.rag.package import index_knowledge
+        from tasks.tracking import refresh_retrieval
 
+        retrieval = refresh_retrieval(
+            parsed.name, parsed.retrieval.model_dump(), parsed.retrieval_to_choose()
+        )
         result = index_knowledge(
             parsed.name,
             parsed.data.knowledge,
             parsed.base_model,
-            parsed.retrieval.model_dump(),
+            retrieval,
             settings.home,
             settings.chroma_url,
+            parsed.allow_pickle,
         )
     if json_out:
         _emit(result)

@@ -195,6 +195,25 @@ class TrainSpec(_Strict):
         description="Training processes (one per GPU, or CPU processes without CUDA), launched "
         "with torchrun; batch_size is the global batch, split evenly across them",
     )
+    target_modules: Literal["default", "all-linear"] | list[str] = Field(
+        "default",
+        description="Layers LoRA/DoRA adapt: 'default' (peft's per-architecture table: the "
+        "attention projections), 'all-linear' (every linear layer but the head), or names",
+    )
+    patience: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="With a validation part (search.auto): epochs without improvement on it "
+        "before training stops; the best epoch is kept",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _modules(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and (not value or not all(m.strip() for m in value)):
+            raise ValueError("give at least one module name, and no blank ones")
+        return value
 
 
 class NearDedupSpec(_Strict):
@@ -335,11 +354,15 @@ class RetrievalSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    """Hyperparameter search over ``train`` keys (an extension; off unless ``space`` is set).
+    """Hyperparameter search and validation-chosen defaults (an extension).
 
-    Each configuration of the grid trains on the training split minus a validation part and is
-    scored there; the best configuration then trains on the whole training split and goes on
-    through evaluation and the gate like any run.
+    With ``space`` set, each configuration of the grid trains on the training split minus a
+    validation part and is scored there; the best configuration then trains on the whole
+    training split and goes on through evaluation and the gate like any run. With ``space``
+    empty and ``auto`` on, the settings the spec leaves unset that matter for quality are
+    chosen the same way, on validation, never on the eval split: retrieval settings on a share
+    of ``data.questions`` (``tasks/rag/tune.py``); training settings on a share of the training
+    split (``tasks/train/tune.py``).
     """
 
     space: dict[str, list[float | int | bool]] = Field(
@@ -349,9 +372,30 @@ class SearchSpec(_Strict):
     max_trials: int = Field(
         8, ge=1, le=256, description="Most configurations tried (a seeded sample of the grid)"
     )
-    validation_fraction: float = Field(
-        0.2, gt=0, lt=1, description="Share of the training split scored to pick the best"
+    validation_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Share set aside to choose on: of the training split (default 0.2), or of "
+        "data.questions for retrieval-qa (default 0.3)",
     )
+    auto: bool = Field(
+        True,
+        description="Choose the quality settings the spec leaves unset on validation (when "
+        "space is empty); false: they take the fixed defaults",
+    )
+    min_validation: int = Field(
+        20,
+        ge=1,
+        description="Fewest validation examples or questions a choice is made on; with fewer, "
+        "the fixed defaults are used and the run says so",
+    )
+
+    def fraction(self, task: str) -> float:
+        """The validation share for ``task`` (the spec's, else the task's default)."""
+        if self.validation_fraction is not None:
+            return self.validation_fraction
+        return 0.3 if task == "retrieval-qa" else 0.2
 
     @field_validator("space")
     @classmethod
@@ -572,6 +616,12 @@ class Spec(_Strict):
                     f"data.format '{data.format}' reads .jsonl or .parquet files, but "
                     f"data.{key} is a folder: {path}"
                 )
+
+    def retrieval_to_choose(self) -> list[str]:
+        """The ``retrieval`` keys chosen on validation (``search.auto``): those left unset."""
+        if not self.search.auto:
+            return []
+        return sorted(set(RetrievalSpec.model_fields) - self.retrieval.model_fields_set)
 
     @property
     def source(self) -> Path | None:

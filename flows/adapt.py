@@ -86,8 +86,14 @@ def cpt_stage(spec: Spec, out: Path, work: Path, run_id: str) -> str:
 
 
 @flow(name="adapt")
-def adapt(spec: Spec, method: str, train_file: str, run_id: str) -> dict[str, Any]:
-    """Build a candidate; returns its package path and what it cost (and the loss history)."""
+def adapt(
+    spec: Spec, method: str, train_file: str, run_id: str, validation_file: str | None = None
+) -> dict[str, Any]:
+    """Build a candidate; returns its package path and what it cost (and the loss history).
+
+    ``validation_file`` (a part of the training split) makes the encoder-classifier recipe
+    score each epoch there and keep the best (early stopping); other recipes ignore it.
+    """
     work = load_settings().work_dir / spec.name
     out = work / run_id / "package"
     if method == "icl":
@@ -116,6 +122,13 @@ def adapt(spec: Spec, method: str, train_file: str, run_id: str) -> dict[str, An
         )
     else:
         result = train_peft_classifier_task(
-            Path(train_file), spec.base_model, method, hyper, out, spec.allow_pickle
+            Path(train_file),
+            spec.base_model,
+            method,
+            hyper,
+            out,
+            spec.allow_pickle,
+            Path(validation_file) if validation_file else None,
+            spec.metric,
         )
     return asdict(result) | {"tokens_per_second": result.tokens_per_second}

@@ -16,6 +16,7 @@ from adaptflow.settings import load_settings
 from adaptflow.spec import Spec
 from flows.compare import compare
 from flows.curate import curate
+from flows.search import brief_choice, choose_training
 from flows.steps import (
     attempt,
     log_curation,
@@ -44,7 +45,9 @@ def _climb(
             spec.name, f"{spec.name}-ladder-{number}-{method}", run_params(spec, method), tags
         )
         try:
-            candidate = attempt(spec, method, curation, child)
+            rung_spec, searched, kept = choose_training(spec, method, curation, child)
+            candidate = attempt(rung_spec, method, curation, child, kept)
+            candidate["choice"] = brief_choice(searched)
         except BaseException:
             close_run(child, succeeded=False)
             raise
@@ -61,6 +64,8 @@ def _climb(
                 "trainable_params": candidate["trained"]["trainable_params"],
                 "candidate": candidate,
                 "tags": tags,
+                "search": searched,
+                "choice": (searched or {}).get("reason"),
             }
         )
         if spec.target.min is not None and tried[-1]["met_target"]:
@@ -88,7 +93,8 @@ def ladder(spec: Spec, advice: dict[str, Any]) -> dict[str, Any]:
         winner = met[0] if met else best_rung(tried, spec.metric)
         out_dir = load_settings().work_dir / spec.name / parent
         # what the table, the chart and the summary show of each rung (no packages or tags)
-        shown = [{k: v for k, v in r.items() if k not in ("candidate", "tags")} for r in tried]
+        hidden = ("candidate", "tags", "search")
+        shown = [{k: v for k, v in r.items() if k not in hidden} for r in tried]
         report = ladder_report_task(
             shown,
             spec.metric,
@@ -146,7 +152,7 @@ def ladder(spec: Spec, advice: dict[str, Any]) -> dict[str, Any]:
         "table": report["table"],
         "chart": report["chart"],
     }
-    return summary(
+    result = summary(
         spec,
         winner["method"],
         parent,
@@ -158,3 +164,4 @@ def ladder(spec: Spec, advice: dict[str, Any]) -> dict[str, Any]:
         advice,
         ladder_summary,
     )
+    return result | {"search": winner["search"]}

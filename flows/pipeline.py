@@ -8,14 +8,14 @@ from prefect import flow
 
 from adaptflow.errors import SpecError
 from adaptflow.hardware import check_capabilities
-from adaptflow.methods import UNTRAINED, check_method, resolve_method
+from adaptflow.methods import check_method, resolve_method
 from adaptflow.secrets import load_secret_blocks
 from adaptflow.spec import Method, Spec, load_spec
 from flows.compare import compare
 from flows.curate import curate
 from flows.ladder import ladder
 from flows.rag import rag_pipeline
-from flows.search import search, with_train
+from flows.search import brief_choice, choose_training
 from flows.steps import (
     attempt,
     log_curation,
@@ -70,12 +70,10 @@ def adapt_pipeline(
     try:
         curation = curate(spec)
         log_curation(run_id, spec, curation, advice)
-        searched = None
-        if spec.search.space and chosen not in UNTRAINED:
-            # pick hyperparameters on a validation part of train; the best trains on all of it
-            searched = search(spec, chosen, curation["train_file"], run_id)
-            spec = with_train(spec, searched["best"]["config"])
-        candidate = attempt(spec, chosen, curation, run_id)
+        # settings tried or chosen on a validation part of train; the best trains on all of it
+        spec, searched, kept = choose_training(spec, chosen, curation, run_id)
+        candidate = attempt(spec, chosen, curation, run_id, kept)
+        candidate["choice"] = brief_choice(searched)
         metrics = candidate["evaluation"]["metrics"]
         refs = compare(spec, chosen, curation["train_file"], curation["eval_file"])
         log_stage(run_id, refs["baseline"], prefix="baseline.")

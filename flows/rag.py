@@ -21,7 +21,15 @@ from flows.steps import provenance, register_attempt, run_params, summary
 from tasks.evaluate.gate import decide_promotion
 from tasks.rag.package import baseline_mode, build_rag_task, evaluate_rag_task, index_knowledge_task
 from tasks.rag.questions import curate_knowledge_task
-from tasks.tracking import close_run, current_champion, log_stage, open_run, score_champion
+from tasks.rag.tune import choose_retrieval_task
+from tasks.tracking import (
+    close_run,
+    current_champion,
+    log_stage,
+    open_run,
+    refresh_retrieval,
+    score_champion,
+)
 
 INDEX_KEYS = ("chunks", "embedded", "deleted", "updated", "seconds")
 
@@ -56,6 +64,50 @@ def index(spec: Spec, run_id: str) -> dict[str, Any]:
         settings.work_dir / spec.name / run_id / "package",
         spec.allow_pickle,
     )
+
+
+@flow(name="choose-retrieval")
+def choose_retrieval(spec: Spec, questions_file: str, run_id: str) -> dict[str, Any]:
+    """Choose the retrieval settings the spec leaves unset, on validation questions."""
+    settings = load_settings()
+    assert spec.data.knowledge is not None
+    return choose_retrieval_task(
+        spec.name,
+        spec.data.knowledge,
+        spec.base_model,
+        spec.retrieval.model_dump(),
+        spec.retrieval_to_choose(),
+        Path(questions_file),
+        spec.metric,
+        spec.search.fraction(spec.task),
+        spec.search.min_validation,
+        spec.seed,
+        settings.home,
+        settings.chroma_url,
+        settings.work_dir / spec.name / run_id / "choice",
+        spec.allow_pickle,
+    )
+
+
+def log_choice(run_id: str, spec: Spec, choice: dict[str, Any]) -> Spec:
+    """Log the chosen retrieval settings (as the run's params) and return the spec using them."""
+    retrieval = spec.retrieval.model_validate(choice["retrieval"])
+    chosen = spec.model_copy(update={"retrieval": retrieval})
+    report = {k: v for k, v in choice.items() if k != "retrieval"}
+    values = chosen.retrieval.model_dump()
+    params = {f"retrieval.{k}": values[k] for k in spec.retrieval_to_choose()}
+    params["retrieval.chosen_on_validation"] = ",".join(sorted(choice["chosen"])) or "none"
+    counts = {k: float(choice[k]) for k in ("validation_questions", "eval_questions", "seconds")}
+    log_stage(
+        run_id,
+        counts,
+        prefix="choice.",
+        params=params,
+        tags={"adaptflow.choice": choice["reason"][:5000]},
+        json_artifacts={"retrieval_choice.json": report},
+        artifacts=[f for f in (choice["validation_file"],) if f],
+    )
+    return chosen
 
 
 @flow(name="evaluate-retrieval")
@@ -114,6 +166,9 @@ def rag_pipeline(spec: Spec, advice: dict[str, Any] | None) -> dict[str, Any]:
     try:
         curation = curate_knowledge(spec)
         log_knowledge(run_id, spec, curation, advice)
+        choice = choose_retrieval(spec, curation["questions_file"], run_id)
+        spec = log_choice(run_id, spec, choice)
+        questions = choice["eval_file"]  # the validation questions never reach the gate
         built = index(spec, run_id)
         tags |= {"adaptflow.index_version": built["index"]["index_version"]}
         log_stage(
@@ -123,13 +178,13 @@ def rag_pipeline(spec: Spec, advice: dict[str, Any] | None) -> dict[str, Any]:
             tags={"adaptflow.index_version": tags["adaptflow.index_version"]},
             artifacts=[built["index"]["manifest"]],
         )
-        evaluation = evaluate_retrieval(built["package_dir"], curation["questions_file"])
+        evaluation = evaluate_retrieval(built["package_dir"], questions)
         log_stage(
             run_id,
             evaluation["metrics"],
             artifacts=[evaluation["eval_examples"], *evaluation["artifacts"]],
         )
-        refs = compare_retrieval(spec, built["package_dir"], curation["questions_file"])
+        refs = compare_retrieval(spec, built["package_dir"], questions)
         log_stage(run_id, refs["baseline"], prefix="baseline.")
         gate = decide_promotion(
             spec.metric,
@@ -138,13 +193,21 @@ def rag_pipeline(spec: Spec, advice: dict[str, Any] | None) -> dict[str, Any]:
             refs["champion_metrics"],
             refs["baseline_method"],
         )
-        candidate = {"trained": built, "evaluation": evaluation}
+        candidate = {"trained": built, "evaluation": evaluation, "choice": brief_choice(choice)}
         registered = register_attempt(spec, "rag", run_id, curation, candidate, refs, gate, tags)
     except BaseException:
         close_run(run_id, succeeded=False)
         raise
     close_run(run_id, succeeded=True)
     return summary(spec, "rag", run_id, curation, candidate, refs, registered, gate.reasons, advice)
+
+
+def brief_choice(choice: dict[str, Any]) -> dict[str, Any]:
+    """What the summary and the model card say of a choice (candidates as label -> metrics)."""
+    keys = ("chosen", "reason", "metric", "validation_questions", "eval_questions", "seconds")
+    return {k: choice[k] for k in keys} | {
+        "candidates": {c["label"]: c["metrics"] for c in choice["candidates"]}
+    }
 
 
 @flow(name="index-refresh")
@@ -172,7 +235,7 @@ def index_refresh(spec_path: str) -> dict[str, Any]:
             spec.name,
             spec.data.knowledge,
             spec.base_model,
-            spec.retrieval.model_dump(),
+            refresh_retrieval(spec.name, spec.retrieval.model_dump(), spec.retrieval_to_choose()),
             settings.home,
             settings.chroma_url,
             spec.allow_pickle,

@@ -16,6 +16,7 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from adaptflow.methods import UNTRAINED
 from adaptflow.settings import load_settings
 from adaptflow.spec import Spec
 from flows.adapt import adapt
@@ -24,11 +25,89 @@ from flows.steps import TRAIN_KEYS, provenance, run_params
 from tasks.curate.records import read_jsonl
 from tasks.evaluate.search import best_trial, split_validation_task, trial_configs
 from tasks.tracking import close_run, log_stage, open_run
+from tasks.train.tune import keys_to_choose, plan_training
 
 
 def with_train(spec: Spec, config: dict[str, Any]) -> Spec:
     """``spec`` with ``config`` applied to its ``train`` block."""
     return spec.model_copy(update={"train": spec.train.model_copy(update=config)})
+
+
+def choose_training(
+    spec: Spec, method: str, curation: dict[str, Any], run_id: str
+) -> tuple[Spec, dict[str, Any] | None, dict[str, Any] | None]:
+    """The spec to train with: its search space tried, or its unset settings chosen.
+
+    With ``search.space`` the grid runs as before. Otherwise, for the methods of
+    ``tasks.train.tune`` and with ``search.auto``, the unset training settings are chosen on a
+    validation part of the training split (or take the fixed defaults, with the reason); the
+    values used are logged on ``run_id`` as its ``train.*`` params.
+
+    Returns:
+        (the spec with its ``train`` block settled, the search report or None, the trained
+        candidate to keep or None). The last is the winning trial's when the epochs were chosen
+        by early stopping: the recipe kept its best epoch, and training again on the whole
+        split would cost as much once more for an epoch count only known good for that run.
+    """
+    if method in UNTRAINED:
+        return spec, None, None
+    if spec.search.space:
+        searched = search(spec, method, curation["train_file"], run_id)
+        return with_train(spec, searched["best"]["config"]), _public(searched), None
+    keys = keys_to_choose(spec, method)
+    plan = plan_training(spec, method, curation["train_examples"])
+    if plan is None:
+        return spec, None, None
+    spec = with_train(spec, plan.fixed)
+    fixed = ", ".join(f"{k} {v}" for k, v in plan.fixed.items())
+    report: dict[str, Any] = {"auto": True, "reason": plan.reason or f"fixed defaults: {fixed}"}
+    reuse = None
+    if plan.searches:
+        report |= search(
+            spec, method, curation["train_file"], run_id, plan.space, plan.early_stopping
+        )
+        best = report["best"]
+        spec = with_train(spec, best["config"])
+        reuse = best["trained"] if plan.early_stopping else None
+        report["reason"] = (
+            f"{_described(best['config'])}: {spec.metric} {best['metrics'][spec.metric]:.4f} "
+            f"on {report['validation_examples']} validation examples ({len(report['trials'])} "
+            f"candidate{'s' if len(report['trials']) > 1 else ''}"
+            + (f", stopped at epoch {best['best_epoch']:g}" if best.get("best_epoch") else "")
+            + ")"
+        )
+    values = spec.train.model_dump()
+    report["chosen"] = {key: values[key] for key in keys}
+    log_stage(
+        run_id,
+        params={f"train.{k}": v for k, v in report["chosen"].items()}
+        | {"train.chosen_on_validation": ",".join(keys) if plan.searches else "none"},
+        tags={"adaptflow.choice": report["reason"][:5000]},
+    )
+    return spec, _public(report), reuse
+
+
+def _public(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` without the trials' trained packages (internal to the pipeline)."""
+    trials = [{k: v for k, v in t.items() if k != "trained"} for t in report.get("trials", [])]
+    best = report.get("best")
+    return report | {
+        "trials": trials,
+        "best": {k: v for k, v in best.items() if k != "trained"} if best else best,
+    }
+
+
+def brief_choice(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the model card says of settings chosen on validation (None: none were)."""
+    if not report or not report.get("auto"):
+        return None
+    return {"chosen": report["chosen"], "reason": report["reason"]}
+
+
+def _described(config: dict[str, Any]) -> str:
+    """``learning_rate 0.002, epochs 4`` (an empty config: the defaults)."""
+    parts = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in config.items()]
+    return ", ".join(parts) or "the defaults"
 
 
 @task(name="search_trial", cache_policy=NO_CACHE)
@@ -40,8 +119,13 @@ def search_trial(
     fit_file: str,
     validation_file: str,
     parent: str,
+    early_stopping: bool = False,
 ) -> dict[str, Any]:
-    """Train one configuration and score it on validation, in a child run of ``parent``."""
+    """Train one configuration and score it on validation, in a child run of ``parent``.
+
+    With ``early_stopping`` the recipe scores every epoch on the validation part and keeps the
+    best one (its epoch count comes back as ``best_epoch``).
+    """
     trial_spec = with_train(spec, config)
     tags = provenance(spec, method) | {
         "mlflow.parentRunId": parent,
@@ -50,7 +134,8 @@ def search_trial(
     params = run_params(trial_spec, method) | {f"search.{k}": v for k, v in config.items()}
     child = open_run(spec.name, f"{spec.name}-search-{number}", params, tags)
     try:
-        trained = adapt(trial_spec, method, fit_file, child)
+        stop_on = validation_file if early_stopping else None
+        trained = adapt(trial_spec, method, fit_file, child, stop_on)
         scored = evaluate(trained["package_dir"], validation_file)
     except BaseException:
         close_run(child, succeeded=False)
@@ -66,6 +151,9 @@ def search_trial(
         "metrics": scored["metrics"],
         "mlflow_run_id": child,
         "train_seconds": trained["train_seconds"],
+        "best_epoch": trained.get("best_epoch"),
+        "validation_history": trained.get("validation_history", []),
+        "trained": trained,
     }
 
 
@@ -74,13 +162,30 @@ ONE_AT_A_TIME: Any = ThreadPoolTaskRunner(max_workers=1)
 
 
 @flow(name="search", task_runner=ONE_AT_A_TIME)
-def search(spec: Spec, method: str, train_file: str, parent: str) -> dict[str, Any]:
-    """Try the configurations of ``spec.search``; returns ``trials``, ``best`` and ``metric``."""
+def search(
+    spec: Spec,
+    method: str,
+    train_file: str,
+    parent: str,
+    space: dict[str, list[Any]] | None = None,
+    early_stopping: bool = False,
+) -> dict[str, Any]:
+    """Try configurations on a validation part; returns ``trials``, ``best`` and ``metric``.
+
+    Args:
+        spec: The spec (its ``search`` block: the space unless ``space`` is given).
+        method: The resolved method.
+        train_file: The curated training split (the validation part comes out of it).
+        parent: The pipeline's MLflow run (each trial is a child run).
+        space: Configurations to try instead of ``spec.search.space`` (``search.auto``).
+        early_stopping: Each trial stops on validation; the best trial's epoch count becomes
+            part of ``best["config"]`` as ``epochs``.
+    """
     cfg = spec.search
-    configs = trial_configs(cfg.space, cfg.max_trials, spec.seed)
+    configs = trial_configs(space if space is not None else cfg.space, cfg.max_trials, spec.seed)
     out_dir = load_settings().work_dir / spec.name / parent / "search"
     fit, validation = split_validation_task(
-        Path(train_file), cfg.validation_fraction, spec.seed, out_dir
+        Path(train_file), cfg.fraction(spec.task), spec.seed, out_dir
     )
     futures = search_trial.map(
         configs,
@@ -90,9 +195,12 @@ def search(spec: Spec, method: str, train_file: str, parent: str) -> dict[str, A
         unmapped(str(fit)),
         unmapped(str(validation)),
         unmapped(parent),
+        unmapped(early_stopping),
     )
     trials = [future.result() for future in futures]
     best = best_trial(trials, spec.metric)
+    if early_stopping and best["best_epoch"] is not None:
+        best = best | {"config": best["config"] | {"epochs": float(best["best_epoch"])}}
     sizes = {
         "fit_examples": len(read_jsonl(Path(fit))),
         "validation_examples": len(read_jsonl(Path(validation))),
@@ -100,7 +208,8 @@ def search(spec: Spec, method: str, train_file: str, parent: str) -> dict[str, A
     report = {"metric": spec.metric, "trials": trials, "best": best} | sizes
     log_stage(
         parent,
-        {f"search.best.{k}": float(v) for k, v in best["config"].items()},
-        json_artifacts={"search.json": report},
-    )
+        {f"search.best.{k}": float(v) for k, v in best["config"].items()
+         if isinstance(v, int | float)},
+        json_artifacts={"search.json": _public(report)},
+    )  # fmt: skip
     return report

@@ -21,12 +21,17 @@ from flows.register import register
 from tasks.evaluate.forgetting import forgetting_check_task, forgetting_metrics
 from tasks.evaluate.gate import GateDecision
 from tasks.tracking import log_stage
+from tasks.train.tune import keys_to_choose
 
 TRAIN_KEYS = ("trainable_params", "trainable_percent", "train_seconds", "tokens_per_second")
 
 
 def run_params(spec: Spec, method: str) -> dict[str, Any]:
-    """The MLflow params of a pipeline (or rung) run."""
+    """The MLflow params of a pipeline (or rung) run.
+
+    Settings that are chosen during the run (on validation) are logged once chosen, not here.
+    """
+    chosen_later = set(spec.retrieval_to_choose()) if method == "rag" else set()
     return {
         "task": spec.task,
         "method": method,
@@ -40,7 +45,11 @@ def run_params(spec: Spec, method: str) -> dict[str, Any]:
             {
                 "data.knowledge": spec.data.knowledge,
                 "data.questions": spec.data.questions,
-                **{f"retrieval.{k}": v for k, v in spec.retrieval.model_dump().items()},
+                **{
+                    f"retrieval.{k}": v
+                    for k, v in spec.retrieval.model_dump().items()
+                    if k not in chosen_later
+                },
             }
             if method == "rag"
             else train_params(spec, method)
@@ -49,8 +58,13 @@ def run_params(spec: Spec, method: str) -> dict[str, Any]:
 
 
 def train_params(spec: Spec, method: str) -> dict[str, Any]:
-    """The ``train.*`` params; ``train.precision`` is what training runs in on this machine."""
-    params = {f"train.{k}": v for k, v in spec.train.model_dump().items()}
+    """The ``train.*`` params; ``train.precision`` is what training runs in on this machine.
+
+    Settings chosen on validation (``tasks.train.tune``) are logged once chosen, not here.
+    """
+    # a ladder's rungs choose their own (its parent run trains nothing)
+    later = set(keys_to_choose(spec, "lora" if method == "ladder" else method))
+    params = {f"train.{k}": v for k, v in spec.train.model_dump().items() if k not in later}
     if method not in UNTRAINED:  # 'auto' resolved; the spec's own word: spec.resolved.json
         params["train.precision"] = training_precision(spec.task, spec.train.precision)
     return params
@@ -93,13 +107,24 @@ def log_curation(
     )
 
 
-def attempt(spec: Spec, method: str, curation: dict[str, Any], run_id: str) -> dict[str, Any]:
+def attempt(
+    spec: Spec,
+    method: str,
+    curation: dict[str, Any],
+    run_id: str,
+    trained: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Adapt with ``method`` and score the candidate on the eval split, logging both on the run.
+
+    ``trained`` (a recipe's result, e.g. the search trial that early stopping kept) is taken as
+    the candidate instead of training again.
 
     Returns:
         ``trained`` (the recipe's result without the loss history) and ``evaluation``.
     """
-    trained = adapt(spec, method, curation["train_file"], run_id)
+    if trained is None:
+        trained = adapt(spec, method, curation["train_file"], run_id)
+    trained = dict(trained)
     total = trained["total_params"]
     trained["trainable_percent"] = 100.0 * trained["trainable_params"] / total if total else 0.0
     extra = {"icl_k": float(trained["k"])} if "k" in trained else {}
@@ -173,6 +198,7 @@ def card_facts(
         "total_params": trained["total_params"],
         "index": trained.get("index"),
         "retrieval": spec.retrieval.model_dump() if method == "rag" else None,
+        "choice": candidate.get("choice"),
         "forgetting": candidate["evaluation"].get("forgetting"),
         "gate": gate,
         "git_commit": tags["adaptflow.git_commit"],
@@ -247,6 +273,7 @@ def summary(
         "target_met": meets_target(spec, metrics),
         "forgetting": candidate["evaluation"].get("forgetting"),
         "curation": curation,
+        "choice": candidate.get("choice"),
         "train": candidate["trained"],
         "recommendation": None
         if advice is None

@@ -42,6 +42,19 @@ def _forgetting_rows(report: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _choice_rows(choice: dict[str, Any] | None) -> list[str]:
+    """What was chosen on validation, on what, and why (empty when nothing was)."""
+    if not choice:
+        return []
+    chosen = ", ".join(f"{k} = {v}" for k, v in choice["chosen"].items()) or "the defaults"
+    return [
+        "## Settings chosen on validation",
+        f"- Chosen: {chosen}; {choice['reason']}.",
+        "- The validation part is never scored by the evaluation below.",
+        "",
+    ]
+
+
 def render_model_card(facts: dict[str, Any]) -> str:
     """Render the model card for one candidate.
 
@@ -92,6 +105,7 @@ def render_model_card(facts: dict[str, Any]) -> str:
         f"- Code: git commit `{facts.get('git_commit') or 'unknown'}`; Prefect flow run "
         f"`{facts.get('flow_run_id') or 'none'}`; MLflow run `{facts['mlflow_run_id']}`",
         "",
+        *_choice_rows(facts.get("choice")),
         "## Evaluation (held-out split)",
         *_metric_rows(facts["metrics"], facts.get("baseline")),
         "",
@@ -172,6 +186,7 @@ def _rag_card(facts: dict[str, Any]) -> str:
         f"- Code: git commit `{facts.get('git_commit') or 'unknown'}`; Prefect flow run "
         f"`{facts.get('flow_run_id') or 'none'}`; MLflow run `{facts['mlflow_run_id']}`",
         "",
+        *_choice_rows(facts.get("choice")),
         "## Evaluation (source-level, on the curated questions)",
         *_metric_rows(facts["metrics"], facts.get("baseline")),
         f"- Baseline: {facts.get('baseline_method')}",
@@ -180,7 +195,8 @@ def _rag_card(facts: dict[str, Any]) -> str:
         *[f"- {reason}" for reason in facts.get("gate", [])],
         "",
         "## Known limits",
-        f"- Evaluated on {cur['kept']} questions; small question sets give wide error bars.",
+        f"- Evaluated on {(facts.get('choice') or {}).get('eval_questions', cur['kept'])} "
+        "questions; small question sets give wide error bars.",
         "- Serves whatever the collection holds now: re-indexing refreshes the knowledge "
         "without a new version; the index version above is what was evaluated.",
         "- Flagged documents are still indexed; their text reaches a generator only fenced "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,15 @@ def log_stage(
     artifacts: list[str] | None = None,
     series: dict[str, list[tuple[int, float]]] | None = None,
     json_artifacts: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> None:
-    """Log one stage's metrics, tags, files and JSON summaries on the run."""
+    """Log one stage's metrics, params, tags, files and JSON summaries on the run.
+
+    ``params`` are for values decided during the run (settings chosen on validation); a param
+    already logged cannot change.
+    """
+    if params:
+        tracking.log_params(run_id, params)
     if metrics:
         tracking.log_metrics(run_id, metrics, prefix=prefix)
     if tags:
@@ -124,3 +133,21 @@ def promote_if_better(
 def close_run(run_id: str, succeeded: bool) -> None:
     """Mark the run FINISHED or FAILED."""
     tracking.end_run(run_id, succeeded)
+
+
+def refresh_retrieval(name: str, retrieval: dict[str, Any], unset: list[str]) -> dict[str, Any]:
+    """The ``retrieval`` block to re-index with: the champion's chunking where the spec is silent.
+
+    Chunking left unset may have been chosen on validation (``search.auto``), so the champion
+    can search a collection chunked otherwise than the defaults; re-indexing must refresh the
+    collection it serves from, not build one of the defaults'.
+    """
+    keys = [key for key in ("chunk_tokens", "overlap") if key in unset]
+    version = models.champion_version(name) if keys else None
+    if version is None:
+        return retrieval
+    with tempfile.TemporaryDirectory() as tmp:
+        package = models.download_package(f"models:/{name}/{version}", Path(tmp))
+        manifest = json.loads((package / "adaptflow_model.json").read_text())
+    settings = (manifest.get("index") or {}).get("settings") or {}
+    return retrieval | {key: settings[key] for key in keys if key in settings}

@@ -39,6 +39,7 @@ sources. The cap is applied last, after reranking.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -235,6 +236,24 @@ class Retriever:
                 self._bm25.index(self.analyze(texts), show_progress=False)
                 if folder is not None:
                     self._store_bm25(folder)
+
+    def with_search(
+        self, mode: Mode, fusion: Fusion, lexical_weight: float, rerank_depth: int
+    ) -> Retriever:
+        """This retriever searching another way over the same chunks, vectors and BM25 index.
+
+        What choosing settings on validation questions tries (``tasks.rag.tune``): re-ranking
+        the same chunks costs no re-reading and no BM25 build.
+
+        Raises:
+            ValueError: When ``mode`` needs BM25 and this retriever was opened without it.
+        """
+        if mode != "dense" and self._bm25 is None and self._order:
+            raise ValueError(f"search mode '{mode}' needs BM25; open the retriever in that mode")
+        other = copy.copy(self)
+        other.mode, other.fusion, other.lexical_weight = mode, fusion, float(lexical_weight)
+        other.rerank_depth = int(rerank_depth)
+        return other
 
     def _bm25_key(self) -> str:
         """A hash of what the BM25 index is a function of (independent of reading order)."""

@@ -32,6 +32,7 @@ class MethodOptions:
     lora_dropout: float = 0.1
     virtual_tokens: int = 16
     unfrozen_layers: int = 2
+    target_modules: str | list[str] = "default"
 
 
 def peft_config(method: str, family: str, options: MethodOptions) -> Any:
@@ -53,6 +54,7 @@ def peft_config(method: str, family: str, options: MethodOptions) -> Any:
             lora_alpha=options.lora_alpha,
             lora_dropout=options.lora_dropout,
             use_dora=method == "dora",
+            target_modules=None if options.target_modules == "default" else options.target_modules,
         )
     if method == "ia3":
         return IA3Config(task_type=task_type)

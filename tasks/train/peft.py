@@ -8,8 +8,10 @@ history is returned and logged by the flow.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,8 @@ class Hyper:
     max_new_tokens: int = 64
     precision: str = "auto"
     devices: int = 1
+    target_modules: str | list[str] = "default"
+    patience: int = 2
     seed: int = 42
 
 
@@ -57,6 +61,9 @@ class TrainResult:
     train_tokens: int
     steps: int
     loss_history: list[tuple[int, float]] = field(default_factory=list)
+    #: With a validation part: the metric after each epoch, and the epoch kept (the best)
+    validation_history: list[tuple[float, float]] = field(default_factory=list)
+    best_epoch: float | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -80,6 +87,15 @@ class _Examples:
         return item
 
 
+def target_modules(value: str | list[str]) -> str | list[str] | None:
+    """The peft ``target_modules`` of ``train.target_modules``.
+
+    ``default`` is None (peft's table per architecture: BERT's query and value projections,
+    GPT-2's fused attention), ``all-linear`` every linear layer but the output head.
+    """
+    return None if value == "default" else value
+
+
 def peft_config(method: str, hyper: Hyper, modules_to_save: list[str]) -> Any:
     """The peft config for ``method`` on a sequence-classification model."""
     from peft import IA3Config, LoraConfig, TaskType
@@ -91,9 +107,11 @@ def peft_config(method: str, hyper: Hyper, modules_to_save: list[str]) -> Any:
             lora_alpha=hyper.lora_alpha,
             lora_dropout=hyper.lora_dropout,
             use_dora=method == "dora",
+            target_modules=target_modules(hyper.target_modules),
             modules_to_save=modules_to_save,
         )
     if method == "ia3":
+        # IA3 scales attention outputs and feed-forward inputs; its own table says which
         return IA3Config(task_type=TaskType.SEQ_CLS, modules_to_save=modules_to_save)
     raise ValueError(f"not a PEFT method for encoders: {method}")
 
@@ -132,16 +150,73 @@ def setup(
     return get_peft_model(model, peft_config(method, hyper, fresh))
 
 
+@dataclass(frozen=True)
+class Validation:
+    """A validation part to stop training on: texts, label ids, label names and the metric."""
+
+    texts: list[str]
+    label_ids: list[int]
+    labels: list[str]
+    metric: str = "f1_macro"
+
+
+@dataclass
+class Trained:
+    """What ``train`` did."""
+
+    tokens: int
+    seconds: float
+    history: list[tuple[int, float]]
+    steps: int
+    validation_history: list[tuple[float, float]] = field(default_factory=list)
+    best_epoch: float | None = None
+
+
 def train(
-    model: Any, tokenizer: Any, texts: list[str], label_ids: list[int], hyper: Hyper, out: Path
-) -> tuple[int, float, list[tuple[int, float]], int]:
-    """Fine-tune ``model`` in place; returns (tokens, seconds, loss history, steps)."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    label_ids: list[int],
+    hyper: Hyper,
+    out: Path,
+    validation: Validation | None = None,
+) -> Trained:
+    """Fine-tune ``model`` in place.
+
+    With ``validation``, the model is scored on it after every epoch; training stops after
+    ``hyper.patience`` epochs without improvement and the best epoch's weights are kept
+    (transformers' ``EarlyStoppingCallback`` and ``load_best_model_at_end``). Its checkpoints
+    go to ``out/trainer`` and are removed afterwards.
+    """
+    from transformers import (
+        DataCollatorWithPadding,
+        EarlyStoppingCallback,
+        Trainer,
+        TrainingArguments,
+    )
 
     from adaptflow.hardware import precision_arguments, resolve_precision
 
     encodings = tokenizer(texts, truncation=True, max_length=hyper.max_length)
     tokens = sum(len(ids) for ids in encodings["input_ids"])
+    stopping: dict[str, Any] = {"save_strategy": "no"}
+    extra: dict[str, Any] = {}
+    if validation is not None:
+        stopping = {
+            "eval_strategy": "epoch",
+            "save_strategy": "epoch",
+            "save_only_model": True,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": validation.metric,
+            "greater_is_better": True,
+            "per_device_eval_batch_size": 64,
+        }
+        held = tokenizer(validation.texts, truncation=True, max_length=hyper.max_length)
+        extra = {
+            "eval_dataset": _Examples(dict(held), validation.label_ids),
+            "compute_metrics": partial(_scores, labels=validation.labels),
+            "callbacks": [EarlyStoppingCallback(early_stopping_patience=hyper.patience)],
+        }
     args = TrainingArguments(
         output_dir=str(out / "trainer"),
         num_train_epochs=hyper.epochs,
@@ -150,7 +225,6 @@ def train(
         weight_decay=hyper.weight_decay,
         seed=hyper.seed,
         data_seed=hyper.seed,
-        save_strategy="no",
         logging_strategy="steps",
         logging_steps=5,
         report_to="none",
@@ -159,19 +233,42 @@ def train(
         **precision_arguments(resolve_precision(hyper.precision, "cpu", False)),
         optim="adamw_torch",
         dataloader_num_workers=0,
+        **stopping,
     )
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=_Examples(dict(encodings), label_ids),
         data_collator=DataCollatorWithPadding(tokenizer),
+        **extra,
     )
     started = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - started
-    history = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    logged = trainer.state.log_history
+    history = [(int(e["step"]), float(e["loss"])) for e in logged if "loss" in e]
     epochs = max(1, round(hyper.epochs))
-    return tokens * epochs, seconds, history, int(output.global_step)
+    trained = Trained(tokens * epochs, seconds, history, int(output.global_step))
+    if validation is not None:
+        key = f"eval_{validation.metric}"
+        scores = [(float(e["epoch"]), float(e[key])) for e in logged if key in e]
+        trained.validation_history = scores
+        # the first epoch with the best score is the one load_best_model_at_end restored
+        best = max(trained.validation_history, key=lambda item: (item[1], -item[0]))
+        trained.best_epoch = best[0]
+        trained.tokens = tokens * max(1, round(max(e for e, _ in trained.validation_history)))
+    return trained
+
+
+def _scores(prediction: Any, labels: list[str]) -> dict[str, float]:
+    """Classification metrics of a Trainer evaluation (logits -> predicted labels)."""
+    from tasks.evaluate.classification import classification_metrics
+
+    predicted = prediction.predictions.argmax(axis=-1)
+    return classification_metrics(
+        [labels[i] for i in prediction.label_ids], [labels[i] for i in predicted]
+    )
 
 
 def save(
@@ -208,6 +305,8 @@ def train_peft_classifier(
     hyper: Hyper,
     out: Path,
     allow_pickle: bool = False,
+    validation_path: Path | None = None,
+    metric: str = "f1_macro",
 ) -> TrainResult:
     """Fine-tune an encoder classifier with a PEFT method and save it as a package.
 
@@ -218,6 +317,9 @@ def train_peft_classifier(
         hyper: Hyperparameters.
         out: Package folder to write.
         allow_pickle: The spec's ``allow_pickle`` (the base may load from pickle-based weights).
+        validation_path: A validation part of the training data (never the eval split): the
+            model is scored there after each epoch and the best epoch is kept (early stopping).
+        metric: The classification metric validation is judged by.
 
     Returns:
         Where the package is, and what training cost.
@@ -232,11 +334,21 @@ def train_peft_classifier(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(base_model))
     model = setup(base_model, labels, method, hyper, allow_pickle)
-    tokens, seconds, history, steps = train(
-        model, tokenizer, [row["text"] for row in rows], label_ids, hyper, out
-    )
+    held = None
+    if validation_path is not None:
+        val_rows = [row for row in read_jsonl(validation_path) if row["label"] in labels]
+        held = Validation(
+            [row["text"] for row in val_rows],
+            [labels.index(row["label"]) for row in val_rows],
+            labels,
+            metric,
+        )
+    trained = train(model, tokenizer, [row["text"] for row in rows], label_ids, hyper, out, held)
     trainable, total = save(model, tokenizer, out, method, base_model, labels, hyper, allow_pickle)
-    return TrainResult(str(out), method, trainable, total, seconds, tokens, steps, history)
+    return TrainResult(
+        str(out), method, trainable, total, trained.seconds, trained.tokens, trained.steps,
+        trained.history, trained.validation_history, trained.best_epoch,
+    )  # fmt: skip
 
 
 train_peft_classifier_task = task(name="train_peft", cache_policy=NO_CACHE, tags=["gpu"])(

@@ -122,6 +122,7 @@ def options(hyper: Hyper) -> MethodOptions:
         lora_dropout=hyper.lora_dropout,
         virtual_tokens=hyper.virtual_tokens,
         unfrozen_layers=hyper.unfrozen_layers,
+        target_modules=hyper.target_modules,
     )
 
 
