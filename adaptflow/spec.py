@@ -161,14 +161,23 @@ class Target(_Strict):
 
 
 class TrainSpec(_Strict):
-    """Training hyperparameters (an extension of the contract; all optional)."""
+    """Training hyperparameters (an extension of the contract; all optional).
 
-    epochs: float = Field(3.0, gt=0)
-    learning_rate: float = Field(5e-4, gt=0)
+    For LoRA/DoRA/IA3 encoder classifiers, unset epochs, learning rate, rank, alpha and target
+    modules are not these defaults: they are chosen on a validation part of the training split
+    (``search.auto``), or take the measured defaults of ``tasks/train/tune.py``.
+    """
+
+    epochs: float = Field(
+        3.0, gt=0, description="Default 3; classifiers: by early stopping (search.auto) or 8"
+    )
+    learning_rate: float = Field(
+        5e-4, gt=0, description="Default 5e-4; LoRA/DoRA classifiers: 1e-3, checked on validation"
+    )
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(128, ge=8, le=8192)
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
+    lora_r: int = Field(8, ge=1, description="Default 8; LoRA/DoRA classifiers: 16")
+    lora_alpha: int = Field(16, ge=1, description="Default 16; LoRA/DoRA classifiers: 32")
     lora_dropout: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     packing: bool = Field(
@@ -198,10 +207,11 @@ class TrainSpec(_Strict):
     target_modules: Literal["default", "all-linear"] | list[str] = Field(
         "default",
         description="Layers LoRA/DoRA adapt: 'default' (peft's per-architecture table: the "
-        "attention projections), 'all-linear' (every linear layer but the head), or names",
+        "attention projections), 'all-linear' (every linear layer but the head; the default "
+        "of LoRA/DoRA classifiers), or names",
     )
     patience: int = Field(
-        2,
+        3,
         ge=1,
         le=100,
         description="With a validation part (search.auto): epochs without improvement on it "

@@ -208,8 +208,10 @@ def bare_lora(train: list[dict[str, Any]], evaluation: list[dict[str, Any]]) -> 
     predicted = []
     with torch.inference_mode():
         for start in range(0, len(evaluation), 64):
-            batch = tokenizer([r["text"] for r in evaluation[start : start + 64]],
-                              truncation=True, max_length=128, padding=True, return_tensors="pt")  # fmt: skip
+            texts = [r["text"] for r in evaluation[start : start + 64]]
+            batch = tokenizer(
+                texts, truncation=True, max_length=128, padding=True, return_tensors="pt"
+            )
             predicted += [names[i] for i in model(**batch).logits.argmax(-1).tolist()]
     return {"f1": macro_f1([r["label"] for r in evaluation], predicted), "train_seconds": seconds}
 
@@ -393,7 +395,10 @@ def curation(name: str, work: Path) -> dict[str, Any]:
     total = sum(1 for p in docs.iterdir() if p.is_file())
     out: dict[str, Any] = {"kind": "curation", "role": SETS[name][1], "documents": total,
                            "with_near_duplicate": len(partners), "runs": {}}  # fmt: skip
-    for label, spec in {"today": base, "gopher + any 8-gram": base | {"curation": OLD_CURATION}}.items():
+    for label, spec in {
+        "today": base,
+        "gopher + any 8-gram": base | {"curation": OLD_CURATION},
+    }.items():
         log(f"{name}: curate ({label})")
         home = work / name / label.split()[0]
         summary, seconds = adaptflow(["curate", str(write_spec(work, f"q-{name}", spec))], home)
@@ -439,8 +444,9 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"{head}: {r['documents']} documents, {r['with_near_duplicate']} with "
                          "a near duplicate")  # fmt: skip
             for k, v in r["runs"].items():
+                lone = v["dropped_without_near_duplicate"]
                 lines.append(f"  {k:20s} kept {v['kept']}, dropped {v['dropped']}; documents "
-                             f"with no near duplicate dropped: {v['dropped_without_near_duplicate']}"
+                             f"with no near duplicate dropped: {lone}"
                              f" ({v['share_of_lone_documents_dropped']:.1%})")  # fmt: skip
             lines.append(f"  at most 5% of lone documents dropped: {r['meets_goal']}")
     return "\n".join(lines)

@@ -45,8 +45,8 @@ def _climb(
             spec.name, f"{spec.name}-ladder-{number}-{method}", run_params(spec, method), tags
         )
         try:
-            rung_spec, searched, kept = choose_training(spec, method, curation, child)
-            candidate = attempt(rung_spec, method, curation, child, kept)
+            rung_spec, searched = choose_training(spec, method, curation, child)
+            candidate = attempt(rung_spec, method, curation, child)
             candidate["choice"] = brief_choice(searched)
         except BaseException:
             close_run(child, succeeded=False)

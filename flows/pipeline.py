@@ -71,8 +71,8 @@ def adapt_pipeline(
         curation = curate(spec)
         log_curation(run_id, spec, curation, advice)
         # settings tried or chosen on a validation part of train; the best trains on all of it
-        spec, searched, kept = choose_training(spec, chosen, curation, run_id)
-        candidate = attempt(spec, chosen, curation, run_id, kept)
+        spec, searched = choose_training(spec, chosen, curation, run_id)
+        candidate = attempt(spec, chosen, curation, run_id)
         candidate["choice"] = brief_choice(searched)
         metrics = candidate["evaluation"]["metrics"]
         refs = compare(spec, chosen, curation["train_file"], curation["eval_file"])

@@ -25,7 +25,13 @@ from flows.steps import TRAIN_KEYS, provenance, run_params
 from tasks.curate.records import read_jsonl
 from tasks.evaluate.search import best_trial, split_validation_task, trial_configs
 from tasks.tracking import close_run, log_stage, open_run
-from tasks.train.tune import keys_to_choose, plan_training
+from tasks.train.tune import (
+    TrainingPlan,
+    clearly_better,
+    keys_to_choose,
+    plan_training,
+    second_learning_rate,
+)
 
 
 def with_train(spec: Spec, config: dict[str, Any]) -> Spec:
@@ -35,7 +41,7 @@ def with_train(spec: Spec, config: dict[str, Any]) -> Spec:
 
 def choose_training(
     spec: Spec, method: str, curation: dict[str, Any], run_id: str
-) -> tuple[Spec, dict[str, Any] | None, dict[str, Any] | None]:
+) -> tuple[Spec, dict[str, Any] | None]:
     """The spec to train with: its search space tried, or its unset settings chosen.
 
     With ``search.space`` the grid runs as before. Otherwise, for the methods of
@@ -43,58 +49,77 @@ def choose_training(
     validation part of the training split (or take the fixed defaults, with the reason); the
     values used are logged on ``run_id`` as its ``train.*`` params.
 
+    In both cases the chosen settings then train on the whole training split (the candidate):
+    on the development set man-sections, the early-stopped trial itself scored macro-F1 0.675
+    on eval, the same settings trained on the whole split 0.697.
+
     Returns:
-        (the spec with its ``train`` block settled, the search report or None, the trained
-        candidate to keep or None). The last is the winning trial's when the epochs were chosen
-        by early stopping: the recipe kept its best epoch, and training again on the whole
-        split would cost as much once more for an epoch count only known good for that run.
+        (the spec with its ``train`` block settled, the search report or None).
     """
     if method in UNTRAINED:
-        return spec, None, None
+        return spec, None
     if spec.search.space:
         searched = search(spec, method, curation["train_file"], run_id)
-        return with_train(spec, searched["best"]["config"]), _public(searched), None
+        return with_train(spec, searched["best"]["config"]), searched
     keys = keys_to_choose(spec, method)
     plan = plan_training(spec, method, curation["train_examples"])
     if plan is None:
-        return spec, None, None
+        return spec, None
     spec = with_train(spec, plan.fixed)
     fixed = ", ".join(f"{k} {v}" for k, v in plan.fixed.items())
     report: dict[str, Any] = {"auto": True, "reason": plan.reason or f"fixed defaults: {fixed}"}
-    reuse = None
-    if plan.searches:
-        report |= search(
-            spec, method, curation["train_file"], run_id, plan.space, plan.early_stopping
-        )
-        best = report["best"]
-        spec = with_train(spec, best["config"])
-        reuse = best["trained"] if plan.early_stopping else None
-        report["reason"] = (
-            f"{_described(best['config'])}: {spec.metric} {best['metrics'][spec.metric]:.4f} "
-            f"on {report['validation_examples']} validation examples ({len(report['trials'])} "
-            f"candidate{'s' if len(report['trials']) > 1 else ''}"
-            + (f", stopped at epoch {best['best_epoch']:g}" if best.get("best_epoch") else "")
-            + ")"
-        )
+    if plan.early_stopping:
+        spec, report = _stop_early(spec, method, curation["train_file"], run_id, plan)
     values = spec.train.model_dump()
     report["chosen"] = {key: values[key] for key in keys}
+    chosen = "epochs" + (",learning_rate" if plan.check_learning_rate else "")
     log_stage(
         run_id,
         params={f"train.{k}": v for k, v in report["chosen"].items()}
-        | {"train.chosen_on_validation": ",".join(keys) if plan.searches else "none"},
+        | {"train.chosen_on_validation": chosen if plan.early_stopping else "none"},
         tags={"adaptflow.choice": report["reason"][:5000]},
+        json_artifacts={"search.json": report},
     )
-    return spec, _public(report), reuse
+    return spec, report
 
 
-def _public(report: dict[str, Any]) -> dict[str, Any]:
-    """``report`` without the trials' trained packages (internal to the pipeline)."""
-    trials = [{k: v for k, v in t.items() if k != "trained"} for t in report.get("trials", [])]
-    best = report.get("best")
-    return report | {
-        "trials": trials,
-        "best": {k: v for k, v in best.items() if k != "trained"} if best else best,
-    }
+def _stop_early(
+    spec: Spec, method: str, train_file: str, run_id: str, plan: TrainingPlan
+) -> tuple[Spec, dict[str, Any]]:
+    """One early-stopped trial, and a second learning rate when its curve asks for one.
+
+    Returns:
+        (the spec with the winner's rate and epochs, the report).
+    """
+    report = search(spec, method, train_file, run_id, {}, early_stopping=True)
+    best = report["best"]
+    n = report["validation_examples"]
+    notes = []
+    second = None
+    if plan.check_learning_rate:
+        second = second_learning_rate(
+            best["validation_history"], spec.train.learning_rate, spec.train.patience
+        )
+    if second is not None:
+        rate, why = second
+        other = search(
+            spec, method, train_file, run_id, {"learning_rate": [rate]}, True, first_trial=2
+        )
+        report["trials"] += other["trials"]
+        new, old = other["best"]["metrics"][spec.metric], best["metrics"][spec.metric]
+        if clearly_better(new, old, n):
+            best = other["best"]
+            notes.append(f"{why} {rate:g} did better by more than the standard error")
+        else:
+            notes.append(f"{why} {rate:g} did not do better by more than the standard error")
+    report |= {"auto": True, "best": best}
+    spec = with_train(spec, best["config"])
+    report["reason"] = (
+        f"learning rate {spec.train.learning_rate:g}, epochs {best['best_epoch']:g} (early "
+        f"stopping): {spec.metric} {best['metrics'][spec.metric]:.4f} on {n} validation "
+        f"examples" + "".join(f"; {note}" for note in notes)
+    )
+    return spec, report
 
 
 def brief_choice(report: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -102,12 +127,6 @@ def brief_choice(report: dict[str, Any] | None) -> dict[str, Any] | None:
     if not report or not report.get("auto"):
         return None
     return {"chosen": report["chosen"], "reason": report["reason"]}
-
-
-def _described(config: dict[str, Any]) -> str:
-    """``learning_rate 0.002, epochs 4`` (an empty config: the defaults)."""
-    parts = [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in config.items()]
-    return ", ".join(parts) or "the defaults"
 
 
 @task(name="search_trial", cache_policy=NO_CACHE)
@@ -153,7 +172,6 @@ def search_trial(
         "train_seconds": trained["train_seconds"],
         "best_epoch": trained.get("best_epoch"),
         "validation_history": trained.get("validation_history", []),
-        "trained": trained,
     }
 
 
@@ -169,6 +187,7 @@ def search(
     parent: str,
     space: dict[str, list[Any]] | None = None,
     early_stopping: bool = False,
+    first_trial: int = 1,
 ) -> dict[str, Any]:
     """Try configurations on a validation part; returns ``trials``, ``best`` and ``metric``.
 
@@ -180,6 +199,7 @@ def search(
         space: Configurations to try instead of ``spec.search.space`` (``search.auto``).
         early_stopping: Each trial stops on validation; the best trial's epoch count becomes
             part of ``best["config"]`` as ``epochs``.
+        first_trial: The first trial's number (a second search in the same run goes on).
     """
     cfg = spec.search
     configs = trial_configs(space if space is not None else cfg.space, cfg.max_trials, spec.seed)
@@ -189,7 +209,7 @@ def search(
     )
     futures = search_trial.map(
         configs,
-        range(1, len(configs) + 1),
+        range(first_trial, first_trial + len(configs)),
         unmapped(spec),
         unmapped(method),
         unmapped(str(fit)),
@@ -210,6 +230,6 @@ def search(
         parent,
         {f"search.best.{k}": float(v) for k, v in best["config"].items()
          if isinstance(v, int | float)},
-        json_artifacts={"search.json": _public(report)},
+        json_artifacts={"search.json": report},
     )  # fmt: skip
     return report

@@ -107,24 +107,13 @@ def log_curation(
     )
 
 
-def attempt(
-    spec: Spec,
-    method: str,
-    curation: dict[str, Any],
-    run_id: str,
-    trained: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+def attempt(spec: Spec, method: str, curation: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Adapt with ``method`` and score the candidate on the eval split, logging both on the run.
-
-    ``trained`` (a recipe's result, e.g. the search trial that early stopping kept) is taken as
-    the candidate instead of training again.
 
     Returns:
         ``trained`` (the recipe's result without the loss history) and ``evaluation``.
     """
-    if trained is None:
-        trained = adapt(spec, method, curation["train_file"], run_id)
-    trained = dict(trained)
+    trained = adapt(spec, method, curation["train_file"], run_id)
     total = trained["total_params"]
     trained["trainable_percent"] = 100.0 * trained["trainable_params"] / total if total else 0.0
     extra = {"icl_k": float(trained["k"])} if "k" in trained else {}

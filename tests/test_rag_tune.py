@@ -117,8 +117,10 @@ def test_the_choice_never_reads_the_eval_questions(knowledge: Path, tmp_path: Pa
     home = tmp_path / "home"
     questions = _write(tmp_path, QUESTIONS, "questions.jsonl")
     first = _choose(knowledge, questions, tmp_path / "first", home)
-    held = {json.loads(line)["id"] for line in Path(first["validation_file"]).open()}
-    scored = {json.loads(line)["id"] for line in Path(first["eval_file"]).open()}
+    held = {
+        json.loads(line)["id"] for line in Path(first["validation_file"]).read_text().splitlines()
+    }
+    scored = {json.loads(line)["id"] for line in Path(first["eval_file"]).read_text().splitlines()}
     assert len(held) == 6 and len(scored) == 14 and held.isdisjoint(scored)
     # the eval questions swapped for others that all point at one page
     swapped = [

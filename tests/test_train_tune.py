@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from adaptflow.spec import parse_spec
-from tasks.train.tune import CANDIDATES, DEFAULTS, MAX_EPOCHS, keys_to_choose, plan_training
+from tasks.train.tune import (
+    DEFAULTS,
+    MAX_EPOCHS,
+    clearly_better,
+    keys_to_choose,
+    plan_training,
+    second_learning_rate,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CHARS = REPO / "examples" / "unicode-categories" / "data" / "chars.jsonl"
@@ -22,20 +29,28 @@ def _spec(**changes):
 
 def test_only_unset_keys_are_chosen_and_the_plan_says_how() -> None:
     plan = plan_training(_spec(), "lora", train_examples=600)
-    assert plan is not None and plan.early_stopping
+    assert plan is not None and plan.early_stopping and plan.check_learning_rate
     assert plan.fixed == DEFAULTS["lora"] | {"epochs": MAX_EPOCHS}
-    assert plan.space == {"learning_rate": CANDIDATES["lora"]["learning_rate"]}
+    # a spec's own rate keeps the classic recipe around it; only the epochs are chosen
     own = _spec(train={"learning_rate": 0.01, "lora_r": 4})
     plan = plan_training(own, "lora", train_examples=600)
-    assert plan is not None and plan.space == {} and plan.early_stopping
-    assert "learning_rate" not in plan.fixed and "lora_r" not in plan.fixed
-    assert plan.fixed["lora_alpha"] == DEFAULTS["lora"]["lora_alpha"]
+    assert plan is not None and plan.early_stopping and not plan.check_learning_rate
+    assert plan.fixed == {"epochs": MAX_EPOCHS}
+    assert keys_to_choose(own, "lora") == ["epochs"]
+    epochs_set = plan_training(_spec(train={"epochs": 2}), "lora", 600)
+    assert epochs_set is not None and not epochs_set.early_stopping
+    assert epochs_set.fixed == DEFAULTS["lora"]  # nothing to stop on: the fixed values
     every = {"epochs": 2, "learning_rate": 0.01, "lora_r": 4, "lora_alpha": 8,
              "target_modules": "all-linear"}  # fmt: skip
     assert plan_training(_spec(train=every), "lora", 600) is None
-    assert plan_training(_spec(search={"auto": False}), "lora", 600) is None
+    fixed = plan_training(_spec(search={"auto": False}), "lora", 600)
+    assert fixed is not None and not fixed.early_stopping
+    assert fixed.fixed == DEFAULTS["lora"] | {"epochs": 8}
+    assert fixed.reason.startswith("search.auto is off: the fixed defaults")
     assert plan_training(_spec(search={"space": {"lora_r": [4, 8]}}), "lora", 600) is None
     assert keys_to_choose(_spec(), "icl") == []  # nothing to train
+    assert keys_to_choose(_spec(task="instruction", data={"train": str(CHARS), "target_field":
+                                "label"}, base_model="tiny-gpt"), "lora") == []  # fmt: skip
     assert keys_to_choose(_spec(train={"epochs": 2}), "lora") == [
         "learning_rate", "lora_alpha", "lora_r", "target_modules"
     ]  # fmt: skip
@@ -43,17 +58,33 @@ def test_only_unset_keys_are_chosen_and_the_plan_says_how() -> None:
 
 def test_too_few_examples_or_too_small_a_budget_fall_back_and_say_so() -> None:
     few = plan_training(_spec(), "lora", train_examples=60)
-    assert few is not None and not few.searches
-    assert few.fixed["epochs"] == 6 and few.fixed["learning_rate"] == 2e-3
+    assert few is not None and not few.early_stopping
+    assert few.fixed["epochs"] == 8 and few.fixed["learning_rate"] == 1e-3
     assert few.reason.startswith(
         "too few training examples to choose settings on validation: 60 give 12 (fewer than "
         "search.min_validation 20)"
     )
     poor = plan_training(_spec(budget={"gpu_hours": 0.001}), "lora", train_examples=600)
-    assert poor is not None and not poor.searches
+    assert poor is not None and not poor.early_stopping
     assert "over the 0.00 h budget" in poor.reason and poor.reason.startswith(
         "choosing settings on validation would take ~"
     )
+
+
+def test_a_second_learning_rate_only_when_the_validation_curve_asks() -> None:
+    rising = [(float(e), 0.5 + e / 100) for e in range(1, 11)]  # best at the 10th epoch
+    assert second_learning_rate(rising, 1e-3, patience=3) == (
+        2e-3, "still improving at epoch 10: 0.001 too low?"
+    )  # fmt: skip
+    peaked = [(1.0, 0.6), (2.0, 0.8), (3.0, 0.7), (4.0, 0.7), (5.0, 0.65)]
+    assert second_learning_rate(peaked, 1e-3, patience=3) == (
+        5e-4, "best at epoch 2, then worse: 0.001 too high?"
+    )  # fmt: skip
+    settled = [(1.0, 0.5), (2.0, 0.7), (3.0, 0.8), (4.0, 0.82), (5.0, 0.81), (6.0, 0.8),
+               (7.0, 0.81)]  # fmt: skip
+    assert second_learning_rate(settled, 1e-3, patience=3) is None
+    # a second rate must win by more than the standard error: sqrt(0.9 * 0.1 / 100) = 0.03
+    assert not clearly_better(0.92, 0.90, 100) and clearly_better(0.931, 0.90, 100)
 
 
 def test_early_stopping_keeps_the_best_epoch_and_never_trains_on_validation(

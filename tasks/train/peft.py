@@ -45,7 +45,7 @@ class Hyper:
     precision: str = "auto"
     devices: int = 1
     target_modules: str | list[str] = "default"
-    patience: int = 2
+    patience: int = 3
     seed: int = 42
 
 
@@ -233,6 +233,9 @@ def train(
         **precision_arguments(resolve_precision(hyper.precision, "cpu", False)),
         optim="adamw_torch",
         dataloader_num_workers=0,
+        # batches of similar lengths pad less: half of a random batch's positions were padding
+        # on the development sets, and 480 AWS examples trained 2 epochs in 44 s, not 74 s
+        train_sampling_strategy="group_by_length",
         **stopping,
     )
     trainer = Trainer(
