@@ -471,13 +471,14 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     runners = {"classification": classification, "retrieval": retrieval, "curation": curation}
     results = {}
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     for name in names:
         results[name] = runners[SETS[name][0]](name, work)
         log(json.dumps(results[name], default=str)[:400])
+        # written after every set, so a long run that stops keeps what it measured
+        previous = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
+        RESULTS_FILE.write_text(json.dumps(previous | results, indent=1, default=str) + "\n")
     print(table(results))
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
-    RESULTS_FILE.write_text(json.dumps(previous | results, indent=1, default=str) + "\n")
     return 0
 
 
