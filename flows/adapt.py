@@ -91,8 +91,9 @@ def adapt(
 ) -> dict[str, Any]:
     """Build a candidate; returns its package path and what it cost (and the loss history).
 
-    ``validation_file`` (a part of the training split) makes the encoder-classifier recipe
-    score each epoch there and keep the best (early stopping); other recipes ignore it.
+    ``validation_file`` (a part of the training split) makes the encoder-classifier and the
+    generative recipes score each epoch there and keep the best (early stopping); the ICL and
+    CPT recipes ignore it.
     """
     work = load_settings().work_dir / spec.name
     out = work / run_id / "package"
@@ -119,6 +120,8 @@ def adapt(
             spec.task,
             bundle_base=base != spec.base_model,
             allow_pickle=spec.allow_pickle,
+            validation_path=Path(validation_file) if validation_file else None,
+            metric=spec.metric,
         )
     else:
         result = train_peft_classifier_task(

@@ -16,7 +16,7 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from adaptflow.methods import UNTRAINED
+from adaptflow.methods import GENERATIVE_TASKS, UNTRAINED
 from adaptflow.settings import load_settings
 from adaptflow.spec import Spec
 from flows.adapt import adapt
@@ -26,6 +26,7 @@ from tasks.curate.records import read_jsonl
 from tasks.evaluate.search import best_trial, split_validation_task, trial_configs
 from tasks.tracking import close_run, log_stage, open_run
 from tasks.train.tune import (
+    GENERATIVE_NOTE,
     TrainingPlan,
     clearly_better,
     keys_to_choose,
@@ -74,8 +75,11 @@ def choose_training(
     values = spec.train.model_dump()
     report["chosen"] = {key: values[key] for key in keys}
     chosen = "epochs" + (",learning_rate" if plan.check_learning_rate else "")
+    best = report.get("best", {}).get("config", {})
     log_stage(
         run_id,
+        # logged once, from the final choice (a losing second rate's trial never shows here)
+        {f"search.best.{k}": float(v) for k, v in best.items() if isinstance(v, int | float)},
         params={f"train.{k}": v for k, v in report["chosen"].items()}
         | {"train.chosen_on_validation": chosen if plan.early_stopping else "none"},
         tags={"adaptflow.choice": report["reason"][:5000]},
@@ -92,7 +96,7 @@ def _stop_early(
     Returns:
         (the spec with the winner's rate and epochs, the report).
     """
-    report = search(spec, method, train_file, run_id, {}, early_stopping=True)
+    report = search(spec, method, train_file, run_id, {}, early_stopping=True, log=False)
     best = report["best"]
     n = report["validation_examples"]
     notes = []
@@ -104,7 +108,7 @@ def _stop_early(
     if second is not None:
         rate, why = second
         other = search(
-            spec, method, train_file, run_id, {"learning_rate": [rate]}, True, first_trial=2
+            spec, method, train_file, run_id, {"learning_rate": [rate]}, True, 2, log=False
         )
         report["trials"] += other["trials"]
         new, old = other["best"]["metrics"][spec.metric], best["metrics"][spec.metric]
@@ -115,6 +119,8 @@ def _stop_early(
             notes.append(f"{why} {rate:g} did not do better by more than the standard error")
     report |= {"auto": True, "best": best}
     spec = with_train(spec, best["config"])
+    if spec.task in GENERATIVE_TASKS:
+        notes.append(GENERATIVE_NOTE)
     report["reason"] = (
         f"learning rate {spec.train.learning_rate:g}, epochs {best['best_epoch']:g} (early "
         f"stopping): {spec.metric} {best['metrics'][spec.metric]:.4f} on {n} validation "
@@ -189,6 +195,7 @@ def search(
     space: dict[str, list[Any]] | None = None,
     early_stopping: bool = False,
     first_trial: int = 1,
+    log: bool = True,
 ) -> dict[str, Any]:
     """Try configurations on a validation part; returns ``trials``, ``best`` and ``metric``.
 
@@ -201,6 +208,8 @@ def search(
         early_stopping: Each trial stops on validation; the best trial's epoch count becomes
             part of ``best["config"]`` as ``epochs``.
         first_trial: The first trial's number (a second search in the same run goes on).
+        log: Log ``search.best.*`` and ``search.json`` on ``parent`` (off when the caller
+            logs the final choice itself, as ``choose_training`` does).
     """
     cfg = spec.search
     configs = trial_configs(space if space is not None else cfg.space, cfg.max_trials, spec.seed)
@@ -227,6 +236,8 @@ def search(
         "validation_examples": len(read_jsonl(Path(validation))),
     }
     report = {"metric": spec.metric, "trials": trials, "best": best} | sizes
+    if not log:
+        return report
     log_stage(
         parent,
         {f"search.best.{k}": float(v) for k, v in best["config"].items()

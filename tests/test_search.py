@@ -112,3 +112,69 @@ def test_search_runs_child_trials_and_trains_the_best(tmp_path: Path) -> None:
     train_examples = result["curation"]["train_examples"]
     assert search["fit_examples"] + search["validation_examples"] == train_examples
     assert search["validation_examples"] == round(train_examples * 0.25)
+
+
+@pytest.mark.integration
+def test_generative_epochs_are_chosen_on_validation_and_logged_once(tmp_path: Path) -> None:
+    """Unset epochs: one early-stopped trial on a validation part of train, then the refit."""
+    import math
+
+    from adaptflow.settings import load_settings
+    from flows.pipeline import adapt_pipeline
+    from registry import tracking
+    from tasks.train.tune import GENERATIVE_NOTE
+
+    raw = _spec(validation_fraction=0.25)
+    lines = (LOWERCASE / "data" / "pairs.jsonl").read_text().splitlines()[:160]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    raw |= {"name": "e2e-auto-epochs", "method": "full"}
+    raw["data"]["train"] = str(tmp_path / "pairs.jsonl")
+    del raw["train"]["epochs"]
+    raw["train"]["patience"] = 2
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+
+    result = adapt_pipeline(str(path))
+    search, run_id = result["search"], result["mlflow_run_id"]
+    assert search["auto"] and len(search["trials"]) == 1
+    trial = search["trials"][0]
+    epochs = trial["best_epoch"]
+    history = trial["validation_history"]
+    assert epochs == max(history, key=lambda item: (item[1], -item[0]))[0]
+    assert len(history) == min(10, int(epochs) + 2)  # up to 10 epochs, patience 2
+    # the trial's package scores on validation what its best epoch scored there
+    assert trial["metrics"]["rougeL"] == pytest.approx(dict(history)[epochs], abs=1e-9)
+    assert search["best"]["config"] == {"epochs": epochs}
+    assert result["choice"]["chosen"] == {"epochs": epochs}
+
+    # the validation part comes out of train; the eval split is never seen by the choice
+    folder = load_settings().work_dir / "e2e-auto-epochs" / run_id / "search"
+    ids = {
+        name: {json.loads(line)["id"] for line in (folder / f"{name}.jsonl").open()}
+        for name in ("search_train", "search_validation")
+    }
+    train_ids = {json.loads(line)["id"] for line in Path(result["curation"]["train_file"]).open()}
+    eval_ids = {json.loads(line)["id"] for line in Path(result["curation"]["eval_file"]).open()}
+    assert ids["search_train"] | ids["search_validation"] == train_ids
+    assert not ids["search_train"] & ids["search_validation"]
+    assert not (ids["search_train"] | ids["search_validation"]) & eval_ids
+    assert len(ids["search_validation"]) == round(len(train_ids) * 0.25)
+
+    # the candidate refits the chosen epochs on the whole training split (batches of 16)
+    assert result["train"]["steps"] == int(epochs) * math.ceil(len(train_ids) / 16)
+
+    run = tracking.client().get_run(run_id)
+    assert float(run.data.params["train.epochs"]) == epochs
+    assert run.data.params["train.chosen_on_validation"] == "epochs"
+    reason = run.data.tags["adaptflow.choice"]
+    assert reason.startswith(f"learning rate 0.003, epochs {epochs:g} (early stopping): rougeL")
+    assert reason.endswith(GENERATIVE_NOTE)
+    assert run.data.metrics["search.best.epochs"] == epochs  # logged once, from the choice
+    history_of = tracking.client().get_metric_history(run_id, "search.best.epochs")
+    assert len(history_of) == 1
+    local = tracking.client().download_artifacts(run_id, "search.json", str(tmp_path))
+    logged = json.loads(Path(local).read_text())
+    assert logged["chosen"] == {"epochs": epochs} and logged["reason"] == reason
+    child = tracking.client().get_run(trial["mlflow_run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == run_id
+    assert child.data.metrics["validation.rougeL"] == pytest.approx(trial["metrics"]["rougeL"])

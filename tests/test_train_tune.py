@@ -14,11 +14,13 @@ from tasks.train.tune import (
     clearly_better,
     keys_to_choose,
     plan_training,
+    search_hours,
     second_learning_rate,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 CHARS = REPO / "examples" / "unicode-categories" / "data" / "chars.jsonl"
+PAIRS = REPO / "examples" / "unicode-lowercase" / "data" / "pairs.jsonl"
 
 
 def _spec(**changes):
@@ -49,11 +51,55 @@ def test_only_unset_keys_are_chosen_and_the_plan_says_how() -> None:
     assert fixed.reason.startswith("search.auto is off: the fixed defaults")
     assert plan_training(_spec(search={"space": {"lora_r": [4, 8]}}), "lora", 600) is None
     assert keys_to_choose(_spec(), "icl") == []  # nothing to train
-    assert keys_to_choose(_spec(task="instruction", data={"train": str(CHARS), "target_field":
-                                "label"}, base_model="tiny-gpt"), "lora") == []  # fmt: skip
     assert keys_to_choose(_spec(train={"epochs": 2}), "lora") == [
         "learning_rate", "lora_alpha", "lora_r", "target_modules"
     ]  # fmt: skip
+
+
+def _generative(**changes):
+    data = {"train": str(PAIRS), "target_field": "target"}
+    return _spec(task="instruction", base_model="tiny-gpt", data=data, **changes)
+
+
+def test_generative_methods_choose_only_their_epochs() -> None:
+    for method in ("lora", "full", "freeze", "prefix"):
+        assert keys_to_choose(_generative(), method) == ["epochs"], method
+    plan = plan_training(_generative(), "lora", train_examples=480)
+    assert plan is not None and plan.early_stopping and not plan.check_learning_rate
+    assert plan.fixed == {"epochs": MAX_EPOCHS}  # learning rate, rank, modules: defaults
+    assert plan_training(_generative(train={"epochs": 2}), "full", 480) is None
+    few = plan_training(_generative(), "full", train_examples=90)
+    assert few is not None and not few.early_stopping
+    assert few.fixed == {"epochs": 3.0}  # the spec's default epochs, not the classifiers' 8
+    assert few.reason.endswith("the fixed defaults are used: {'epochs': 3.0}")
+    off = plan_training(_generative(search={"auto": False}), "full", 480)
+    assert off is not None and off.fixed == {"epochs": 3.0} and not off.early_stopping
+
+
+def test_the_budget_check_counts_the_refit_on_the_whole_split() -> None:
+    """Trials and the refit must fit ``budget``: a budget the trials alone fit falls back."""
+    from dataclasses import replace
+
+    from adaptflow.advisor import estimate
+    from tasks.advise import spec_facts
+
+    spec = _spec()
+    facts = spec_facts(spec)
+    trials = 2 * MAX_EPOCHS * 0.8  # two learning rates, on the 80% left after validation
+
+    def hours(epochs: float) -> float:
+        estimated = estimate("lora", replace(facts, epochs=epochs, lora_r=16)).train_hours
+        assert estimated is not None
+        return estimated
+
+    assert search_hours(spec, "lora", 2)[0] == pytest.approx(hours(trials + MAX_EPOCHS))
+    between = (hours(trials) + hours(trials + MAX_EPOCHS)) / 2
+    plan = plan_training(_spec(budget={"gpu_hours": between}), "lora", train_examples=600)
+    assert plan is not None and not plan.early_stopping
+    assert plan.reason.startswith("choosing settings on validation would take ~")
+    roomy = plan_training(_spec(budget={"gpu_hours": hours(trials + MAX_EPOCHS) * 1.01}),
+                          "lora", train_examples=600)  # fmt: skip
+    assert roomy is not None and roomy.early_stopping
 
 
 def test_too_few_examples_or_too_small_a_budget_fall_back_and_say_so() -> None:
@@ -117,3 +163,33 @@ def test_early_stopping_keeps_the_best_epoch_and_never_trains_on_validation(
     kept = classification_metrics([r["label"] for r in validation], predicted)["f1_macro"]
     assert kept == pytest.approx(best, abs=1e-9)
     assert not (tmp_path / "pkg" / "trainer").exists()  # the epoch checkpoints are gone
+
+
+def test_generative_early_stopping_scores_answers_and_keeps_the_best_epoch(
+    tmp_path: Path,
+) -> None:
+    """A generative candidate is judged on validation by what it generates, as the gate does."""
+    from tasks.evaluate.generation import Generator, score_generator
+    from tasks.train.peft import Hyper
+    from tasks.train.sft import train_generator
+
+    rows = [json.loads(line) for line in PAIRS.open()][:126]
+    rows = [{"id": r["id"], "text": r["text"], "target": r["target"]} for r in rows]
+    fit, validation = rows[:96], rows[96:]
+    (tmp_path / "fit.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fit))
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in validation))
+    hyper = Hyper(epochs=6, learning_rate=3e-3, batch_size=16, max_length=64,
+                  max_new_tokens=24, patience=2, seed=3)  # fmt: skip
+    result = train_generator(
+        tmp_path / "fit.jsonl", "tiny-gpt", "full", hyper, tmp_path / "pkg", tmp_path / "ck",
+        validation_path=tmp_path / "val.jsonl", metric="rougeL",
+    )  # fmt: skip
+    history = result.validation_history
+    assert [e for e, _ in history] == [float(i) for i in range(1, len(history) + 1)]
+    best_epoch, best = max(history, key=lambda item: (item[1], -item[0]))
+    assert result.best_epoch == best_epoch and best > 0.05  # the untrained base scores 0
+    assert len(history) == min(6, int(best_epoch) + 2)  # patience 2
+    assert result.steps == len(history) * 6  # 96 rows in batches of 16 per epoch
+    scored = score_generator(Generator.from_package(tmp_path / "pkg"), validation)
+    assert scored["metrics"]["rougeL"] == pytest.approx(best, abs=1e-9)  # the best epoch kept
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())

@@ -138,7 +138,7 @@ def train_cpt(
         train_path, base_model, f"cpt-replay-{replay}-{general_digest[:16]}", key_hyper, "cpt"
     )
     out.mkdir(parents=True, exist_ok=True)
-    seconds, history, steps, resumed = train(
+    seconds, history, steps, resumed, _ = train(
         model, tokenizer, windows, family, True, hyper, checkpoints
     )
     if launch.is_main_process():

@@ -31,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 
 from adaptflow.catalogue import resolve_base_model
 from adaptflow.hardware import precision_arguments, qlora_error, qlora_missing, resolve_precision
+from adaptflow.spec import LOWER_IS_BETTER
 from tasks.curate.records import read_jsonl
 from tasks.train import launch
 from tasks.train.encoder import PackageManifest
@@ -193,6 +194,57 @@ def uses_packing(hyper: Hyper, family: str, method: str) -> bool:
     return hyper.packing and family == "decoder" and method not in VIRTUAL_TOKEN_METHODS
 
 
+@dataclass(frozen=True)
+class Validation:
+    """A validation part to stop on: its curated rows, the metric, and how to answer them."""
+
+    rows: list[dict[str, Any]]
+    metric: str
+    max_new_tokens: int
+
+
+def _scoring_trainer(validation: Validation, tokenizer: Any, family: str, max_length: int) -> Any:
+    """A ``Trainer`` whose evaluation answers the validation rows and scores the answers.
+
+    The Trainer's own evaluation computes the loss of teacher-forced targets; a generative
+    candidate is judged on what it generates (ROUGE-L, exact match, token F1), so ``evaluate``
+    is overridden to score greedy answers with ``tasks.evaluate.generation.score_generator``,
+    the gate's own scoring. The rest (early stopping, keeping the best epoch's checkpoint) is
+    the Trainer's: ``EarlyStoppingCallback`` and ``load_best_model_at_end``.
+    """
+    from transformers import Trainer
+
+    from tasks.evaluate.generation import Generator, score_generator
+
+    class ScoredTrainer(Trainer):  # type: ignore[misc]
+        def evaluate(
+            self,
+            eval_dataset: Any = None,
+            ignore_keys: list[str] | None = None,
+            metric_key_prefix: str = "eval",
+        ) -> dict[str, float]:
+            model: Any = self.model
+            config = model.config
+            model.eval()
+            cached, config.use_cache = config.use_cache, True  # off for packed training
+            try:
+                generator = Generator(
+                    model, tokenizer, family, max_length, validation.max_new_tokens
+                )
+                scored = score_generator(generator, validation.rows)["metrics"]
+            finally:
+                config.use_cache = cached
+                model.train()
+            metrics = {f"{metric_key_prefix}_{k}": float(v) for k, v in scored.items()}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(
+                self.args, self.state, self.control, metrics
+            )
+            return metrics
+
+    return ScoredTrainer
+
+
 def train(
     model: Any,
     tokenizer: Any,
@@ -201,20 +253,40 @@ def train(
     packed: bool,
     hyper: Hyper,
     checkpoints: Path,
-) -> tuple[float, list[tuple[int, float]], int, str | None]:
+    validation: Validation | None = None,
+) -> tuple[float, list[tuple[int, float]], int, str | None, list[tuple[float, float]]]:
     """Fine-tune ``model`` in place, resuming from the last complete checkpoint if any.
 
     With ``packed``, examples are bin-packed into rows of ``hyper.max_length`` tokens and
     ``hyper.batch_size`` counts rows. ``hyper.batch_size`` is the global batch: under torchrun
     each of the ``hyper.devices`` ranks takes an equal share of it.
 
+    With ``validation``, the model answers the validation rows after every epoch and is scored
+    by ``validation.metric``; training stops after ``hyper.patience`` epochs without
+    improvement and the best epoch's weights are kept. Checkpoints are then written once per
+    epoch (a killed run resumes from the last finished epoch).
+
     Returns:
-        (seconds, loss history, optimizer steps, checkpoint resumed from or None).
+        (seconds, loss history, optimizer steps, checkpoint resumed from or None, the
+        validation metric after every epoch).
     """
     import torch
-    from transformers import Trainer, TrainingArguments
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
     resume = last_complete_checkpoint(checkpoints)
+    saving: dict[str, Any] = {"save_strategy": "steps", "save_steps": hyper.checkpoint_steps}
+    trainer_class: Any = Trainer
+    callbacks = [_marker_callback()]
+    if validation is not None:
+        saving = {
+            "save_strategy": "epoch",
+            "eval_strategy": "epoch",
+            "load_best_model_at_end": True,
+            "metric_for_best_model": validation.metric,
+            "greater_is_better": validation.metric not in LOWER_IS_BETTER,
+        }
+        trainer_class = _scoring_trainer(validation, tokenizer, family, hyper.max_length)
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=hyper.patience))
     cuda = torch.cuda.is_available()
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
     if hyper.batch_size % ranks:
@@ -227,8 +299,6 @@ def train(
         weight_decay=hyper.weight_decay,
         seed=hyper.seed,
         data_seed=hyper.seed,
-        save_strategy="steps",
-        save_steps=hyper.checkpoint_steps,
         save_total_limit=2,
         logging_strategy="steps",
         logging_steps=5,
@@ -240,20 +310,29 @@ def train(
         optim="adamw_torch",
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        **saving,
     )
-    trainer = Trainer(
+    train_set = training_set(examples, packed, hyper.max_length)
+    trainer = trainer_class(
         model=model,
         args=args,
-        train_dataset=training_set(examples, packed, hyper.max_length),
+        train_dataset=train_set,
+        # the Trainer wants an eval set with an eval strategy; ScoredTrainer reads the rows
+        eval_dataset=train_set if validation is not None else None,
         data_collator=collator(tokenizer, family, packed),
-        callbacks=[_marker_callback()],
+        callbacks=callbacks,
     )
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     launch.barrier()  # every rank is done with the checkpoints before rank 0 moves on
     seconds = time.perf_counter() - started
-    history = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
-    return seconds, history, int(output.global_step), str(resume) if resume else None
+    logged = trainer.state.log_history
+    history = [(int(e["step"]), float(e["loss"])) for e in logged if "loss" in e]
+    scores: list[tuple[float, float]] = []
+    if validation is not None:
+        key = f"eval_{validation.metric}"
+        scores = [(float(round(e["epoch"])), float(e[key])) for e in logged if key in e]
+    return seconds, history, int(output.global_step), str(resume) if resume else None, scores
 
 
 def save(
@@ -302,6 +381,8 @@ def train_generator(
     task: str = "instruction",
     bundle_base: bool = False,
     allow_pickle: bool = False,
+    validation_path: Path | None = None,
+    metric: str = "rougeL",
 ) -> GenerativeResult:
     """Fine-tune a decoder or encoder-decoder on (text, target) rows and save it as a package.
 
@@ -317,6 +398,10 @@ def train_generator(
         bundle_base: Copy the base model into the package (``base/``) when an adapter is
             saved: for a base that exists only on this machine, such as a CPT stage's output.
         allow_pickle: The spec's ``allow_pickle`` (the base may load from pickle-based weights).
+        validation_path: A validation part of the training data (never the eval split): the
+            candidate answers it after every epoch, stops when ``metric`` stops improving
+            (``hyper.patience`` epochs) and keeps its best epoch (``best_epoch`` in the result).
+        metric: The generation metric validation is judged by (the spec's ``target.metric``).
 
     Returns:
         Where the package is, what training cost, and whether it resumed.
@@ -332,6 +417,8 @@ def train_generator(
             "task": task,
             "bundle_base": bundle_base,
             "allow_pickle": allow_pickle,
+            "validation_path": validation_path,
+            "metric": metric,
         }
         launched: GenerativeResult = launch.run_distributed(
             "generator", arguments, hyper.devices, checkpoint_root
@@ -343,8 +430,11 @@ def train_generator(
     model, tokenizer, family = setup(base_model, method, hyper, allow_pickle)
     examples = encode_rows(tokenizer, rows, family, hyper.max_length)
     packed = uses_packing(hyper, family, method)
-    seconds, history, steps, resumed = train(
-        model, tokenizer, examples, family, packed, hyper, checkpoints
+    validation = None
+    if validation_path is not None:
+        validation = Validation(read_jsonl(validation_path), metric, hyper.max_new_tokens)
+    seconds, history, steps, resumed, scores = train(
+        model, tokenizer, examples, family, packed, hyper, checkpoints, validation
     )
     if launch.is_main_process():
         trainable, total = save(
@@ -355,8 +445,12 @@ def train_generator(
         shutil.rmtree(checkpoints, ignore_errors=True)
     else:
         trainable, total = trainable_parameters(model)
-    epochs = max(1, round(hyper.epochs))
+    epochs = max(1, round(max((e for e, _ in scores), default=hyper.epochs)))
     tokens = sum(len(e.input_ids) for e in examples) * epochs
+    best_epoch = None
+    if scores:  # the first epoch with the best score: the one load_best_model_at_end kept
+        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+        best_epoch = max(scores, key=lambda item: (sign * item[1], -item[0]))[0]
     return GenerativeResult(
         package_dir=str(out),
         method=method,
@@ -371,6 +465,8 @@ def train_generator(
         packed=packed,
         precision=run_precision(hyper),
         devices=hyper.devices,
+        validation_history=scores,
+        best_epoch=best_epoch,
     )
 
 

@@ -29,6 +29,12 @@ validation and worse on eval, 3e-3 diverged on one set, and every recipe peaked 
   development sets a two-rate search without that margin picked the rate that was worse on
   eval, from 163 validation examples.
 
+Generative methods (``GENERATIVE_TASKS``, every trained method) have their epochs chosen the
+same way: the candidate answers the validation part after every epoch, is scored by the spec's
+metric (ROUGE-L, exact match, token F1 or perplexity, exactly as the gate scores) and stops
+after ``train.patience`` epochs without improvement; the other settings keep their defaults
+(not measured for generation here). See ``GENERATIVE_NOTE``.
+
 Each trial is a ``search_trial`` task and an MLflow child run. Without enough validation
 examples (``search.min_validation``), or when the advisor's estimate of the trials does not fit
 ``budget``, the fixed defaults train for ``FALLBACK_EPOCHS`` with no validation, and the run says
@@ -41,10 +47,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from adaptflow.advisor import estimate
+from adaptflow.methods import GENERATIVE_TASKS
 from adaptflow.spec import Spec
+from tasks.train.methods import GENERATIVE_METHODS
 
 #: Methods whose settings are chosen this way, for task classification (the encoder recipe).
 TUNED_METHODS = ("lora", "dora", "ia3")
+#: Why only the epochs of generative methods are chosen (said in the reason of a run).
+GENERATIVE_NOTE = (
+    "generative methods choose their epochs on validation; the learning rate and adapter "
+    "settings keep their defaults"
+)
 #: Most epochs a candidate trains for; early stopping usually ends it sooner.
 MAX_EPOCHS = 10
 #: Epochs of the fixed defaults when there is no validation part to stop on.
@@ -73,8 +86,12 @@ class TrainingPlan:
 
 def keys_to_choose(spec: Spec, method: str) -> list[str]:
     """The ``train`` keys that ``plan_training`` sets for ``spec`` (logged once set)."""
-    tuned = spec.task == "classification" and method in TUNED_METHODS
-    if not tuned or spec.search.space:
+    if spec.search.space:
+        return []
+    unset = set(spec.train.model_fields) - spec.train.model_fields_set
+    if spec.task in GENERATIVE_TASKS and method in GENERATIVE_METHODS:
+        return sorted(unset & {"epochs"})
+    if not (spec.task == "classification" and method in TUNED_METHODS):
         return []
     unset = set(spec.train.model_fields) - spec.train.model_fields_set
     if "learning_rate" not in unset:
@@ -95,11 +112,14 @@ def plan_training(spec: Spec, method: str, train_examples: int) -> TrainingPlan 
     unset = set(keys_to_choose(spec, method))
     if not unset:
         return None
-    fixed = {k: v for k, v in DEFAULTS[method].items() if k in unset}
+    generative = spec.task in GENERATIVE_TASKS
+    fixed = {} if generative else {k: v for k, v in DEFAULTS[method].items() if k in unset}
     stops = "epochs" in unset
-    check = stops and "learning_rate" in unset and method != "ia3"
+    check = stops and "learning_rate" in unset and method != "ia3" and not generative
     validation = round(spec.search.fraction(spec.task) * train_examples)
-    fallback = fixed | ({"epochs": FALLBACK_EPOCHS} if stops else {})
+    # generative methods keep the spec's default epochs (3) without validation to stop on
+    epochs = spec.train.epochs if generative else FALLBACK_EPOCHS
+    fallback = fixed | ({"epochs": epochs} if stops else {})
     if not spec.search.auto:
         return TrainingPlan(fallback, reason=f"search.auto is off: the fixed defaults {fallback}")
     if validation < spec.search.min_validation:
@@ -125,12 +145,13 @@ def plan_training(spec: Spec, method: str, train_examples: int) -> TrainingPlan 
 def search_hours(spec: Spec, method: str, trials: int) -> tuple[float | None, float]:
     """The advisor's estimate of the trials' training hours, and the budget's hours.
 
-    Upper bound: each trial trains ``MAX_EPOCHS`` on the part left after validation.
+    Upper bound: each trial trains ``MAX_EPOCHS`` on the part left after validation, and the
+    chosen settings then train once more on the whole split (at most ``MAX_EPOCHS`` again).
     """
     from tasks.advise import spec_facts
 
     facts = spec_facts(spec)
-    epochs = trials * MAX_EPOCHS * (1 - spec.search.fraction(spec.task))
+    epochs = trials * MAX_EPOCHS * (1 - spec.search.fraction(spec.task)) + MAX_EPOCHS
     hours = estimate(method, replace(facts, epochs=epochs, lora_r=16)).train_hours
     return hours, facts.budget_hours
 
