@@ -29,7 +29,17 @@ in twenty lines, on the same splits with the same models, in one table:
   with no near-duplicate anywhere in the corpus (exact Jaccard of word 5-grams < 0.8 to every
   other document) were dropped: the goal is at most 5%.
 
-Frozen sets (``gcloud-groups``, ``linux-syscalls``, ``man3-libc``) run only with ``--frozen``:
+- generation (summarization on the tiny T5 that adaptflow builds, full fine-tuning, ROUGE-L,
+  token F1 and exact match on the curated eval split):
+  - ``adaptflow``: ``adaptflow run`` with no ``train`` block but the lengths (``max_length``
+    128, ``max_new_tokens`` 32), so the epochs are chosen on validation answers;
+  - ``adaptflow fixed``: ``search: {auto: false}`` (3 epochs); ``untrained base``: the
+    run's baseline;
+  - bare: a plain transformers fine-tune of the same model (raw text in, 3 epochs at 1e-3,
+    batch 16, greedy answers), and the lead baseline (the text's first six words).
+
+Frozen sets (``gcloud-groups``, ``linux-syscalls``, ``man3-libc``, ``debian-descriptions``)
+run only with ``--frozen``:
 judging them is a deliberate, final act (see ``benchmarks/quality/README.md``).
 
 Usage (from the repository root; run it alone, ~1 h for everything on 2 idle cores)::
@@ -68,7 +78,16 @@ SETS: dict[str, tuple[str, str]] = {
     "linux-syscalls": ("retrieval", "frozen"),
     "aws-examples": ("curation", "development"),
     "man3-libc": ("curation", "frozen"),
+    "docstring-summaries": ("generation", "development"),
+    "debian-descriptions": ("generation", "frozen"),
 }
+#: Where each generation set's pairs are (the development one is an example's data).
+GENERATION_DATA = {
+    "docstring-summaries": REPO_ROOT / "examples" / "docstring-summaries" / "data" / "pairs.jsonl",
+    "debian-descriptions": QUALITY / "generation" / "debian-descriptions" / "pairs.jsonl",
+}
+#: Words the lead baseline copies from the start of the text (a summary's typical length).
+LEAD_WORDS = 6
 #: The encoder-classifier defaults before issue 18 (what a spec without a train block got).
 OLD_TRAIN = {"epochs": 3, "learning_rate": 5e-4, "lora_r": 8, "lora_alpha": 16}
 #: Gopher's web limits and GPT-3's decontamination, as spec settings over today's code.
@@ -270,6 +289,113 @@ def _search_brief(search: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------------------------
+# generation
+# --------------------------------------------------------------------------------------------
+
+
+def bare_seq2seq(train: list[dict[str, Any]], evaluation: list[dict[str, Any]]) -> dict:
+    """A plain transformers fine-tune of the same tiny T5 with common settings; its metrics.
+
+    Raw text in, target out (no prompt format), 3 epochs at learning rate 1e-3 (a common T5
+    recipe), batch 16, greedy answers of up to 32 tokens, scored by adaptflow's metrics.
+    """
+    import torch
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from adaptflow.catalogue import resolve_base_model
+    from tasks.evaluate.text_metrics import generation_metrics
+
+    set_seed(SEED)
+    path = resolve_base_model("tiny-t5")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(path)
+    rows = []
+    for r in train:
+        ids = tokenizer(r["text"], truncation=True, max_length=128)
+        ids["labels"] = tokenizer(r["target"], truncation=True, max_length=64)["input_ids"]
+        rows.append(dict(ids))
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, num_train_epochs=3, learning_rate=1e-3,
+                                 per_device_train_batch_size=16, seed=SEED, save_strategy="no",
+                                 report_to="none", use_cpu=True, disable_tqdm=True)  # fmt: skip
+        trainer = Trainer(model=model, args=args, train_dataset=rows,
+                          data_collator=DataCollatorForSeq2Seq(tokenizer))  # fmt: skip
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+    model.eval()
+    predicted: list[str] = []
+    with torch.inference_mode():
+        for start in range(0, len(evaluation), 32):
+            texts = [r["text"] for r in evaluation[start : start + 32]]
+            batch = tokenizer(texts, truncation=True, max_length=128, padding=True,
+                              return_tensors="pt")  # fmt: skip
+            out_ids = model.generate(**batch, max_new_tokens=32, do_sample=False)
+            predicted += tokenizer.batch_decode(out_ids, skip_special_tokens=True)
+    metrics = generation_metrics(predicted, [r["target"] for r in evaluation])
+    return {"metrics": metrics, "train_seconds": seconds}
+
+
+def lead_baseline(evaluation: list[dict[str, Any]]) -> dict[str, float]:
+    """The classic lead baseline: the first ``LEAD_WORDS`` words of the text as the summary."""
+    from tasks.evaluate.text_metrics import generation_metrics
+
+    predicted = [" ".join(r["text"].split()[:LEAD_WORDS]) for r in evaluation]
+    metrics: dict[str, float] = generation_metrics(predicted, [r["target"] for r in evaluation])
+    return metrics
+
+
+def generation(name: str, work: Path) -> dict[str, Any]:
+    """Summarization on the tiny T5, full fine-tuning with no ``train`` block but the lengths."""
+    data = GENERATION_DATA[name]
+    base = {"task": "summarization", "base_model": "tiny-t5", "method": "full",
+            "data": {"train": str(data), "id_field": "id", "target_field": "summary"},
+            "target": {"metric": "rougeL"}, "seed": SEED,
+            "train": {"max_length": 128, "max_new_tokens": 32}}  # fmt: skip
+    runs = {"adaptflow": base, "adaptflow fixed": base | {"search": {"auto": False}}}
+    out: dict[str, Any] = {"kind": "generation", "role": SETS[name][1], "runs": {}}
+    for label, spec in runs.items():
+        log(f"{name}: {label}")
+        home = work / name / label.replace(" ", "-")
+        path = write_spec(work, f"q-{name}-{label.replace(' ', '-')}", spec)
+        summary, seconds = adaptflow(["run", str(path)], home)
+        out["runs"][label] = {
+            "metrics": summary["metrics"],
+            "wall_seconds": seconds,
+            "train_seconds": summary["train"]["train_seconds"],
+            "search": _search_brief(summary.get("search")),
+        }
+        if label == "adaptflow":
+            out["runs"]["untrained base"] = {"metrics": summary["baseline"]}
+            curation = summary["curation"]
+    train, evaluation = read_jsonl(curation["train_file"]), read_jsonl(curation["eval_file"])
+    out["sizes"] = {"train": len(train), "eval": len(evaluation)}
+    log(f"{name}: bare scripts")
+    script = bare_seq2seq(train, evaluation)
+    out["bare"] = {
+        "seq2seq script": script["metrics"],
+        f"lead-{LEAD_WORDS}": lead_baseline(evaluation),
+    }
+    out["bare_train_seconds"] = script["train_seconds"]
+    ours = out["runs"]["adaptflow"]["metrics"]["rougeL"]
+    best = max(out["bare"], key=lambda k: out["bare"][k]["rougeL"])
+    out["best_bare"] = {"name": best, "rougeL": out["bare"][best]["rougeL"]}
+    out["wins"] = ours >= out["bare"][best]["rougeL"]
+    out["beats_fixed"] = ours >= out["runs"]["adaptflow fixed"]["metrics"]["rougeL"]
+    out["wall_ratio_vs_fixed"] = (
+        out["runs"]["adaptflow"]["wall_seconds"] / out["runs"]["adaptflow fixed"]["wall_seconds"]
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # retrieval
 # --------------------------------------------------------------------------------------------
 
@@ -440,6 +566,15 @@ def table(results: dict[str, Any]) -> str:
                              f"MRR {v['mrr']:.3f}")  # fmt: skip
             lines.append(f"  adaptflow >= every bare script: {r['wins']}; wall vs fixed "
                          f"{r['wall_ratio_vs_fixed']:.2f}x")  # fmt: skip
+        elif r["kind"] == "generation":
+            lines.append(f"{head}: train {r['sizes']['train']} / eval {r['sizes']['eval']}")
+            cells = {k: v["metrics"] for k, v in r["runs"].items()} | r["bare"]
+            for k, v in cells.items():
+                lines.append(f"  {k:18s} ROUGE-L {v['rougeL']:.3f}  token F1 "
+                             f"{v['token_f1']:.3f}  exact {v['exact_match']:.3f}")  # fmt: skip
+            lines.append(f"  adaptflow >= fixed defaults: {r['beats_fixed']}; >= best bare "
+                         f"({r['best_bare']['name']}): {r['wins']}; wall vs fixed "
+                         f"{r['wall_ratio_vs_fixed']:.2f}x")  # fmt: skip
         else:
             lines.append(f"{head}: {r['documents']} documents, {r['with_near_duplicate']} with "
                          "a near duplicate")  # fmt: skip
@@ -469,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in names if n not in frozen]
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-quality-"))
     work.mkdir(parents=True, exist_ok=True)
-    runners = {"classification": classification, "retrieval": retrieval, "curation": curation}
+    runners = {"classification": classification, "retrieval": retrieval, "curation": curation,
+               "generation": generation}  # fmt: skip
     results = {}
     RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
     for name in names:

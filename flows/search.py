@@ -29,6 +29,7 @@ from tasks.train.tune import (
     GENERATIVE_NOTE,
     TrainingPlan,
     clearly_better,
+    flat,
     keys_to_choose,
     plan_training,
     second_learning_rate,
@@ -117,6 +118,14 @@ def _stop_early(
             notes.append(f"{why} {rate:g} did better by more than the standard error")
         else:
             notes.append(f"{why} {rate:g} did not do better by more than the standard error")
+    if flat(best["validation_history"]) and plan.fallback_epochs is not None:
+        score = best["validation_history"][0][1]
+        notes.append(
+            f"{spec.metric} was {score:.4f} after every epoch (no signal to stop on): the "
+            f"fixed default of {plan.fallback_epochs:g} epochs is used"
+        )
+        best = best | {"config": best["config"] | {"epochs": plan.fallback_epochs},
+                       "best_epoch": plan.fallback_epochs}  # fmt: skip
     report |= {"auto": True, "best": best}
     spec = with_train(spec, best["config"])
     if spec.task in GENERATIVE_TASKS:

@@ -149,12 +149,13 @@ def test_generative_epochs_are_chosen_on_validation_and_logged_once(tmp_path: Pa
 
     # the validation part comes out of train; the eval split is never seen by the choice
     folder = load_settings().work_dir / "e2e-auto-epochs" / run_id / "search"
-    ids = {
-        name: {json.loads(line)["id"] for line in (folder / f"{name}.jsonl").open()}
-        for name in ("search_train", "search_validation")
-    }
-    train_ids = {json.loads(line)["id"] for line in Path(result["curation"]["train_file"]).open()}
-    eval_ids = {json.loads(line)["id"] for line in Path(result["curation"]["eval_file"]).open()}
+
+    def ids_of(path: Path) -> set[str]:
+        return {json.loads(line)["id"] for line in path.read_text().splitlines()}
+
+    ids = {name: ids_of(folder / f"{name}.jsonl") for name in ("search_train", "search_validation")}
+    train_ids = ids_of(Path(result["curation"]["train_file"]))
+    eval_ids = ids_of(Path(result["curation"]["eval_file"]))
     assert ids["search_train"] | ids["search_validation"] == train_ids
     assert not ids["search_train"] & ids["search_validation"]
     assert not (ids["search_train"] | ids["search_validation"]) & eval_ids

@@ -12,6 +12,7 @@ from tasks.train.tune import (
     DEFAULTS,
     MAX_EPOCHS,
     clearly_better,
+    flat,
     keys_to_choose,
     plan_training,
     search_hours,
@@ -67,6 +68,11 @@ def test_generative_methods_choose_only_their_epochs() -> None:
     plan = plan_training(_generative(), "lora", train_examples=480)
     assert plan is not None and plan.early_stopping and not plan.check_learning_rate
     assert plan.fixed == {"epochs": MAX_EPOCHS}  # learning rate, rank, modules: defaults
+    assert plan.fallback_epochs == 3.0  # a flat validation curve keeps the default epochs
+    assert flat([(1.0, 0.0), (2.0, 0.0), (3.0, 0.0)]) and not flat([(1.0, 0.0), (2.0, 0.1)])
+    assert not flat([(1.0, 0.3)])  # one epoch is not a curve
+    classifier = plan_training(_spec(), "lora", train_examples=600)
+    assert classifier is not None and classifier.fallback_epochs == 8
     assert plan_training(_generative(train={"epochs": 2}), "full", 480) is None
     few = plan_training(_generative(), "full", train_examples=90)
     assert few is not None and not few.early_stopping

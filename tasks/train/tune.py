@@ -82,6 +82,7 @@ class TrainingPlan:
     early_stopping: bool = False  # epochs chosen on validation
     check_learning_rate: bool = False  # a second rate tried when the first curve asks for one
     reason: str = ""
+    fallback_epochs: float | None = None  # when the validation curve carries no signal
 
 
 def keys_to_choose(spec: Spec, method: str) -> list[str]:
@@ -139,7 +140,7 @@ def plan_training(spec: Spec, method: str, train_examples: int) -> TrainingPlan 
             f"{spec.budget.hardware} (advisor estimate), over the {budget:.2f} h budget; "
             f"the fixed defaults are used: {fallback}",
         )
-    return TrainingPlan(fixed | {"epochs": MAX_EPOCHS}, True, check)
+    return TrainingPlan(fixed | {"epochs": MAX_EPOCHS}, True, check, fallback_epochs=epochs)
 
 
 def search_hours(spec: Spec, method: str, trials: int) -> tuple[float | None, float]:
@@ -180,6 +181,15 @@ def second_learning_rate(
             f"best at epoch {best_epoch:g}, then worse: {learning_rate:g} too high?"
         )
     return None
+
+
+def flat(history: list[tuple[float, float]]) -> bool:
+    """Whether a validation curve never moved: every epoch scored the same (no signal).
+
+    On a frozen summarization set the tiny T5 answered nothing right after any epoch (ROUGE-L 0
+    throughout); early stopping would then pick the first epoch for no reason.
+    """
+    return len(history) > 1 and len({round(score, 12) for _, score in history}) == 1
 
 
 def clearly_better(new: float, old: float, examples: int) -> bool:
