@@ -186,6 +186,28 @@ def bare_embeddings(train: list[dict[str, Any]], evaluation: list[dict[str, Any]
     return {"knn": macro_f1(truth, knn), "embeddings+lr": macro_f1(truth, list(probe))}
 
 
+def train_plainly(model: Any, rows: list[dict[str, Any]], collator: Any, rate: float) -> float:
+    """The bare scripts' training: transformers' Trainer, 3 epochs, batch 16; its seconds."""
+    from transformers import Trainer, TrainingArguments
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, num_train_epochs=3, learning_rate=rate,
+                                 per_device_train_batch_size=16, seed=SEED, save_strategy="no",
+                                 report_to="none", use_cpu=True, disable_tqdm=True)  # fmt: skip
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+        started = time.perf_counter()
+        trainer.train()
+        return time.perf_counter() - started
+
+
+def run_contender(name: str, label: str, spec: dict[str, Any], work: Path) -> tuple[dict, float]:
+    """``adaptflow run`` of one contender's spec in its own home: (its JSON, wall seconds)."""
+    log(f"{name}: {label}")
+    home = work / name / label.replace(" ", "-")
+    path = write_spec(work, f"q-{name}-{label.replace(' ', '-')}", spec)
+    return adaptflow(["run", str(path)], home)
+
+
 def bare_lora(train: list[dict[str, Any]], evaluation: list[dict[str, Any]]) -> dict:
     """A plain peft LoRA script with common settings; macro-F1 and training seconds."""
     import torch
@@ -194,8 +216,6 @@ def bare_lora(train: list[dict[str, Any]], evaluation: list[dict[str, Any]]) -> 
         AutoModelForSequenceClassification,
         AutoTokenizer,
         DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
         set_seed,
     )
 
@@ -214,15 +234,7 @@ def bare_lora(train: list[dict[str, Any]], evaluation: list[dict[str, Any]]) -> 
         {"input_ids": ids, "attention_mask": mask, "labels": names.index(r["label"])}
         for ids, mask, r in zip(encoded["input_ids"], encoded["attention_mask"], train, strict=True)
     ]
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, num_train_epochs=3, learning_rate=2e-3,
-                                 per_device_train_batch_size=16, seed=SEED, save_strategy="no",
-                                 report_to="none", use_cpu=True, disable_tqdm=True)  # fmt: skip
-        trainer = Trainer(model=model, args=args, train_dataset=rows,
-                          data_collator=DataCollatorWithPadding(tokenizer))  # fmt: skip
-        started = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - started
+    seconds = train_plainly(model, rows, DataCollatorWithPadding(tokenizer), 2e-3)
     model.eval()
     predicted = []
     with torch.inference_mode():
@@ -247,10 +259,7 @@ def classification(name: str, work: Path) -> dict[str, Any]:
     }
     out: dict[str, Any] = {"kind": "classification", "role": SETS[name][1], "runs": {}}
     for label, spec in runs.items():
-        log(f"{name}: {label}")
-        home = work / name / label.replace(" ", "-")
-        path = write_spec(work, f"q-{name}-{label.replace(' ', '-')}", spec)
-        summary, seconds = adaptflow(["run", str(path)], home)
+        summary, seconds = run_contender(name, label, spec, work)
         out["runs"][label] = {
             "f1_macro": summary["metrics"]["f1_macro"],
             "wall_seconds": seconds,
@@ -304,8 +313,6 @@ def bare_seq2seq(train: list[dict[str, Any]], evaluation: list[dict[str, Any]]) 
         AutoModelForSeq2SeqLM,
         AutoTokenizer,
         DataCollatorForSeq2Seq,
-        Trainer,
-        TrainingArguments,
         set_seed,
     )
 
@@ -321,15 +328,7 @@ def bare_seq2seq(train: list[dict[str, Any]], evaluation: list[dict[str, Any]]) 
         ids = tokenizer(r["text"], truncation=True, max_length=128)
         ids["labels"] = tokenizer(r["target"], truncation=True, max_length=64)["input_ids"]
         rows.append(dict(ids))
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, num_train_epochs=3, learning_rate=1e-3,
-                                 per_device_train_batch_size=16, seed=SEED, save_strategy="no",
-                                 report_to="none", use_cpu=True, disable_tqdm=True)  # fmt: skip
-        trainer = Trainer(model=model, args=args, train_dataset=rows,
-                          data_collator=DataCollatorForSeq2Seq(tokenizer))  # fmt: skip
-        started = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - started
+    seconds = train_plainly(model, rows, DataCollatorForSeq2Seq(tokenizer), 1e-3)
     model.eval()
     predicted: list[str] = []
     with torch.inference_mode():
@@ -362,10 +361,7 @@ def generation(name: str, work: Path) -> dict[str, Any]:
     runs = {"adaptflow": base, "adaptflow fixed": base | {"search": {"auto": False}}}
     out: dict[str, Any] = {"kind": "generation", "role": SETS[name][1], "runs": {}}
     for label, spec in runs.items():
-        log(f"{name}: {label}")
-        home = work / name / label.replace(" ", "-")
-        path = write_spec(work, f"q-{name}-{label.replace(' ', '-')}", spec)
-        summary, seconds = adaptflow(["run", str(path)], home)
+        summary, seconds = run_contender(name, label, spec, work)
         out["runs"][label] = {
             "metrics": summary["metrics"],
             "wall_seconds": seconds,

@@ -254,14 +254,22 @@ def train(
     epochs = max(1, round(hyper.epochs))
     trained = Trained(tokens * epochs, seconds, history, int(output.global_step))
     if validation is not None:
-        key = f"eval_{validation.metric}"
-        scores = [(float(e["epoch"]), float(e[key])) for e in logged if key in e]
-        trained.validation_history = scores
-        # the first epoch with the best score is the one load_best_model_at_end restored
-        best = max(trained.validation_history, key=lambda item: (item[1], -item[0]))
-        trained.best_epoch = best[0]
+        trained.validation_history = epoch_scores(logged, validation.metric)
+        trained.best_epoch = best_epoch(trained.validation_history)
         trained.tokens = tokens * max(1, round(max(e for e, _ in trained.validation_history)))
     return trained
+
+
+def epoch_scores(log_history: list[dict[str, Any]], metric: str) -> list[tuple[float, float]]:
+    """(epoch, validation ``metric``) after every epoch, from a Trainer's log history."""
+    key = f"eval_{metric}"
+    return [(float(round(e["epoch"])), float(e[key])) for e in log_history if key in e]
+
+
+def best_epoch(history: list[tuple[float, float]], lower_is_better: bool = False) -> float:
+    """The first epoch with the best score: the one ``load_best_model_at_end`` restores."""
+    sign = -1.0 if lower_is_better else 1.0
+    return max(history, key=lambda item: (sign * item[1], -item[0]))[0]
 
 
 def _scores(prediction: Any, labels: list[str]) -> dict[str, float]:

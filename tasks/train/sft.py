@@ -55,7 +55,7 @@ from tasks.train.methods import (
     apply_method,
     trainable_parameters,
 )
-from tasks.train.peft import Hyper, TrainResult
+from tasks.train.peft import Hyper, TrainResult, best_epoch, epoch_scores
 
 COMPLETE = "adaptflow_complete"  # written into a checkpoint folder once it is fully saved
 
@@ -328,10 +328,7 @@ def train(
     seconds = time.perf_counter() - started
     logged = trainer.state.log_history
     history = [(int(e["step"]), float(e["loss"])) for e in logged if "loss" in e]
-    scores: list[tuple[float, float]] = []
-    if validation is not None:
-        key = f"eval_{validation.metric}"
-        scores = [(float(round(e["epoch"])), float(e[key])) for e in logged if key in e]
+    scores = epoch_scores(logged, validation.metric) if validation is not None else []
     return seconds, history, int(output.global_step), str(resume) if resume else None, scores
 
 
@@ -447,10 +444,6 @@ def train_generator(
         trainable, total = trainable_parameters(model)
     epochs = max(1, round(max((e for e, _ in scores), default=hyper.epochs)))
     tokens = sum(len(e.input_ids) for e in examples) * epochs
-    best_epoch = None
-    if scores:  # the first epoch with the best score: the one load_best_model_at_end kept
-        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-        best_epoch = max(scores, key=lambda item: (sign * item[1], -item[0]))[0]
     return GenerativeResult(
         package_dir=str(out),
         method=method,
@@ -466,7 +459,7 @@ def train_generator(
         precision=run_precision(hyper),
         devices=hyper.devices,
         validation_history=scores,
-        best_epoch=best_epoch,
+        best_epoch=best_epoch(scores, metric in LOWER_IS_BETTER) if scores else None,
     )
 
 

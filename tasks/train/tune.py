@@ -50,6 +50,7 @@ from adaptflow.advisor import estimate
 from adaptflow.methods import GENERATIVE_TASKS
 from adaptflow.spec import Spec
 from tasks.train.methods import GENERATIVE_METHODS
+from tasks.train.peft import best_epoch
 
 #: Methods whose settings are chosen this way, for task classification (the encoder recipe).
 TUNED_METHODS = ("lora", "dora", "ia3")
@@ -172,13 +173,13 @@ def second_learning_rate(
     """
     if not history:
         return None
-    best_epoch = max(history, key=lambda item: (item[1], -item[0]))[0]
+    best = best_epoch(history)
     last = history[-1][0]
-    if best_epoch == last and last >= MAX_EPOCHS:
+    if best == last and last >= MAX_EPOCHS:
         return learning_rate * 2, f"still improving at epoch {last:g}: {learning_rate:g} too low?"
-    if best_epoch <= EARLY_PEAK and last >= best_epoch + patience:
+    if best <= EARLY_PEAK and last >= best + patience:
         return learning_rate / 2, (
-            f"best at epoch {best_epoch:g}, then worse: {learning_rate:g} too high?"
+            f"best at epoch {best:g}, then worse: {learning_rate:g} too high?"
         )
     return None
 
