@@ -166,14 +166,14 @@ class TrainSpec(_Strict):
     For LoRA/DoRA/IA3 encoder classifiers, unset epochs, learning rate, rank, alpha and target
     modules are not these defaults: they are chosen on a validation part of the training split
     (``search.auto``), or take the measured defaults of ``tasks/train/tune.py``. Generative
-    methods choose their unset epochs the same way.
+    methods and continued pre-training choose their unset epochs the same way.
     """
 
     epochs: float = Field(
         3.0,
         gt=0,
         description="Unset: chosen by early stopping on validation (search.auto) for classifier "
-        "and generative methods; without validation 3, classifiers 8",
+        "and generative methods and CPT; without validation 3, classifiers 8",
     )
     learning_rate: float = Field(
         5e-4, gt=0, description="Default 5e-4; LoRA/DoRA classifiers: 1e-3, checked on validation"

@@ -20,9 +20,17 @@ from tasks.train.sft import train_generator_task
 
 
 def continue_pretraining(
-    spec: Spec, train_file: Path, hyper: Hyper, out: Path, work: Path
+    spec: Spec,
+    train_file: Path,
+    hyper: Hyper,
+    out: Path,
+    work: Path,
+    validation_file: Path | None = None,
 ) -> CptResult:
-    """The CPT recipe on curated domain text, with the spec's replay and check split."""
+    """The CPT recipe on curated domain text, with the spec's replay and check split.
+
+    ``validation_file`` (domain documents held out of ``train_file``) makes it stop early.
+    """
     result: CptResult = train_cpt_task(
         train_file,
         spec.base_model,
@@ -35,6 +43,7 @@ def continue_pretraining(
         spec.forgetting.check_fraction,
         spec.forgetting.max_check_texts,
         spec.allow_pickle,
+        validation_file,
     )
     return result
 
@@ -91,9 +100,9 @@ def adapt(
 ) -> dict[str, Any]:
     """Build a candidate; returns its package path and what it cost (and the loss history).
 
-    ``validation_file`` (a part of the training split) makes the encoder-classifier and the
-    generative recipes score each epoch there and keep the best (early stopping); the ICL and
-    CPT recipes ignore it.
+    ``validation_file`` (a part of the training split) makes the encoder-classifier, the
+    generative and the CPT recipes score each epoch there and keep the best (early stopping);
+    the ICL recipe ignores it.
     """
     work = load_settings().work_dir / spec.name
     out = work / run_id / "package"
@@ -103,8 +112,9 @@ def adapt(
         )
     hyper = Hyper(**spec.train.model_dump(), seed=spec.seed)
     result: TrainResult
+    validation = Path(validation_file) if validation_file else None
     if spec.task in LM_TASKS:
-        result = continue_pretraining(spec, Path(train_file), hyper, out, work)
+        result = continue_pretraining(spec, Path(train_file), hyper, out, work, validation)
     elif spec.task in GENERATIVE_TASKS:
         base = spec.base_model
         if spec.cpt.corpus is not None:  # a sequential plan: CPT first, then fine-tune on it
@@ -120,7 +130,7 @@ def adapt(
             spec.task,
             bundle_base=base != spec.base_model,
             allow_pickle=spec.allow_pickle,
-            validation_path=Path(validation_file) if validation_file else None,
+            validation_path=validation,
             metric=spec.metric,
         )
     else:
@@ -131,7 +141,7 @@ def adapt(
             hyper,
             out,
             spec.allow_pickle,
-            Path(validation_file) if validation_file else None,
+            validation,
             spec.metric,
         )
     return asdict(result) | {"tokens_per_second": result.tokens_per_second}

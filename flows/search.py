@@ -16,7 +16,7 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from adaptflow.methods import GENERATIVE_TASKS, UNTRAINED
+from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS, UNTRAINED
 from adaptflow.settings import load_settings
 from adaptflow.spec import Spec
 from flows.adapt import adapt
@@ -27,6 +27,7 @@ from tasks.evaluate.search import best_trial, split_validation_task, trial_confi
 from tasks.tracking import close_run, log_stage, open_run
 from tasks.train.tune import (
     GENERATIVE_NOTE,
+    LM_NOTE,
     TrainingPlan,
     clearly_better,
     flat,
@@ -130,6 +131,8 @@ def _stop_early(
     spec = with_train(spec, best["config"])
     if spec.task in GENERATIVE_TASKS:
         notes.append(GENERATIVE_NOTE)
+    elif spec.task in LM_TASKS:
+        notes.append(LM_NOTE)
     report["reason"] = (
         f"learning rate {spec.train.learning_rate:g}, epochs {best['best_epoch']:g} (early "
         f"stopping): {spec.metric} {best['metrics'][spec.metric]:.4f} on {n} validation "

@@ -179,3 +179,57 @@ def test_generative_epochs_are_chosen_on_validation_and_logged_once(tmp_path: Pa
     child = tracking.client().get_run(trial["mlflow_run_id"])
     assert child.data.tags["mlflow.parentRunId"] == run_id
     assert child.data.metrics["validation.rougeL"] == pytest.approx(trial["metrics"]["rougeL"])
+
+
+@pytest.mark.integration
+def test_continued_pretraining_epochs_are_chosen_on_validation_perplexity(
+    tmp_path: Path,
+) -> None:
+    """Unset CPT epochs: validation perplexity after every epoch picks them, then the refit."""
+    from adaptflow.settings import load_settings
+    from flows.pipeline import adapt_pipeline
+    from registry import tracking
+    from tasks.train.tune import LM_NOTE
+
+    code = REPO / "examples" / "stdlib-code"
+    raw = yaml.safe_load((code / "spec.yaml").read_text())
+    lines = (code / "data" / "code.jsonl").read_text().splitlines()[:70]
+    (tmp_path / "code.jsonl").write_text("\n".join(lines) + "\n")
+    raw |= {"name": "e2e-cpt-epochs", "cpt": {"replay": 0}, "search": {"min_validation": 10}}
+    raw["data"] = {"train": str(tmp_path / "code.jsonl"), "id_field": "id"}
+    raw["train"] = {"learning_rate": 0.01, "batch_size": 8, "max_length": 64, "patience": 1}
+    raw["target"] = {"metric": "perplexity"}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+
+    result = adapt_pipeline(str(path))
+    search, run_id = result["search"], result["mlflow_run_id"]
+    assert search["auto"] and len(search["trials"]) == 1
+    trial = search["trials"][0]
+    epochs, history = trial["best_epoch"], trial["validation_history"]
+    assert epochs == min(history, key=lambda item: (item[1], item[0]))[0]  # lower is better
+    assert len(history) == min(10, int(epochs) + 1)  # up to 10 epochs, patience 1
+    assert history[0][1] < result["baseline"]["perplexity"]  # one epoch already fits the domain
+    # the trial's package is its best epoch: it scores on validation what that epoch scored
+    assert trial["metrics"]["perplexity"] == pytest.approx(dict(history)[epochs], rel=1e-6)
+    assert result["choice"]["chosen"] == {"epochs": epochs}
+
+    # the validation documents come out of train, never out of the eval split
+    folder = load_settings().work_dir / "e2e-cpt-epochs" / run_id / "search"
+
+    def ids_of(path: Path) -> set[str]:
+        return {json.loads(line)["id"] for line in path.read_text().splitlines()}
+
+    fit, held = (ids_of(folder / f"{n}.jsonl") for n in ("search_train", "search_validation"))
+    train_ids = ids_of(Path(result["curation"]["train_file"]))
+    assert fit | held == train_ids and not fit & held
+    assert not train_ids & ids_of(Path(result["curation"]["eval_file"]))
+
+    # the candidate refits the chosen epochs on the whole split: same windows per epoch
+    assert result["train"]["train_tokens"] == int(epochs) * result["train"]["domain_tokens"]
+    assert result["train"]["validation_history"] == []  # the refit does not stop early
+    run = tracking.client().get_run(run_id)
+    assert float(run.data.params["train.epochs"]) == epochs
+    reason = run.data.tags["adaptflow.choice"]
+    assert reason.startswith(f"learning rate 0.01, epochs {epochs:g} (early stopping): perplex")
+    assert reason.endswith(LM_NOTE)

@@ -82,6 +82,21 @@ def test_generative_methods_choose_only_their_epochs() -> None:
     assert off is not None and off.fixed == {"epochs": 3.0} and not off.early_stopping
 
 
+def test_continued_pretraining_chooses_only_its_epochs() -> None:
+    code = REPO / "examples" / "stdlib-code" / "data" / "code.jsonl"
+    raw = {"task": "language-modeling", "base_model": "tiny-gpt", "method": "cpt",
+           "cpt": {"replay": 0}, "data": {"train": str(code)}}  # fmt: skip
+    assert keys_to_choose(_spec(**raw), "cpt") == ["epochs"]
+    plan = plan_training(_spec(**raw), "cpt", train_examples=300)
+    assert plan is not None and plan.early_stopping and not plan.check_learning_rate
+    assert plan.fixed == {"epochs": MAX_EPOCHS} and plan.fallback_epochs == 3.0
+    assert plan_training(_spec(**raw, train={"epochs": 2}), "cpt", 300) is None
+    few = plan_training(_spec(**raw), "cpt", train_examples=60)  # 12 validation documents
+    assert few is not None and not few.early_stopping and few.fixed == {"epochs": 3.0}
+    # the sequential plan's CPT stage (an instruction task) keeps cpt.epochs: not chosen here
+    assert keys_to_choose(_spec(**raw | {"task": "instruction", "method": "cpt"}), "cpt") == []
+
+
 def test_the_budget_check_counts_the_refit_on_the_whole_split() -> None:
     """Trials and the refit must fit ``budget``: a budget the trials alone fit falls back."""
     from dataclasses import replace

@@ -8,6 +8,9 @@ catastrophic forgetting. Windows are always bin-packed into rows (positions rest
 so documents never attend to each other). Every weight trains. Training, checkpoints and resume
 are the SFT recipe's (``tasks.train.sft.train``), keyed the same way, and so are precision and
 multi-process training (``train.devices``: the recipe runs as torchrun ranks, rank 0 saves).
+With a validation part of the domain documents (``search.auto`` when ``train.epochs`` is
+unset), the candidate's perplexity on it is scored after every epoch, exactly as the gate
+scores the eval split, and training keeps the best epoch (early stopping).
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from tasks.train import launch
 from tasks.train.encoder import PackageManifest
 from tasks.train.lm import KINDS, Encoded, chunk_text
 from tasks.train.methods import trainable_parameters
-from tasks.train.peft import Hyper
-from tasks.train.sft import GenerativeResult, run_key, run_precision, setup, train
+from tasks.train.peft import Hyper, best_epoch
+from tasks.train.sft import GenerativeResult, Validation, run_key, run_precision, setup, train
 from tasks.train.sft import save as save_weights
 
 
@@ -77,6 +80,7 @@ def train_cpt(
     check_fraction: float = 0.2,
     max_check: int = 200,
     allow_pickle: bool = False,
+    validation_path: Path | None = None,
 ) -> CptResult:
     """Continue pre-training a decoder on curated domain text mixed with general replay.
 
@@ -92,6 +96,10 @@ def train_cpt(
         check_fraction: Share of ``data.general`` held out for the forgetting check.
         max_check: Most general texts in the check part.
         allow_pickle: The spec's ``allow_pickle`` (the base may load from pickle-based weights).
+        validation_path: Curated domain documents held out of ``train_path`` (never the eval
+            split): the candidate's perplexity on them is scored after every epoch, training
+            stops after ``hyper.patience`` epochs without improvement and keeps the best epoch
+            (``best_epoch`` and ``validation_history`` in the result).
 
     Raises:
         SpecError: When the base model is not a decoder.
@@ -109,6 +117,7 @@ def train_cpt(
             "check_fraction": check_fraction,
             "max_check": max_check,
             "allow_pickle": allow_pickle,
+            "validation_path": validation_path,
         }
         launched: CptResult = launch.run_distributed(
             "cpt", arguments, hyper.devices, checkpoint_root
@@ -138,8 +147,12 @@ def train_cpt(
         train_path, base_model, f"cpt-replay-{replay}-{general_digest[:16]}", key_hyper, "cpt"
     )
     out.mkdir(parents=True, exist_ok=True)
-    seconds, history, steps, resumed, _ = train(
-        model, tokenizer, windows, family, True, hyper, checkpoints
+    validation = None
+    if validation_path is not None:
+        rows = read_jsonl(validation_path)
+        validation = Validation(rows, "perplexity", hyper.max_new_tokens, texts=True)
+    seconds, history, steps, resumed, scores = train(
+        model, tokenizer, windows, family, True, hyper, checkpoints, validation
     )
     if launch.is_main_process():
         trainable, total = save_weights(model, tokenizer, out, family, "full", base_model, hyper)
@@ -150,7 +163,7 @@ def train_cpt(
         trainable, total = trainable_parameters(model)
     domain_tokens = sum(len(w.input_ids) for w in domain)
     general_tokens = sum(len(w.input_ids) for w in general)
-    epochs = max(1, round(hyper.epochs))
+    epochs = max(1, round(max((e for e, _ in scores), default=hyper.epochs)))
     return CptResult(
         package_dir=str(out),
         method="cpt",
@@ -168,6 +181,8 @@ def train_cpt(
         replay_passes=replay_tokens / general_tokens if general_tokens else 0.0,
         precision=run_precision(hyper),
         devices=hyper.devices,
+        validation_history=scores,
+        best_epoch=best_epoch(scores, lower_is_better=True) if scores else None,
     )
 
 

@@ -196,11 +196,17 @@ def uses_packing(hyper: Hyper, family: str, method: str) -> bool:
 
 @dataclass(frozen=True)
 class Validation:
-    """A validation part to stop on: its curated rows, the metric, and how to answer them."""
+    """A validation part to stop on: its curated rows, the metric, and how to answer them.
+
+    With ``texts`` the rows are documents (``text``) scored as a language model scores them
+    (perplexity and next-token accuracy, ``tasks.evaluate.forgetting.lm_metrics``): continued
+    pre-training. Otherwise the candidate answers the rows and its answers are scored.
+    """
 
     rows: list[dict[str, Any]]
     metric: str
     max_new_tokens: int
+    texts: bool = False
 
 
 def _scoring_trainer(validation: Validation, tokenizer: Any, family: str, max_length: int) -> Any:
@@ -214,6 +220,7 @@ def _scoring_trainer(validation: Validation, tokenizer: Any, family: str, max_le
     """
     from transformers import Trainer
 
+    from tasks.evaluate.forgetting import lm_metrics
     from tasks.evaluate.generation import Generator, score_generator
 
     class ScoredTrainer(Trainer):  # type: ignore[misc]
@@ -228,10 +235,14 @@ def _scoring_trainer(validation: Validation, tokenizer: Any, family: str, max_le
             model.eval()
             cached, config.use_cache = config.use_cache, True  # off for packed training
             try:
-                generator = Generator(
-                    model, tokenizer, family, max_length, validation.max_new_tokens
-                )
-                scored = score_generator(generator, validation.rows)["metrics"]
+                if validation.texts:  # the gate's domain perplexity, on the validation part
+                    texts = [row["text"] for row in validation.rows]
+                    scored = lm_metrics(model, tokenizer, texts, max_length)
+                else:
+                    generator = Generator(
+                        model, tokenizer, family, max_length, validation.max_new_tokens
+                    )
+                    scored = score_generator(generator, validation.rows)["metrics"]
             finally:
                 config.use_cache = cached
                 model.train()

@@ -33,7 +33,10 @@ Generative methods (``GENERATIVE_TASKS``, every trained method) have their epoch
 same way: the candidate answers the validation part after every epoch, is scored by the spec's
 metric (ROUGE-L, exact match, token F1 or perplexity, exactly as the gate scores) and stops
 after ``train.patience`` epochs without improvement; the other settings keep their defaults
-(not measured for generation here). See ``GENERATIVE_NOTE``.
+(not measured for generation here). See ``GENERATIVE_NOTE``. Continued pre-training
+(``language-modeling``, method ``cpt``) chooses its epochs on validation perplexity: the
+candidate's perplexity on a validation part of the curated domain documents, scored after every
+epoch exactly as the gate scores the eval split (``LM_NOTE``).
 
 Each trial is a ``search_trial`` task and an MLflow child run. Without enough validation
 examples (``search.min_validation``), or when the advisor's estimate of the trials does not fit
@@ -47,7 +50,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from adaptflow.advisor import estimate
-from adaptflow.methods import GENERATIVE_TASKS
+from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS
 from adaptflow.spec import Spec
 from tasks.train.methods import GENERATIVE_METHODS
 from tasks.train.peft import best_epoch
@@ -58,6 +61,11 @@ TUNED_METHODS = ("lora", "dora", "ia3")
 GENERATIVE_NOTE = (
     "generative methods choose their epochs on validation; the learning rate and adapter "
     "settings keep their defaults"
+)
+#: The same for continued pre-training (said in the reason of a run).
+LM_NOTE = (
+    "continued pre-training chooses its epochs on validation perplexity; the learning rate and "
+    "replay share keep their defaults"
 )
 #: Most epochs a candidate trains for; early stopping usually ends it sooner.
 MAX_EPOCHS = 10
@@ -93,6 +101,8 @@ def keys_to_choose(spec: Spec, method: str) -> list[str]:
     unset = set(spec.train.model_fields) - spec.train.model_fields_set
     if spec.task in GENERATIVE_TASKS and method in GENERATIVE_METHODS:
         return sorted(unset & {"epochs"})
+    if spec.task in LM_TASKS and method == "cpt":
+        return sorted(unset & {"epochs"})
     if not (spec.task == "classification" and method in TUNED_METHODS):
         return []
     unset = set(spec.train.model_fields) - spec.train.model_fields_set
@@ -114,12 +124,12 @@ def plan_training(spec: Spec, method: str, train_examples: int) -> TrainingPlan 
     unset = set(keys_to_choose(spec, method))
     if not unset:
         return None
-    generative = spec.task in GENERATIVE_TASKS
+    generative = spec.task in GENERATIVE_TASKS + LM_TASKS
     fixed = {} if generative else {k: v for k, v in DEFAULTS[method].items() if k in unset}
     stops = "epochs" in unset
     check = stops and "learning_rate" in unset and method != "ia3" and not generative
     validation = round(spec.search.fraction(spec.task) * train_examples)
-    # generative methods keep the spec's default epochs (3) without validation to stop on
+    # generative methods and CPT keep the spec's default epochs (3) without validation
     epochs = spec.train.epochs if generative else FALLBACK_EPOCHS
     fallback = fixed | ({"epochs": epochs} if stops else {})
     if not spec.search.auto:
