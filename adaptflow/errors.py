@@ -36,6 +36,19 @@ class RegistryError(AdaptflowError):
     """A registry operation is not possible (unknown model, version or alias)."""
 
 
+class InvariantError(RuntimeError):
+    """An identity adaptflow guarantees did not hold (a bug in adaptflow, never a user mistake).
+
+    Raised by ``check`` instead of ``assert``, which ``python -O`` removes.
+    """
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise ``InvariantError(message)`` unless ``condition`` holds (survives ``python -O``)."""
+    if not condition:
+        raise InvariantError(message)
+
+
 #: Exit code of ``adaptflow run`` when the ladder ran and no rung met the spec's target (the
 #: best rung is registered as challenger, not promoted). Errors exit 2 (user) or 3 (server).
 TARGET_NOT_MET_EXIT = 4

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from adaptflow.catalogue import known_family, normalize_reference
-from adaptflow.errors import SpecError
+from adaptflow.errors import InvariantError, SpecError
 from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS
 
 Task = Literal[
@@ -67,6 +67,16 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 # Metrics where smaller is better; the promotion gate flips its comparison for these.
 LOWER_IS_BETTER = frozenset({"perplexity"})
 DATA_SUFFIXES = (".jsonl", ".csv", ".parquet")
+
+
+def data_suffix(path: Path) -> str:
+    """A data file's type: its suffix, or the one before ``.gz`` (``x.jsonl.gz`` is JSONL)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) > 1 and suffixes[-1] == ".gz":
+        return suffixes[-2]
+    return path.suffix.lower()
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -120,10 +130,11 @@ class DataSpec(_Strict):
             return None
         if not path.exists():
             raise ValueError(f"not found: {path}")
-        if path.is_file() and path.suffix.lower() not in DATA_SUFFIXES:
+        if path.is_file() and data_suffix(path) not in DATA_SUFFIXES:
             raise ValueError(
                 f"unsupported file type '{path.suffix}' ({path}); expected one of "
-                f"{', '.join(DATA_SUFFIXES)} or a folder of .txt/.md/.html"
+                f"{', '.join(DATA_SUFFIXES)} (gzip-compressed as .gz too) or a folder of "
+                ".txt/.md/.html"
             )
         return path
 
@@ -304,6 +315,18 @@ class CurationSpec(_Strict):
         ge=1,
         description="Records per shard; shards run as parallel mapped tasks (Dask when several)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _switches(cls, value: Any) -> Any:
+        """A block with settings takes ``false``/``true`` as ``{enabled: false}``/``true``."""
+        if not isinstance(value, dict):
+            return value
+        blocks = ("quality", "near_dedup", "semantic_dedup", "decontaminate")
+        return {
+            k: {"enabled": v} if k in blocks and isinstance(v, bool) else v
+            for k, v in value.items()
+        }
 
 
 class RetrievalSpec(_Strict):
@@ -650,7 +673,8 @@ class Spec(_Strict):
     @property
     def metric(self) -> str:
         """The target metric (defaulted per task)."""
-        assert self.target.metric is not None
+        if self.target.metric is None:
+            raise InvariantError("target.metric is set when the spec is validated")
         return self.target.metric
 
     def spec_hash(self) -> str:
@@ -699,6 +723,33 @@ def parse_spec(raw: Any, base_dir: Path, source: str = "<spec>") -> Spec:
     return spec
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping in the spec names one key twice (YAML would silently keep the last)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping, with both lines."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            if first is not None:
+                raise DuplicateKeyError(
+                    f"key '{key}' is given twice (lines {first} and {line}); YAML would keep "
+                    "only the last: remove one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file.
 
@@ -721,7 +772,9 @@ def load_spec(path: str | Path) -> Spec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read spec {path}: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise SpecError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from adaptflow.errors import SpecError
+from adaptflow.errors import InvariantError, SpecError
 from adaptflow.hardware import check_capabilities
 from adaptflow.methods import check_method, resolve_method
 from adaptflow.secrets import load_secret_blocks
@@ -105,5 +105,6 @@ def _the_spec(spec_path: str | None, spec: Spec | None) -> Spec:
         )
     if spec is not None:
         return spec  # Prefect validated it against Spec (relative paths: working directory)
-    assert spec_path is not None
+    if spec_path is None:
+        raise InvariantError("one of spec and spec_path is given (checked above)")
     return load_spec(spec_path)

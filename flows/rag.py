@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow
 
-from adaptflow.errors import SpecError
+from adaptflow.errors import InvariantError, SpecError
 from adaptflow.secrets import load_secret_blocks
 from adaptflow.settings import load_settings
 from adaptflow.spec import Spec, load_spec
@@ -38,7 +38,8 @@ INDEX_KEYS = ("chunks", "embedded", "deleted", "updated", "seconds")
 def curate_knowledge(spec: Spec) -> dict[str, Any]:
     """Ingest ``data.knowledge`` and curate ``data.questions``; version both with DVC."""
     settings = load_settings()
-    assert spec.data.knowledge is not None and spec.data.questions is not None
+    if spec.data.knowledge is None or spec.data.questions is None:
+        raise InvariantError("retrieval-qa specs have data.knowledge and data.questions")
     return curate_knowledge_task(
         spec.name,
         spec.data.knowledge,
@@ -53,7 +54,8 @@ def curate_knowledge(spec: Spec) -> dict[str, Any]:
 def index(spec: Spec, run_id: str) -> dict[str, Any]:
     """Index the knowledge (only what changed) and write the candidate's package."""
     settings = load_settings()
-    assert spec.data.knowledge is not None
+    if spec.data.knowledge is None:
+        raise InvariantError("retrieval-qa specs have data.knowledge")
     return build_rag_task(
         spec.name,
         spec.data.knowledge,
@@ -70,7 +72,8 @@ def index(spec: Spec, run_id: str) -> dict[str, Any]:
 def choose_retrieval(spec: Spec, questions_file: str, run_id: str) -> dict[str, Any]:
     """Choose the retrieval settings the spec leaves unset, on validation questions."""
     settings = load_settings()
-    assert spec.data.knowledge is not None
+    if spec.data.knowledge is None:
+        raise InvariantError("retrieval-qa specs have data.knowledge")
     return choose_retrieval_task(
         spec.name,
         spec.data.knowledge,

@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect.runtime import flow_run
 
+from adaptflow.errors import InvariantError
 from adaptflow.hardware import training_precision
 from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS, UNTRAINED
 from adaptflow.provenance import git_commit
@@ -133,7 +134,8 @@ def attempt(spec: Spec, method: str, curation: dict[str, Any], run_id: str) -> d
 
 def check_forgetting(spec: Spec, package_dir: str, run_id: str) -> dict[str, Any]:
     """The forgetting check on ``data.general`` for one candidate, logged on its run."""
-    assert spec.data.general is not None
+    if spec.data.general is None:
+        raise InvariantError("the forgetting check runs only with data.general")
     package = Path(package_dir)
     report = forgetting_check_task(
         package,

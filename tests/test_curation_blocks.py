@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 from itertools import combinations
+from pathlib import Path
 
 import pytest
 from helpers import built_corpus, pii_canaries
@@ -273,3 +274,35 @@ def test_semantic_dedup_drops_paraphrases_by_cosine() -> None:
     assert (dropped.record.id, dropped.reason) == ("2", "semantic duplicate")
     assert dropped.detail.startswith("of id 0 (cosine 0.9")
     assert semantic_dedup(records, threshold=0.9999, base_model="minilm").dropped == []
+
+
+def test_invariants_are_real_errors_that_survive_python_dash_o() -> None:
+    """A block that loses a record is an error even under ``python -O`` (no ``assert``)."""
+    import ast
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    probe = (
+        "from adaptflow.errors import InvariantError\n"
+        "from tasks.curate.blocks import Outcome, run_blocks\n"
+        "from tasks.curate.records import Record\n"
+        "records = [Record(id=str(i), text=f'text {i}') for i in range(3)]\n"
+        "def lossy(rs): return Outcome(kept=rs[:1])\n"
+        "try:\n"
+        "    run_blocks(records, [('lossy', lossy)])\n"
+        "except InvariantError as exc:\n"
+        "    print('raised:', exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-O", "-c", probe], capture_output=True, text=True, cwd=repo, check=True
+    )
+    assert done.stdout.strip() == "raised: block lossy lost records: 3 in, 1 out"
+    found = [
+        f"{path.relative_to(repo)}:{node.lineno}"
+        for package in ("adaptflow", "runtime", "registry", "tasks", "flows")
+        for path in sorted((repo / package).rglob("*.py"))  # runtime/: once it exists
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Assert)
+    ]
+    assert found == [], f"assert statements vanish under python -O: {found}"

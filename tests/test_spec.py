@@ -213,3 +213,33 @@ def test_a_blank_model_name_is_a_spec_error(data_dir: Path, field: str) -> None:
     )
     with pytest.raises(SpecError, match=f"retrieval.{field} must name a model"):
         load_spec(_write(data_dir, text))
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(data_dir: Path) -> None:
+    path = _write(data_dir, GOOD + "name: other-name\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value) == (
+        f"{path}: key 'name' is given twice (lines 2 and 7); YAML would keep only the last: "
+        "remove one"
+    )
+    nested = GOOD + "train: {epochs: 2, epochs: 3}\n"
+    with pytest.raises(SpecError, match=r"key 'epochs' is given twice \(lines 7 and 7\)"):
+        load_spec(_write(data_dir, nested))
+    merged = GOOD + "base: &b {epochs: 2}\ntrain:\n  <<: *b\n  epochs: 3\n"
+    with pytest.raises(SpecError, match="base: unknown key"):  # merges may be overridden
+        load_spec(_write(data_dir, merged))
+    assert load_spec(_write(data_dir, GOOD + "train:\n  epochs: 3\n")).train.epochs == 3
+
+
+def test_every_curation_block_takes_false_for_enabled_false(data_dir: Path) -> None:
+    blocks = ("quality", "near_dedup", "semantic_dedup", "decontaminate")
+    text = GOOD + "curation:\n" + "".join(f"  {b}: false\n" for b in blocks) + "  pii: false\n"
+    curation = load_spec(_write(data_dir, text)).curation
+    assert [getattr(curation, b).enabled for b in blocks] == [False] * 4
+    assert curation.pii is False
+    assert curation.decontaminate.ngram == 8  # the block's other settings keep their defaults
+    on = load_spec(_write(data_dir, GOOD + "curation: {semantic_dedup: true}\n")).curation
+    assert on.semantic_dedup.enabled and on.semantic_dedup.threshold == 0.95
+    with pytest.raises(SpecError, match="curation.near_dedup"):
+        load_spec(_write(data_dir, GOOD + "curation: {near_dedup: 3}\n"))

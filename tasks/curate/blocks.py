@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from adaptflow.errors import check
 from tasks.curate.records import Quarantined, Record, record_rows
 
 
@@ -56,7 +57,7 @@ def run_blocks(
     """Run ``blocks`` in order; returns the kept records and the funnel.
 
     Raises:
-        AssertionError: When a block loses or invents a record (a bug, never a data problem).
+        InvariantError: When a block loses or invents a record (a bug, never a data problem).
     """
     funnel = funnel or Funnel()
     if not funnel.steps:
@@ -65,7 +66,7 @@ def run_blocks(
         before = len(records)
         outcome = block(records)
         accounted = len(outcome.kept) + len(outcome.dropped) + len(outcome.quarantined)
-        assert accounted == before, f"block {name} lost records: {before} in, {accounted} out"
+        check(accounted == before, f"block {name} lost records: {before} in, {accounted} out")
         records = outcome.kept
         funnel.steps.append((name, len(records)))
         funnel.dropped += outcome.dropped

@@ -2,7 +2,8 @@
 
 Every input record ends up either in the returned records or in the quarantine list with its
 file, line, reason and raw text, so input = kept + quarantined always holds. Reading never
-stops on a bad line.
+stops on a bad line. JSONL and CSV files may be gzip-compressed (named ``.jsonl.gz``, or a
+compressed file under the plain name): they are read through ``gzip`` transparently.
 
 Generative data may also come in two common shapes (``Fields.format``, JSONL and Parquet):
 Alpaca (``instruction``, optional ``input``, ``output``) and OpenAI chat messages
@@ -14,6 +15,7 @@ A conversation's last user turn becomes the record's ``text``, the turns before 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptflow.errors import DataError
+from adaptflow.spec import data_suffix
 
 LABEL_TYPES = (str, int, bool)
 #: Input formats: ``fields`` (the spec's text/label/target fields), ``alpaca``, ``messages``,
@@ -101,6 +104,45 @@ class Fields:
 def _has_surrogates(value: str) -> bool:
     # Bytes that are not valid UTF-8 come back as lone surrogates under "surrogateescape".
     return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
+def _lone_surrogate(record: Record) -> str | None:
+    r"""Why ``record`` cannot be written as UTF-8, or None.
+
+    A JSON string may hold an escaped lone surrogate (``"\ud800"``): valid JSON, but no
+    Unicode character, so it cannot be encoded; the record is quarantined with the field.
+    """
+    values: list[tuple[str, str | None]] = [
+        ("text", record.text), ("label", record.label), ("target", record.target),
+        ("id", record.id),
+    ]  # fmt: skip
+    values += [
+        (f"turn {i + 1}", turn.get("content")) for i, turn in enumerate(record.context or [])
+    ]
+    for name, value in values:
+        if value is None:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            code = ord(value[exc.start])
+            return (
+                f"field '{name}' holds a lone surrogate escape (\\u{code:04x}): valid JSON, "
+                "but not valid Unicode text"
+            )
+    return None
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _open_text(path: Path, encoding: str) -> Any:
+    """``path`` opened as text, through ``gzip`` when its bytes are gzip-compressed."""
+    with path.open("rb") as probe:
+        compressed = probe.read(2) == GZIP_MAGIC
+    if compressed:
+        return gzip.open(path, "rt", encoding=encoding, errors="surrogateescape", newline="")
+    return path.open("r", encoding=encoding, errors="surrogateescape", newline="")
 
 
 def _printable(raw: str) -> str:
@@ -250,7 +292,7 @@ def _jsonl_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
     Lines end at LF, CRLF or CR (``newline=""`` splits on exactly these, unlike
     ``str.splitlines``, which would also split inside a JSON string holding U+2028).
     """
-    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as handle:
+    with _open_text(path, "utf-8") as handle:
         for number, raw in enumerate(handle, start=1):
             # Only a final line without its newline can have been cut off mid-write.
             unterminated = not raw.endswith(("\n", "\r"))
@@ -270,7 +312,7 @@ def _jsonl_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
 
 
 def _csv_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
-    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+    with _open_text(path, "utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         for row in reader:
@@ -316,7 +358,7 @@ def _resolve_format(path: Path, items: Items, fields: Fields) -> tuple[Fields, I
     """``fields`` with ``auto`` resolved for this file, and its items (any read to decide)."""
     if fields.format != "auto":
         return fields, items
-    if path.suffix.lower() not in SHAPED_SUFFIXES:
+    if data_suffix(path) not in SHAPED_SUFFIXES:
         return replace(fields, format="fields"), items
     # Records before the first object (broken lines) are kept to be yielded in order.
     peeked = []
@@ -340,13 +382,14 @@ def iter_records(path: Path, fields: Fields) -> Iterator[Record | Quarantined | 
     Raises:
         DataError: When the file cannot be opened or its type is unsupported.
     """
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
+    suffix = data_suffix(path)
+    reader = READERS.get(suffix)
+    if reader is None or (suffix == ".parquet" and path.suffix.lower() == ".gz"):
         raise DataError(f"{path}: unsupported data file type '{path.suffix}'")
-    if fields.format in SHAPED_FORMATS and path.suffix.lower() not in SHAPED_SUFFIXES:
+    if fields.format in SHAPED_FORMATS and suffix not in SHAPED_SUFFIXES:
         raise DataError(
             f"{path}: data.format '{fields.format}' reads {' or '.join(SHAPED_SUFFIXES)} files, "
-            f"not '{path.suffix}'"
+            f"not '{suffix}'"
         )
     file = str(path)
     seen: dict[str, int] = {}
@@ -358,6 +401,8 @@ def iter_records(path: Path, fields: Fields) -> Iterator[Record | Quarantined | 
                 continue
             outcome = error or _validate(obj, fields, default_id=str(line))
             if isinstance(outcome, Record):
+                outcome = _lone_surrogate(outcome) or outcome
+            if isinstance(outcome, Record):
                 if outcome.id in seen:
                     outcome = f"duplicate id '{outcome.id}' (first at line {seen[outcome.id]})"
                 else:
@@ -365,6 +410,8 @@ def iter_records(path: Path, fields: Fields) -> Iterator[Record | Quarantined | 
                     yield replace(outcome, file=file, line=line)
                     continue
             yield Quarantined(file, line, outcome, _printable(raw))
+    except (EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: a damaged gzip file: {exc}") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # a corrupt Parquet or CSV container, not a bad record

@@ -36,7 +36,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adaptflow.errors import DataError
+from adaptflow.errors import DataError, check
 from tasks.curate.blocks import Removed, quarantine_row, removed_row
 from tasks.curate.decontaminate import REASON as CONTAMINATED
 from tasks.curate.decontaminate import DecontaminationSettings, contaminated
@@ -463,9 +463,10 @@ def _finish(
     kept = sum(written.train.values()) + sum(written.eval.values())
     n_dropped, n_quarantined = sum(written.dropped.values()), sum(written.quarantined.values())
     # The identity every curation run must satisfy; a failure here is a bug, not bad data.
-    assert plan.input == kept + n_dropped + n_quarantined, (
+    check(
+        plan.input == kept + n_dropped + n_quarantined,
         f"curation lost records: input {plan.input}, kept {kept}, "
-        f"dropped {n_dropped}, quarantined {n_quarantined}"
+        f"dropped {n_dropped}, quarantined {n_quarantined}",
     )
     counts: Counter[str] = Counter()
     for result in results:

@@ -29,7 +29,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adaptflow.errors import DataError
+from adaptflow.errors import DataError, check
 from tasks.curate.normalize import normalize_text
 from tasks.curate.records import Fields, Quarantined, Record, read_records, write_jsonl
 from tasks.curate.version import version_with_dvc
@@ -180,7 +180,11 @@ def curate_knowledge(
     knowledge_json = report.as_dict() | {"sha256": hashes}
     (out / "knowledge.json").write_text(json.dumps(knowledge_json, indent=1) + "\n")
     n_input = len(read.records) + len(read.quarantined)
-    assert n_input == len(kept) + len(dropped) + len(quarantined)
+    check(
+        n_input == len(kept) + len(dropped) + len(quarantined),
+        f"question curation lost questions: input {n_input}, kept {len(kept)}, "
+        f"dropped {len(dropped)}, quarantined {len(quarantined)}",
+    )
     summary: dict[str, Any] = {
         "name": name,
         "input": n_input,

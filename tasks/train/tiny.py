@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from adaptflow.errors import check
+
 #: Standard-library modules whose documentation is the tiny models' pre-training text. Chosen
 #: to import without side effects on any platform (no ``this``, no ``antigravity``).
 MODULES = (
@@ -239,8 +241,9 @@ def build_tiny(recipe: TinyRecipe, out: Path, texts: list[str] | None = None) ->
     random.seed(recipe.seed)
     set_seed(recipe.seed)
     tokenizer = train_tokenizer(texts, recipe)
-    assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (PAD_ID, EOS_ID)
-    assert len(tokenizer) == recipe.vocab_size, len(tokenizer)
+    special = (tokenizer.pad_token_id, tokenizer.eos_token_id)
+    check(special == (PAD_ID, EOS_ID), f"tiny tokenizer's pad/eos ids are {special}")
+    check(len(tokenizer) == recipe.vocab_size, f"tiny tokenizer has {len(tokenizer)} tokens")
     config = build_config(recipe)
     auto = AutoModelForCausalLM if recipe.family == "decoder" else AutoModelForSeq2SeqLM
     model = auto.from_config(config)
