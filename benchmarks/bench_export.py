@@ -37,8 +37,8 @@ RESULTS_FILE = REPO / "benchmarks" / "results" / "export.json"
 
 def weights_package(model: Any, tokenizer_dir: str, folder: Path, base: str) -> Path:
     """A full-weights ``causal-lm`` package of ``model`` (as a ``full`` training run writes)."""
-    from tasks.train.encoder import PackageManifest
-    from tasks.train.lm import load_base_tokenizer
+    from runtime.loading import load_base_tokenizer
+    from runtime.manifest import PackageManifest
 
     model.save_pretrained(str(folder / "weights"), safe_serialization=True)
     load_base_tokenizer(tokenizer_dir).save_pretrained(str(folder / "tokenizer"))

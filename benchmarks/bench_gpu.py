@@ -102,7 +102,8 @@ def measure(method: str, args: argparse.Namespace, peak: float) -> dict[str, Any
 
     from adaptflow.advisor import Facts, estimate
     from adaptflow.hardware import precision_arguments
-    from tasks.train.lm import Encoded, collator, training_set
+    from runtime.prompts import Encoded, collator
+    from tasks.train.lm import training_set
     from tasks.train.methods import MethodOptions, apply_method, trainable_parameters
 
     torch.manual_seed(0)

@@ -317,7 +317,7 @@ def bare_seq2seq(train: list[dict[str, Any]], evaluation: list[dict[str, Any]]) 
     )
 
     from adaptflow.catalogue import resolve_base_model
-    from tasks.evaluate.text_metrics import generation_metrics
+    from runtime.text_metrics import generation_metrics
 
     set_seed(SEED)
     path = resolve_base_model("tiny-t5")
@@ -344,7 +344,7 @@ def bare_seq2seq(train: list[dict[str, Any]], evaluation: list[dict[str, Any]]) 
 
 def lead_baseline(evaluation: list[dict[str, Any]]) -> dict[str, float]:
     """The classic lead baseline: the first ``LEAD_WORDS`` words of the text as the summary."""
-    from tasks.evaluate.text_metrics import generation_metrics
+    from runtime.text_metrics import generation_metrics
 
     predicted = [" ".join(r["text"].split()[:LEAD_WORDS]) for r in evaluation]
     metrics: dict[str, float] = generation_metrics(predicted, [r["target"] for r in evaluation])

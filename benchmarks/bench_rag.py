@@ -46,7 +46,7 @@ Measured, in one process, on this machine's CPU:
    is reported too, and the hybrid one with a BM25 cache (``bm25_cache``, as a registered
    package opens): once building and storing the index, once loading that build. Queries:
    the questions, then first lines of docstrings not indexed.
-   ``Retriever`` reads the collection page by page (``tasks.rag.index.read_all``); an unpaged
+   ``Retriever`` reads the collection page by page (``runtime.index.read_all``); an unpaged
    ``get`` fails above ~32.7k chunks on a local store (SQLite's bound-variable limit). Should
    opening ever fail again, the error is recorded and shown, and the latency is measured
    through ``PagedGet`` (same reads, in pages of 10k).
@@ -251,7 +251,8 @@ def docstring_chunks(limit: int, skip: int, tokenizer: Any) -> tuple[list[Any], 
 
 def fresh_store(root: Path, name: str) -> tuple[Any, Any]:
     """A Chroma persistent client in a new folder and an empty cosine collection."""
-    from tasks.rag.index import chroma_client, open_collection
+    from runtime.index import chroma_client
+    from tasks.rag.index import open_collection
 
     client = chroma_client(None, root / name)
     return client, open_collection(client, name)
@@ -375,8 +376,8 @@ def quality(
     collection: Any, encoder: Any, question_sets: dict[str, list[dict[str, str]]]
 ) -> dict[str, Any]:
     """Per question set: document-level metrics of each retrieval setting, and every rank."""
+    from runtime.retrieve import Retriever
     from tasks.evaluate.retrieval import retrieval_metrics, source_rank
-    from tasks.rag.retrieve import Retriever
 
     retrievers = {name: Retriever(collection, encoder, **kw) for name, kw in QUALITY_MODES.items()}
     out: dict[str, Any] = {}
@@ -455,7 +456,7 @@ class PagedGet:
 
 def _stored_open(collection: Any, encoder: Any, cache: Path) -> dict[str, float]:
     """Hybrid opening time with a BM25 cache: building and storing, then loading the build."""
-    from tasks.rag.retrieve import Retriever
+    from runtime.retrieve import Retriever
 
     seconds = {}
     for step, from_cache in (("store", False), ("load", True)):
@@ -470,7 +471,7 @@ def _stored_open(collection: Any, encoder: Any, cache: Path) -> dict[str, float]
 def _latency(collection: Any, encoder: Any, queries: list[str], cache: Path) -> dict[str, Any]:
     import numpy as np
 
-    from tasks.rag.retrieve import Retriever
+    from runtime.retrieve import Retriever
 
     out: dict[str, Any] = {"chunks": collection.count()}
     for mode in ("dense", "hybrid"):
@@ -564,7 +565,7 @@ def latency(
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measurement; returns the result dict."""
     from adaptflow.spec import RetrievalSpec
-    from tasks.icl.knn import load_encoder
+    from runtime.loading import load_encoder
 
     if RetrievalSpec().per_source != PER_SOURCE:
         raise SystemExit(f"PER_SOURCE {PER_SOURCE} != spec default {RetrievalSpec().per_source}")

@@ -54,7 +54,8 @@ def throughput(packing: bool, examples: int, batch_size: int) -> dict[str, float
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from tasks.train.lm import collator, encode_sft, training_set
+    from runtime.prompts import collator, encode_sft
+    from tasks.train.lm import training_set
     from tasks.train.peft import Hyper
     from tasks.train.sft import setup
 

@@ -7,11 +7,10 @@ from typing import Any
 
 from prefect import flow
 
+from runtime.manifest import KINDS, PackageManifest
 from tasks.evaluate.classification import evaluate_classifier_task
 from tasks.evaluate.forgetting import evaluate_lm_task
 from tasks.evaluate.generation import evaluate_generator_task
-from tasks.train.encoder import PackageManifest
-from tasks.train.lm import KINDS
 
 
 @flow(name="evaluate")

@@ -98,7 +98,7 @@ def score_champion(
         texts = [row["text"] for row in rows]
         return lm_metrics(generator.model, generator.tokenizer, texts, generator.max_length)
     if task in GENERATIVE_TASKS:
-        from tasks.evaluate.generation import score_generator
+        from runtime.generate import score_generator
 
         return dict(score_generator(model.unwrap_python_model().generator, rows)["metrics"])
     from tasks.evaluate.classification import classification_metrics

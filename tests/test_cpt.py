@@ -13,10 +13,11 @@ from helpers import REPO
 
 from adaptflow.errors import DataError, SpecError
 from adaptflow.spec import parse_spec
+from runtime.generate import score_texts
+from runtime.prompts import Encoded, chunk_text
 from tasks.curate.general import load_general, split_general
 from tasks.evaluate.gate import decide_promotion
 from tasks.train.cpt import mix_replay
-from tasks.train.lm import Encoded, chunk_text, score_texts
 
 CODE_EXAMPLE = REPO / "examples" / "stdlib-code"
 
@@ -68,7 +69,7 @@ def test_load_general_quarantines_bad_lines_and_refuses_empty(tmp_path: Path) ->
 
 
 def test_chunk_text_and_score_texts_match_the_models_own_loss() -> None:
-    from tasks.train.lm import load_base, load_base_tokenizer
+    from runtime.loading import load_base, load_base_tokenizer
 
     tokenizer = load_base_tokenizer("tiny-gpt")
     model = load_base("tiny-gpt")
@@ -213,7 +214,7 @@ def test_sequential_plan_cpt_then_lora_makes_a_self_contained_package(tmp_path: 
 
     from flows.pipeline import adapt_pipeline
     from registry import models, tracking
-    from tasks.evaluate.generation import Generator
+    from runtime.generate import Generator
 
     result = adapt_pipeline(str(_plan_spec(tmp_path)))
     package = Path(result["train"]["package_dir"])

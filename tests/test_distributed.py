@@ -88,7 +88,8 @@ def test_two_cpu_processes_train_the_weights_of_one(single: dict) -> None:
 
     from safetensors.torch import load_file
 
-    from tasks.train.lm import generate, load_generator
+    from runtime.generate import generate
+    from runtime.loading import load_generator
     from tasks.train.sft import train_generator
 
     root = single["root"]

@@ -11,16 +11,12 @@ import torch
 from helpers import run_cli, write_jsonl
 
 from adaptflow.errors import AdaptflowError
-from tasks.evaluate.generation import Generator
-from tasks.train.encoder import PackageManifest
-from tasks.train.export import (
-    INT8_WEIGHTS,
-    export_package,
-    load_int8,
-    quantize_int8,
-    save_int8,
-)
-from tasks.train.lm import load_base, load_base_tokenizer, render_prompt
+from runtime.generate import Generator
+from runtime.int8 import INT8_WEIGHTS, load_int8, quantize_int8, save_int8
+from runtime.loading import load_base, load_base_tokenizer
+from runtime.manifest import PackageManifest
+from runtime.prompts import render_prompt
+from tasks.train.export import export_package
 from tasks.train.peft import Hyper
 
 PROMPTS = [

@@ -16,17 +16,9 @@ from helpers import REPO, write_jsonl
 
 from adaptflow.catalogue import resolve_base_model
 from adaptflow.errors import SpecError
-from tasks.train.lm import (
-    IGNORE,
-    Encoded,
-    collator,
-    encode_seq2seq,
-    encode_sft,
-    load_base,
-    pack_rows,
-    render_prompt,
-    training_set,
-)
+from runtime.loading import load_base
+from runtime.prompts import IGNORE, Encoded, collator, encode_seq2seq, encode_sft, render_prompt
+from tasks.train.lm import pack_rows, training_set
 from tasks.train.peft import Hyper
 from tasks.train.sft import setup
 from tasks.train.tiny import RECIPES

@@ -132,7 +132,7 @@ def test_qlora_loads_nf4_weights_computing_in_the_training_precision() -> None:
 
 def test_qlora_prepares_the_base_and_trains_a_lora() -> None:
     """On CPU the base stays unquantized, but the peft calls are the ones a GPU run makes."""
-    from tasks.train.lm import load_base
+    from runtime.loading import load_base
     from tasks.train.methods import MethodOptions, apply_method, trainable_parameters
 
     model = apply_method(load_base("tiny-gpt"), "qlora", "decoder", MethodOptions())

@@ -8,15 +8,10 @@ import numpy as np
 import pytest
 from helpers import write_jsonl
 
-from tasks.icl.knn import (
-    KnnClassifier,
-    build_knn_classifier,
-    majority_baseline,
-    nearest,
-    tune_k,
-    vote,
-)
-from tasks.train.encoder import PackageManifest, predict_labels
+from runtime.classifier import predict_labels
+from runtime.knn import KnnClassifier, nearest, vote
+from runtime.manifest import PackageManifest
+from tasks.icl.knn import build_knn_classifier, majority_baseline, tune_k
 
 
 def _unit(rows: list[list[float]]) -> np.ndarray:

@@ -11,12 +11,12 @@ from helpers import write_jsonl
 
 from adaptflow.errors import DataError, SpecError
 from adaptflow.spec import Spec, parse_spec
+from runtime.prompts import IGNORE, PLAIN_TEMPLATE, encode_sft, render_prompt, source_text
 from tasks.curate.dedup import content_key
 from tasks.curate.normalize import normalize
 from tasks.curate.pii import redact_pii
 from tasks.curate.records import Fields, Quarantined, Record, detect_format, read_records
 from tasks.curate.stage import CurationInputs, curate_dataset
-from tasks.train.lm import IGNORE, PLAIN_TEMPLATE, encode_sft, render_prompt, source_text
 
 SYSTEM = {"role": "system", "content": "Answer briefly."}
 
@@ -367,7 +367,7 @@ TWO_TURNS = [
 
 
 def test_render_prompt_of_a_two_turn_conversation_on_tiny_gpt() -> None:
-    from tasks.train.lm import load_base_tokenizer
+    from runtime.loading import load_base_tokenizer
 
     tokenizer = load_base_tokenizer("tiny-gpt")
     prompt = render_prompt(tokenizer, "And 3+3?", TWO_TURNS)
@@ -462,11 +462,13 @@ def test_spec_rejects_formats_that_do_not_fit(
 
 
 def test_training_rows_and_eval_scoring_pass_the_earlier_turns(monkeypatch) -> None:
-    import tasks.train.lm as lm
-    from tasks.evaluate.generation import Generator, score_generator
+    import runtime.generate
+    import runtime.prompts
+    from runtime.generate import Generator, score_generator
+    from runtime.loading import load_base_tokenizer
     from tasks.train.sft import encode_rows
 
-    tokenizer = lm.load_base_tokenizer("tiny-gpt")
+    tokenizer = load_base_tokenizer("tiny-gpt")
     rows = [
         {"id": "1", "text": "And 3+3?", "target": "6", "context": TWO_TURNS},
         {"id": "2", "text": "hi", "target": "hello"},
@@ -481,7 +483,9 @@ def test_training_rows_and_eval_scoring_pass_the_earlier_turns(monkeypatch) -> N
         seen.append((text, context))
         return render_prompt(tok, text, context)
 
-    monkeypatch.setattr(lm, "render_prompt", spy)
+    # generation renders prompts in runtime.generate, perplexity scoring in encode_sft
+    monkeypatch.setattr(runtime.generate, "render_prompt", spy)
+    monkeypatch.setattr(runtime.prompts, "render_prompt", spy)
     scored = score_generator(Generator.from_base("tiny-gpt", 128, 2), rows)
     assert len(scored["predictions"]) == 2
     # generation, then perplexity scoring: both see each row's own earlier turns

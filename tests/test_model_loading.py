@@ -68,7 +68,7 @@ def test_spec_flag_is_off_by_default(tmp_path: Path) -> None:
 
 
 def test_generative_base_and_its_adapter_package(tmp_path: Path) -> None:
-    from tasks.train.lm import load_base, load_generator
+    from runtime.loading import load_base, load_generator
     from tasks.train.sft import save, setup
 
     folder = _pickled_gpt(tmp_path / "gpt-bin")
@@ -91,7 +91,8 @@ def test_generative_base_and_its_adapter_package(tmp_path: Path) -> None:
 
 
 def test_encoder_classifier_and_sentence_encoder(tmp_path: Path) -> None:
-    from tasks.icl.knn import embed, load_encoder
+    from runtime.knn import embed
+    from runtime.loading import load_encoder
     from tasks.train import peft
 
     folder = _pickled_bert(tmp_path / "bert-bin")
@@ -113,12 +114,12 @@ def _callee(call: ast.Call) -> str:
 
 
 def test_no_code_passes_trust_remote_code_true_and_weights_load_safely() -> None:
-    from tasks.train.lm import weights_arguments
+    from runtime.loading import weights_arguments
 
     assert weights_arguments(False) == {"use_safetensors": True, "trust_remote_code": False}
     assert weights_arguments(True) == {"use_safetensors": None, "trust_remote_code": False}
     model_loads = 0
-    for package in ("adaptflow", "flows", "tasks", "registry", "benchmarks"):
+    for package in ("adaptflow", "runtime", "flows", "tasks", "registry", "benchmarks"):
         for path in (REPO / package).rglob("*.py"):
             tree = ast.parse(path.read_text(), str(path))
             for call in _calls(tree):

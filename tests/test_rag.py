@@ -10,26 +10,21 @@ from pathlib import Path
 import pytest
 from helpers import write_knowledge
 
+from runtime.index import chroma_client
+from runtime.loading import load_reranker
+from runtime.rag import retriever_options
+from runtime.retrieve import LexicalAnalyzer, Retriever, fuse_convex, fuse_rrf, split_identifiers
 from tasks.evaluate.retrieval import retrieval_metrics, source_rank
 from tasks.rag.chunk import Section, Tokenizer, chunk_sections, markdown_sections
-from tasks.rag.index import IndexSettings, build_index, chroma_client, open_collection
+from tasks.rag.index import IndexSettings, build_index, open_collection
 from tasks.rag.ingest import ingest
-from tasks.rag.package import retriever_options
-from tasks.rag.retrieve import (
-    LexicalAnalyzer,
-    Retriever,
-    fuse_convex,
-    fuse_rrf,
-    load_reranker,
-    split_identifiers,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def encoder():
-    from tasks.icl.knn import load_encoder
+    from runtime.loading import load_encoder
 
     return load_encoder("minilm")
 
@@ -219,9 +214,10 @@ import os, sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
 import tasks.rag.index as index
-from tasks.icl.knn import load_encoder
+from runtime.index import chroma_client
+from runtime.loading import load_encoder
 index.BATCH = 2
-client = index.chroma_client(None, Path({chroma!r}))
+client = chroma_client(None, Path({chroma!r}))
 collection = index.open_collection(client, "adaptflow-test")
 real = collection.upsert
 calls = []
@@ -333,7 +329,7 @@ def _builds(cache: Path) -> list[Path]:
 def test_a_stored_bm25_build_is_reused_only_for_the_same_chunks(
     tmp_path: Path, encoder, monkeypatch, caplog
 ) -> None:
-    import tasks.rag.retrieve as retrieve
+    import runtime.retrieve as retrieve
 
     knowledge = _corpus(tmp_path / "kb")
     collection, _ = _index(tmp_path, encoder, knowledge)
@@ -366,7 +362,7 @@ def test_a_stored_bm25_build_is_reused_only_for_the_same_chunks(
 
     # a damaged build is dropped, rebuilt in its place, and says so
     (second / "params.index.json").write_text("{not json")
-    with caplog.at_level("WARNING", logger="tasks.rag.retrieve"):
+    with caplog.at_level("WARNING", logger="runtime.retrieve"):
         repaired = Retriever(collection, encoder, mode="hybrid", bm25_cache=cache)
     assert not repaired.bm25_from_cache and ranked(repaired) == ranked(changed)
     assert f"BM25 cache {second} unusable" in caplog.text
@@ -387,7 +383,7 @@ def test_an_unwritable_bm25_cache_only_warns(tmp_path: Path, encoder, caplog) ->
     collection, _ = _index(tmp_path, encoder, _corpus(tmp_path / "kb"))
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
-    with caplog.at_level("WARNING", logger="tasks.rag.retrieve"):
+    with caplog.at_level("WARNING", logger="runtime.retrieve"):
         retriever = Retriever(collection, encoder, mode="hybrid", bm25_cache=blocked / "bm25")
     assert retriever.search("What causes spring tides?", k=1)[0].source == "tides.txt"
     assert "could not store the BM25 index" in caplog.text
@@ -395,7 +391,7 @@ def test_an_unwritable_bm25_cache_only_warns(tmp_path: Path, encoder, caplog) ->
 
 
 def test_large_collections_are_read_page_by_page(tmp_path: Path, encoder, monkeypatch) -> None:
-    import tasks.rag.index as index
+    import runtime.index as index
 
     collection, _ = _index(tmp_path, encoder, _corpus(tmp_path / "kb"))
     seen: list[int | None] = []

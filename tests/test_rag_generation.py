@@ -11,11 +11,11 @@ from helpers import run_cli, write_knowledge
 
 from adaptflow.errors import SpecError
 from adaptflow.spec import load_spec
+from runtime.rag import MAX_CONTEXT, fit_prompt, load_rag_generator, render_prompt
+from runtime.retrieve import Hit
+from runtime.text_metrics import groundedness
 from tasks.evaluate.retrieval import answer_metrics
-from tasks.evaluate.text_metrics import groundedness
-from tasks.rag.package import MAX_CONTEXT, fit_prompt, load_rag_generator, render_prompt
 from tasks.rag.questions import curate_knowledge
-from tasks.rag.retrieve import Hit
 
 QUESTIONS = [
     {"question": "How do bees tell each other where the flowers are?", "source": "bees.txt",
@@ -76,7 +76,7 @@ def test_fit_prompt_without_room_for_passages_keeps_the_question() -> None:
 
 
 def test_fit_prompt_with_the_generator_tokenizer_stays_within_budget() -> None:
-    from tasks.train.lm import load_base_tokenizer
+    from runtime.loading import load_base_tokenizer
 
     tokenizer = load_base_tokenizer("tiny-gpt")
 

@@ -12,9 +12,9 @@ from helpers import run_cli, write_knowledge
 
 from adaptflow.errors import DataError, SpecError
 from adaptflow.methods import check_method, resolve_method
-from tasks.rag.package import fence, render_prompt
+from runtime.rag import fence, render_prompt
+from runtime.retrieve import Hit
 from tasks.rag.questions import curate_knowledge
-from tasks.rag.retrieve import Hit
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "python-docs"

@@ -3,11 +3,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from runtime.knn import knn_vote
 from tasks.curate.records import Record
 from tasks.curate.split import stratified_split
 from tasks.evaluate.classification import classification_metrics
 from tasks.evaluate.gate import decide_promotion
-from tasks.icl.knn import knn_vote
 
 
 def _records(counts: dict[str, int]) -> list[Record]:

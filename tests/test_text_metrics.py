@@ -1,4 +1,4 @@
-"""Tests for tasks.evaluate.text_metrics on tiny cases computed by hand."""
+"""Tests for runtime.text_metrics on tiny cases computed by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tasks.evaluate.text_metrics import (
+from runtime.text_metrics import (
     exact_match,
     generation_metrics,
     groundedness,

@@ -158,8 +158,8 @@ def test_early_stopping_keeps_the_best_epoch_and_never_trains_on_validation(
     tmp_path: Path,
 ) -> None:
     """The saved package scores on validation exactly what its best epoch scored there."""
+    from runtime.classifier import predict_labels
     from tasks.evaluate.classification import classification_metrics
-    from tasks.train.encoder import predict_labels
     from tasks.train.peft import Hyper, train_peft_classifier
 
     rows = [json.loads(line) for line in CHARS.open()]
@@ -190,7 +190,7 @@ def test_generative_early_stopping_scores_answers_and_keeps_the_best_epoch(
     tmp_path: Path,
 ) -> None:
     """A generative candidate is judged on validation by what it generates, as the gate does."""
-    from tasks.evaluate.generation import Generator, score_generator
+    from runtime.generate import Generator, score_generator
     from tasks.train.peft import Hyper
     from tasks.train.sft import train_generator
 

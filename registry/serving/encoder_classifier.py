@@ -2,7 +2,8 @@
 
 Logged by file path, so loading runs this file instead of unpickling an object. The package
 (adapter or weights, tokenizer, manifest) arrives as the ``package`` artifact; the inference
-code is adaptflow's own (``tasks.train.encoder``), so served and evaluated predictions match.
+code is adaptflow's own (``runtime.loading``, ``runtime.classifier``), so served and evaluated
+predictions match.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class EncoderClassifier(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the base model, the adapter and the tokenizer once per process."""
-        from tasks.train.encoder import load_classifier
+        from runtime.loading import load_classifier
 
         self.model, self.tokenizer, self.manifest = load_classifier(
             Path(context.artifacts["package"])
@@ -27,7 +28,7 @@ class EncoderClassifier(PythonModel):
 
     def predict(self, context: Any, model_input: list[str], params: Any = None) -> list[str]:
         """One label per input text."""
-        from tasks.train.encoder import predict_proba
+        from runtime.classifier import predict_proba
 
         probs = predict_proba(self.model, self.tokenizer, model_input, self.manifest.max_length)
         return [self.manifest.labels[i] for i in probs.argmax(axis=1)]

@@ -2,7 +2,7 @@
 
 Logged as "models from code" like the other packages; the package (adapter or weights,
 tokenizer, manifest) arrives as the ``package`` artifact. Generation is adaptflow's own
-(``tasks.evaluate.generation.Generator``), so served answers are the answers that were scored.
+(``runtime.generate.Generator``), so served answers are the answers that were scored.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class GeneratorModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the base model and adapter (or the full weights) once per process."""
-        from tasks.evaluate.generation import Generator
+        from runtime.generate import Generator
 
         self.generator = Generator.from_package(Path(context.artifacts["package"]))
 

@@ -2,7 +2,7 @@
 
 Logged as "models from code" like the trained classifier; the package (manifest with ``k``,
 example vectors and examples) arrives as the ``package`` artifact and the base encoder is
-loaded from the reference in its manifest. Inference is adaptflow's own (``tasks.icl.knn``),
+loaded from the reference in its manifest. Inference is adaptflow's own (``runtime.knn``),
 so served and evaluated predictions match.
 """
 
@@ -20,7 +20,7 @@ class KnnClassifier(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the index and the encoder once per process."""
-        from tasks.icl.knn import KnnClassifier as Loaded
+        from runtime.knn import KnnClassifier as Loaded
 
         self.model = Loaded(Path(context.artifacts["package"]))
 

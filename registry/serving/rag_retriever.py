@@ -4,7 +4,7 @@ Logged as "models from code" like the other packages; the package (embedder refe
 collection and index version, retriever settings, prompt template, generator reference) arrives
 as the ``package`` artifact. When the package names a generator, each question's entry also
 holds the generated ``answer``. Search and generation are adaptflow's own
-(``tasks.rag.package.RagRetriever``), so served and evaluated rankings and answers match. The
+(``runtime.rag.RagRetriever``), so served and evaluated rankings and answers match. The
 vectors live in Chroma: the store the package names, or the server at ``ADAPTFLOW_CHROMA_URL``
 when that is set.
 """
@@ -23,7 +23,7 @@ class RagRetrieverModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Open the collection and the embedder once per process."""
-        from tasks.rag.package import RagRetriever
+        from runtime.rag import RagRetriever
 
         self.model = RagRetriever(Path(context.artifacts["package"]))
 

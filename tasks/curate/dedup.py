@@ -348,7 +348,8 @@ def semantic_dedup(
     """Drop records whose embedding is within cosine ``threshold`` of an earlier kept record."""
     import numpy as np
 
-    from tasks.icl.knn import embed, load_encoder
+    from runtime.knn import embed
+    from runtime.loading import load_encoder
 
     if not records:
         return Outcome(kept=[])

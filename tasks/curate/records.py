@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptflow.errors import DataError
+from adaptflow.jsonl import read_jsonl, write_jsonl  # noqa: F401  (importable from here too)
 from adaptflow.spec import data_suffix
 
 LABEL_TYPES = (str, int, bool)
@@ -440,21 +441,6 @@ def read_records(path: Path, fields: Fields) -> ReadResult:
         else:
             result.quarantined.append(item)
     return result
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write rows as UTF-8 JSON lines (atomically: a temp file, then a rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSONL file written by adaptflow (trusted, well-formed)."""
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 CURATED_FIELDS = ("id", "text", "label", "target", "context")

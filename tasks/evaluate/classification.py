@@ -66,7 +66,7 @@ def evaluate_classifier(package_dir: Path, eval_path: Path, out_dir: Path) -> di
     Returns:
         ``metrics`` (dict), ``confusion_matrix`` (PNG path) and ``eval_examples`` (count).
     """
-    from tasks.train.encoder import predict_labels
+    from runtime.classifier import predict_labels
 
     rows = read_jsonl(eval_path)
     truth = [row["label"] for row in rows]

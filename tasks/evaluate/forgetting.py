@@ -23,7 +23,7 @@ from tasks.curate.records import read_jsonl
 
 def lm_metrics(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> dict[str, float]:
     """``perplexity`` and ``next_token_accuracy`` of a decoder on ``texts``."""
-    from tasks.train.lm import score_texts
+    from runtime.generate import score_texts
 
     score = score_texts(model, tokenizer, texts, max_length)
     return {"perplexity": score.perplexity, "next_token_accuracy": score.accuracy}
@@ -31,7 +31,7 @@ def lm_metrics(model: Any, tokenizer: Any, texts: list[str], max_length: int) ->
 
 def evaluate_lm(package_dir: Path, eval_path: Path) -> dict[str, Any]:
     """Score a CPT package on the curated domain holdout (the eval split's ``text``)."""
-    from tasks.train.lm import load_generator
+    from runtime.loading import load_generator
 
     model, tokenizer, manifest = load_generator(package_dir)
     rows = read_jsonl(eval_path)
@@ -43,7 +43,7 @@ def base_lm_baseline(
     base_model: str, eval_path: Path, max_length: int, allow_pickle: bool = False
 ) -> dict[str, Any]:
     """The no-training baseline of ``language-modeling``: the base model on the same holdout."""
-    from tasks.train.lm import load_base, load_base_tokenizer
+    from runtime.loading import load_base, load_base_tokenizer
 
     model = load_base(base_model, "decoder", allow_pickle)
     model.eval()
@@ -70,8 +70,8 @@ def forgetting_check(
         perplexity and next-token accuracy before and after, ``perplexity_increase`` (relative),
         ``max_increase``, ``passed``, the check size, and ``artifact`` (the report as JSON).
     """
-    from tasks.train.encoder import PackageManifest
-    from tasks.train.lm import load_base, load_base_tokenizer, load_generator
+    from runtime.loading import load_base, load_base_tokenizer, load_generator
+    from runtime.manifest import PackageManifest
 
     if PackageManifest.read(package_dir).kind != "causal-lm":
         return {

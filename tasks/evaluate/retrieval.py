@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from tasks.evaluate.text_metrics import exact_match, groundedness, token_f1
+from runtime.text_metrics import exact_match, groundedness, token_f1
 
 KS = (1, 5, 10)
 

@@ -39,9 +39,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adaptflow.spec import ANSWER_METRICS
+from runtime.rag import RagRetriever
 from tasks.curate.records import read_jsonl, write_jsonl
 from tasks.evaluate.retrieval import retrieval_metrics
-from tasks.rag.package import EVAL_DEPTH, RagRetriever, build_rag
+from tasks.rag.package import EVAL_DEPTH, build_rag
 
 #: Keys whose values the choice can set, and the search candidates (the default's first).
 SEARCH_KEYS = ("mode", "fusion", "lexical_weight")
@@ -241,7 +242,7 @@ def choose_retrieval(
 
 def _embedder_window(embedder: str, allow_pickle: bool) -> int:
     """Tokens the embedder reads of one text, less its two special tokens."""
-    from tasks.icl.knn import load_encoder
+    from runtime.loading import load_encoder
 
     return int(load_encoder(embedder, allow_pickle).max_seq_length) - 2
 

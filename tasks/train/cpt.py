@@ -25,11 +25,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adaptflow.errors import SpecError
+from runtime.manifest import KINDS, PackageManifest
+from runtime.prompts import Encoded, chunk_text
 from tasks.curate.general import load_general
 from tasks.curate.records import read_jsonl
 from tasks.train import launch
-from tasks.train.encoder import PackageManifest
-from tasks.train.lm import KINDS, Encoded, chunk_text
 from tasks.train.methods import trainable_parameters
 from tasks.train.peft import Hyper, best_epoch
 from tasks.train.sft import GenerativeResult, Validation, run_key, run_precision, setup, train

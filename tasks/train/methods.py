@@ -1,7 +1,7 @@
 """Which weights each adaptation method trains, for decoder and encoder-decoder models.
 
 PEFT methods go through peft (lora, dora, ia3 and the three virtual-token methods; ``qlora`` is
-a LoRA over a base loaded in 4 bits, see ``tasks.train.lm.load_base``); ``freeze``
+a LoRA over a base loaded in 4 bits, see ``runtime.loading.load_base``); ``freeze``
 trains only the top N transformer blocks (and whatever sits after them: final norm, and the
 head when it is not tied to the embeddings); ``full`` trains everything. Every method reports
 its trainable and total parameter counts the same way (``trainable_parameters``).

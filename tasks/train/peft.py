@@ -19,8 +19,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adaptflow.errors import SpecError
+from runtime.manifest import PackageManifest
 from tasks.curate.records import read_jsonl
-from tasks.train.encoder import PackageManifest
 
 PEFT_METHODS = ("lora", "dora", "ia3")
 
@@ -128,7 +128,7 @@ def setup(
     from transformers import AutoModelForSequenceClassification, set_seed
 
     from adaptflow.catalogue import resolve_base_model
-    from tasks.train.lm import pickle_refused, weights_arguments
+    from runtime.loading import pickle_refused, weights_arguments
 
     set_seed(hyper.seed)  # the new head's initialisation draws from the global RNG
     try:

@@ -32,21 +32,12 @@ from prefect.cache_policies import NO_CACHE
 from adaptflow.catalogue import resolve_base_model
 from adaptflow.hardware import precision_arguments, qlora_error, qlora_missing, resolve_precision
 from adaptflow.spec import LOWER_IS_BETTER
+from runtime.loading import load_base, load_base_tokenizer
+from runtime.manifest import KINDS, PackageManifest, family_of
+from runtime.prompts import Encoded, collator, encode_seq2seq, encode_sft
 from tasks.curate.records import read_jsonl
 from tasks.train import launch
-from tasks.train.encoder import PackageManifest
-from tasks.train.lm import (
-    KINDS,
-    Encoded,
-    collator,
-    encode_seq2seq,
-    encode_sft,
-    family_of,
-    load_base,
-    load_base_tokenizer,
-    qlora_loading,
-    training_set,
-)
+from tasks.train.lm import qlora_loading, training_set
 from tasks.train.methods import (
     PEFT_METHODS,
     QUANTIZED_METHODS,
@@ -214,14 +205,14 @@ def _scoring_trainer(validation: Validation, tokenizer: Any, family: str, max_le
 
     The Trainer's own evaluation computes the loss of teacher-forced targets; a generative
     candidate is judged on what it generates (ROUGE-L, exact match, token F1), so ``evaluate``
-    is overridden to score greedy answers with ``tasks.evaluate.generation.score_generator``,
+    is overridden to score greedy answers with ``runtime.generate.score_generator``,
     the gate's own scoring. The rest (early stopping, keeping the best epoch's checkpoint) is
     the Trainer's: ``EarlyStoppingCallback`` and ``load_best_model_at_end``.
     """
     from transformers import Trainer
 
+    from runtime.generate import Generator, score_generator
     from tasks.evaluate.forgetting import lm_metrics
-    from tasks.evaluate.generation import Generator, score_generator
 
     class ScoredTrainer(Trainer):  # type: ignore[misc]
         def evaluate(

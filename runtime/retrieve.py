@@ -56,7 +56,7 @@ import bm25s
 import numpy as np
 import Stemmer
 
-from tasks.rag.index import read_all
+from runtime.index import read_all
 
 # bm25s sets its own logger to DEBUG on import and logs every index build, which Prefect's
 # handlers would print; so, after importing it:
@@ -106,18 +106,6 @@ class LexicalAnalyzer:
         if self.analyzer == "code":
             texts = [split_identifiers(t) for t in texts]
         return bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer, show_progress=False)
-
-
-def load_reranker(reference: str) -> Any:
-    """A sentence-transformers ``CrossEncoder`` (catalogue alias, folder or hub id) on CPU.
-
-    No code from the model's repository runs (``trust_remote_code`` stays off).
-    """
-    from sentence_transformers import CrossEncoder
-
-    from adaptflow.catalogue import resolve_base_model
-
-    return CrossEncoder(resolve_base_model(reference), device="cpu", trust_remote_code=False)
 
 
 def _min_max(scores: list[float]) -> list[float]:

@@ -1,0 +1,43 @@
+"""Classifying with a classifier package: probabilities and labels (trained or ICL packages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runtime.knn import KnnClassifier
+from runtime.loading import load_classifier
+from runtime.manifest import PackageManifest
+
+
+def predict_proba(
+    model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64
+) -> Any:
+    """Class probabilities for ``texts`` as a (n, num_labels) numpy array."""
+    import numpy as np
+    import torch
+
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            logits = model(**batch).logits
+            chunks.append(torch.softmax(logits.float(), dim=-1).numpy())
+    if not chunks:
+        return np.zeros((0, len(model.config.id2label)))
+    return np.concatenate(chunks)
+
+
+def predict_labels(folder: Path, texts: list[str]) -> list[str]:
+    """Load the package in ``folder`` (any kind) and return one label per text."""
+    if PackageManifest.read(folder).kind == "knn-classifier":
+        return KnnClassifier(folder).predict(texts)
+    model, tokenizer, manifest = load_classifier(folder)
+    probs = predict_proba(model, tokenizer, texts, manifest.max_length)
+    return [manifest.labels[i] for i in probs.argmax(axis=1)]

@@ -1,0 +1,251 @@
+"""Answering with a generative package (or a bare base model), and scoring the answers.
+
+One ``Generator`` (a loaded package, or the bare base model) and one ``score_generator`` serve
+the candidate, the baseline, the champion's re-scoring and ``predict``, so every number the gate
+compares comes from the same prompts, decoding and metrics. ``score_texts`` measures how well a
+decoder predicts plain text (the CPT holdout and the forgetting check).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.loading import load_base, load_base_tokenizer, load_generator
+from runtime.manifest import family_of
+from runtime.prompts import (
+    IGNORE,
+    chunk_text,
+    collator,
+    encode_seq2seq,
+    encode_sft,
+    render_prompt,
+    source_text,
+)
+from runtime.text_metrics import generation_metrics, perplexity
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    family: str,
+    max_new_tokens: int = 64,
+    max_length: int = 512,
+    batch_size: int = 16,
+    contexts: list[list[dict[str, str]] | None] | None = None,
+    raw: bool = False,
+) -> list[str]:
+    """Greedy answers to ``texts`` (prompts rendered as in training), decoded without specials.
+
+    ``contexts``, when given, holds each text's earlier conversation turns (or None). ``raw``
+    continues each text as it is, with no prompt format (a CPT model continues text).
+    """
+    import torch
+
+    tokenizer.padding_side = "left"  # decoders continue from the right edge of the prompt
+    tokenizer.truncation_side = "left"  # an over-long prompt keeps its end (the question)
+    turns = contexts or [None] * len(texts)
+    inputs = [
+        t if raw else render_prompt(tokenizer, t, c) if family == "decoder" else source_text(t, c)
+        for t, c in zip(texts, turns, strict=True)
+    ]
+    answers: list[str] = []
+    with torch.inference_mode():
+        for start in range(0, len(inputs), batch_size):
+            batch = tokenizer(
+                inputs[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                add_special_tokens=family != "decoder",
+            )
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            if family == "decoder":
+                output = output[:, batch["input_ids"].shape[1] :]
+            answers += [
+                text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)
+            ]
+    return answers
+
+
+def answer_nll(
+    model: Any,
+    tokenizer: Any,
+    pairs: list[tuple[str, str]],
+    family: str,
+    max_length: int,
+    contexts: list[list[dict[str, str]] | None] | None = None,
+) -> tuple[float, int]:
+    """Summed negative log-likelihood (nats) of the answers given the prompts, and token count.
+
+    Exactly the tokens that carry loss in training are scored, so the perplexity of an eval
+    set is comparable with the training loss. ``contexts`` holds each pair's earlier turns.
+    """
+    import torch
+
+    encode = encode_sft if family == "decoder" else encode_seq2seq
+    collate = collator(tokenizer, family, packing=False)
+    turns = contexts or [None] * len(pairs)
+    total, tokens = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(pairs), 16):
+            chunk = zip(pairs[start : start + 16], turns[start : start + 16], strict=True)
+            items = [encode(tokenizer, t, a, max_length, c) for (t, a), c in chunk]
+            batch = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in items])
+            labels = batch["labels"][:, 1:] if family == "decoder" else batch["labels"]
+            # the model's loss is the mean over scored tokens (virtual tokens of prompt-learning
+            # methods included as ignored labels by peft), so the sum is mean x count
+            count = int((labels != IGNORE).sum())
+            total += float(model(**batch).loss) * count
+            tokens += count
+    return total, tokens
+
+
+@dataclass(frozen=True)
+class TextScore:
+    """How well a decoder predicts a set of texts: summed NLL (nats), tokens and top-1 hits."""
+
+    nll: float
+    tokens: int
+    hits: int
+
+    @property
+    def perplexity(self) -> float:
+        """exp(mean NLL per predicted token)."""
+        return perplexity(self.nll, self.tokens)
+
+    @property
+    def accuracy(self) -> float:
+        """Share of tokens predicted exactly (greedy next token)."""
+        return self.hits / self.tokens if self.tokens else 0.0
+
+
+def score_texts(
+    model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 16
+) -> TextScore:
+    """Next-token NLL and accuracy of a decoder on ``texts``, windowed as CPT trains.
+
+    Used for the domain holdout and the general-text forgetting check, so "before" and "after"
+    are measured on exactly the same windows.
+    """
+    import torch
+
+    windows = [w for text in texts for w in chunk_text(tokenizer, text, max_length)]
+    windows.sort(key=lambda w: len(w.input_ids))  # similar lengths batch with little padding
+    collate = collator(tokenizer, "decoder", packing=False)
+    nll, tokens, hits = 0.0, 0, 0
+    with torch.inference_mode():
+        for start in range(0, len(windows), batch_size):
+            batch = collate(
+                [
+                    {"input_ids": w.input_ids, "labels": w.labels}
+                    for w in windows[start:][:batch_size]
+                ]
+            )
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits[:, :-1]
+            labels = batch["labels"][:, 1:]
+            scored = labels != IGNORE
+            nll += float(
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).float(),
+                    labels.reshape(-1),
+                    ignore_index=IGNORE,
+                    reduction="sum",
+                )
+            )
+            tokens += int(scored.sum())
+            hits += int(((logits.argmax(-1) == labels) & scored).sum())
+    return TextScore(nll, tokens, hits)
+
+
+class Generator:
+    """A generative model ready to answer: model, tokenizer, family and decoding limits."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        family: str,
+        max_length: int,
+        max_new_tokens: int,
+        raw: bool = False,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.family = family
+        self.max_length = max_length
+        self.max_new_tokens = max_new_tokens
+        self.raw = raw  # continue the text as it is (CPT packages), no prompt format
+
+    @classmethod
+    def from_package(cls, folder: Path) -> Generator:
+        """Load a trained package (``causal-lm`` or ``seq2seq-lm``)."""
+        model, tokenizer, manifest = load_generator(folder)
+        return cls(
+            model,
+            tokenizer,
+            family_of(manifest.kind),
+            manifest.max_length,
+            int(manifest.options.get("max_new_tokens", 64)),
+            raw=manifest.options.get("prompt") == "raw",
+        )
+
+    @classmethod
+    def from_base(
+        cls, base_model: str, max_length: int, max_new_tokens: int, allow_pickle: bool = False
+    ) -> Generator:
+        """The untrained base model, prompted exactly like a candidate (the baseline)."""
+        model = load_base(base_model, allow_pickle=allow_pickle)
+        model.eval()
+        tokenizer = load_base_tokenizer(base_model)
+        return cls(model, tokenizer, family_of(model.config), max_length, max_new_tokens)
+
+    def predict(
+        self, texts: list[str], contexts: list[list[dict[str, str]] | None] | None = None
+    ) -> list[str]:
+        """One greedy answer per text (after its earlier conversation turns, if given)."""
+        return generate(
+            self.model,
+            self.tokenizer,
+            texts,
+            self.family,
+            max_new_tokens=self.max_new_tokens,
+            max_length=self.max_length,
+            contexts=contexts,
+            raw=self.raw,
+        )
+
+
+def score_generator(generator: Generator, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Answer every row's ``text`` and compare with its ``target``.
+
+    Returns:
+        ``metrics`` (exact_match, token_f1, rouge1/2/L, perplexity of the targets) and
+        ``predictions``.
+    """
+    texts = [row["text"] for row in rows]
+    targets = [row["target"] for row in rows]
+    contexts = [row.get("context") for row in rows]
+    predictions = generator.predict(texts, contexts)
+    metrics = generation_metrics(predictions, targets)
+    nll, tokens = answer_nll(
+        generator.model,
+        generator.tokenizer,
+        list(zip(texts, targets, strict=True)),
+        generator.family,
+        generator.max_length,
+        contexts,
+    )
+    metrics["perplexity"] = perplexity(nll, tokens)
+    return {"metrics": metrics, "predictions": predictions}

@@ -1,0 +1,168 @@
+"""Loading base models and packages: safetensors only unless allowed, never remote code.
+
+Every ``from_pretrained`` (and sentence-transformers load) of a base model or a package goes
+through here, so the same weights rules hold in training, evaluation and serving.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from adaptflow.catalogue import resolve_base_model
+from adaptflow.errors import SpecError
+from runtime.int8 import load_int8
+from runtime.manifest import PackageManifest, auto_class, family_of
+
+
+def load_base_tokenizer(reference: str) -> Any:
+    """The base model's tokenizer, with a pad token (GPT-2-style tokenizers ship without one)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(reference))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def weights_arguments(allow_pickle: bool) -> dict[str, Any]:
+    """``from_pretrained`` arguments that decide which weight files may load.
+
+    Safetensors only, unless ``allow_pickle``: then safetensors are still preferred and a
+    pickle-based ``pytorch_model.bin`` is the fallback. ``trust_remote_code`` is always off: a
+    model that needs custom code from its repository does not load, instead of running it.
+    """
+    return {"use_safetensors": None if allow_pickle else True, "trust_remote_code": False}
+
+
+def load_base(
+    reference: str,
+    family: str | None = None,
+    allow_pickle: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Any:
+    """Load a base model from a catalogue alias, folder or hub id (safetensors unless allowed).
+
+    Args:
+        reference: Catalogue alias, folder or hub id.
+        family: ``decoder`` or ``encoder-decoder`` (default: read from the config).
+        allow_pickle: The spec's ``allow_pickle``: also load pickle-based weights.
+        extra: More ``from_pretrained`` arguments (the 4-bit loading of ``qlora``).
+
+    Raises:
+        SpecError: When the model has only pickle-based weights and ``allow_pickle`` is off.
+    """
+    from transformers import AutoConfig
+
+    path = resolve_base_model(reference)
+    family = family or family_of(AutoConfig.from_pretrained(path, trust_remote_code=False))
+    try:
+        return auto_class(family).from_pretrained(
+            path, **weights_arguments(allow_pickle), **(extra or {})
+        )
+    except OSError as exc:
+        if allow_pickle or "safetensors" not in str(exc):
+            raise
+        raise SpecError(pickle_refused(reference)) from None
+
+
+def pickle_refused(reference: str) -> str:
+    """The message for a base model that has only pickle-based weights."""
+    return (
+        f"base model '{reference}' has no safetensors weights; pickle-based weights "
+        "(pytorch_model.bin) can run code when loaded and are refused unless the spec sets "
+        "allow_pickle: true"
+    )
+
+
+def load_generator(folder: Path) -> tuple[Any, Any, PackageManifest]:
+    """Load a generative package for inference: (model in eval mode, tokenizer, manifest)."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    manifest = PackageManifest.read(folder)
+    family = family_of(manifest.kind)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    if manifest.options.get("quantize") == "int8":  # written by tasks.train.export
+        model = load_int8(folder / "weights", family)
+    elif (folder / "weights").is_dir():
+        model = auto_class(family).from_pretrained(str(folder / "weights"), use_safetensors=True)
+    else:
+        # an adapter over a base that lives only in the package (a CPT stage's output)
+        bundled = folder / "base"
+        base = str(bundled) if bundled.is_dir() else manifest.base_model
+        allow_pickle = bool(manifest.options.get("allow_pickle", False))
+        model = PeftModel.from_pretrained(
+            load_base(base, family, allow_pickle), str(folder / "adapter")
+        )
+    model.eval()
+    return model, tokenizer, manifest
+
+
+def load_classifier(folder: Path) -> tuple[Any, Any, PackageManifest]:
+    """Load a saved classifier package for inference.
+
+    Args:
+        folder: A package folder written by a training recipe.
+
+    Returns:
+        (model in eval mode, tokenizer, manifest).
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    manifest = PackageManifest.read(folder)
+    labels = manifest.labels
+    label_maps: dict[str, Any] = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    if (folder / "weights").is_dir():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(folder / "weights"), use_safetensors=True, **label_maps
+        )
+    else:
+        base = AutoModelForSequenceClassification.from_pretrained(
+            resolve_base_model(manifest.base_model),
+            **weights_arguments(bool(manifest.options.get("allow_pickle", False))),
+            **label_maps,
+        )
+        model = PeftModel.from_pretrained(base, str(folder / "adapter"))
+    model.eval()
+    return model, tokenizer, manifest
+
+
+def load_encoder(base_model: str, allow_pickle: bool = False) -> Any:
+    """The base model as a sentence-transformers encoder on CPU.
+
+    Safetensors only unless ``allow_pickle`` (the spec's flag); no code from the model's
+    repository runs.
+
+    Raises:
+        SpecError: When the model has only pickle-based weights and ``allow_pickle`` is off.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(
+            resolve_base_model(base_model),
+            device="cpu",
+            trust_remote_code=False,
+            model_kwargs={"use_safetensors": None if allow_pickle else True},
+        )
+    except OSError as exc:
+        if allow_pickle or "safetensors" not in str(exc):
+            raise
+        raise SpecError(pickle_refused(base_model)) from None
+
+
+def load_reranker(reference: str) -> Any:
+    """A sentence-transformers ``CrossEncoder`` (catalogue alias, folder or hub id) on CPU.
+
+    No code from the model's repository runs (``trust_remote_code`` stays off).
+    """
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(resolve_base_model(reference), device="cpu", trust_remote_code=False)
