@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from adaptflow.spec import CptSpec, TrainSpec
+
 # --- constants the rules and the cost model use (documented, so the advice can be argued with)
 
 #: Labelled examples below which fine-tuning of any kind is not suggested ("hundreds+", §1).
@@ -46,8 +48,9 @@ MIN_LABELLED_FULL = 1_000
 #: Unlabelled tokens below which continued pre-training cannot move a model's language
 #: (published domain-adaptive pre-training uses 1e8-1e10 tokens; below 1e8 use PEFT or RAG).
 CPT_MIN_CORPUS_TOKENS = 100_000_000
-#: Share of general-domain "replay" text mixed into CPT to limit forgetting.
-CPT_REPLAY = 0.25
+#: Share of training tokens of general-domain "replay" text mixed into CPT to limit
+#: forgetting: the spec's default ``cpt.replay`` (one value, read from the spec).
+CPT_REPLAY: float = CptSpec.model_fields["replay"].default
 #: Tokens per parameter for compute-optimal pre-training (Hoffmann et al. 2022, "Chinchilla").
 CHINCHILLA_TOKENS_PER_PARAM = 20
 #: When ``budget.gpu_hours`` is 0 (unstated), assume this many hours: a quick experiment.
@@ -58,8 +61,8 @@ LARGE_MODEL_PARAMS = 1_000_000_000
 FEW_SHOT_EXAMPLES = 8
 #: RAG prompt: passages retrieved per query, tokens per passage, answer tokens.
 RAG_PASSAGES, RAG_PASSAGE_TOKENS, ANSWER_TOKENS = 5, 256, 64
-#: Virtual tokens prepended by prefix / prompt / p-tuning.
-VIRTUAL_TOKENS = 20
+#: Virtual tokens prepended by prefix / prompt / p-tuning: the spec's default.
+VIRTUAL_TOKENS: int = TrainSpec.model_fields["virtual_tokens"].default
 #: LoRA rank assumed when the spec sets none, and the attention matrices it adapts per layer.
 LORA_MATRICES_PER_LAYER = 2
 #: Parameters of the embedder RAG indexes with (all-MiniLM-L6-v2).
@@ -212,7 +215,7 @@ def _activation_bytes(f: Facts) -> float:
 
 def _train_tokens(method: str, f: Facts) -> float:
     if method == "cpt":
-        return f.corpus_tokens * (1 + CPT_REPLAY)
+        return f.corpus_tokens / (1 - CPT_REPLAY)  # replay is a share of all tokens
     if method == "pretrain":
         return max(f.corpus_tokens, CHINCHILLA_TOKENS_PER_PARAM * (f.params or 0))
     return f.labelled_tokens * f.epochs

@@ -119,7 +119,7 @@ def test_new_language_large_corpus_and_large_budget_makes_cpt_suitable() -> None
     cpt = _by_method(advice)["cpt"]
     assert cpt.suitable, cpt.reasons
     assert advice.recommended == "cpt"
-    n, d = LLAMA_1B["params"], 500_000_000 * 1.25  # corpus plus 25% replay
+    n, d = LLAMA_1B["params"], 500_000_000 * 1.25  # corpus, replay 20% of all tokens
     assert cpt.estimate.train_flops == pytest.approx(6 * n * d)
     h100 = HARDWARE["h100"]
     assert cpt.estimate.train_hours == pytest.approx(
@@ -211,3 +211,23 @@ def test_facts_are_measured_from_the_real_data_and_model() -> None:
     assert 780 * 5 < facts.labelled_tokens < 780 * 20  # short Unicode names, with [CLS]/[SEP]
     assert facts.mean_tokens == pytest.approx(facts.labelled_tokens / 780, abs=0.1)
     assert facts.custom_behavior is True and facts.hardware == "cpu"
+
+
+def test_the_advisor_assumes_the_spec_defaults_it_estimates() -> None:
+    """One value each: the advisor's replay share and virtual tokens are the spec's defaults."""
+    from adaptflow import advisor
+    from adaptflow.spec import CptSpec, TrainSpec
+    from tasks.train.peft import Hyper
+
+    assert advisor.CPT_REPLAY == CptSpec().replay == 0.2
+    assert advisor.VIRTUAL_TOKENS == TrainSpec().virtual_tokens == Hyper().virtual_tokens == 16
+    # replay is a share of all training tokens: 1e8 domain tokens at 20% make 1.25e8 in all
+    assert (
+        advisor._train_tokens(
+            "cpt", advisor.Facts("language-modeling", "decoder", None, corpus_tokens=100_000_000)
+        )
+        == 1.25e8
+    )
+    assert "mix in 20% general text" in " ".join(r.reason for r in advisor.RULES)
+    train = TrainSpec().model_dump()
+    assert {k: v for k, v in vars(Hyper()).items() if k in train} == train
