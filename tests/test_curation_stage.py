@@ -170,3 +170,25 @@ def test_folder_of_mixed_documents(tmp_path: Path) -> None:
         "g.html": "no text after removing markup",
         "loose.txt": "no label: put documents in one sub-folder per label",
     }
+
+
+def test_the_data_hash_moves_with_the_data_not_with_the_report(tmp_path: Path) -> None:
+    """A redrawn chart or a reworded report is not new data: retraining must not fire."""
+    from tasks.curate.version import version_with_dvc
+
+    home = tmp_path / "home"
+    out = home / "curated" / "name"
+    out.mkdir(parents=True)
+    (out / "train.jsonl").write_text('{"id": "1", "text": "a", "label": "x"}\n')
+    (out / "report.md").write_text("# report\n")
+    (out / "funnel.png").write_bytes(b"\x89PNG one")
+    first = version_with_dvc(out, home)
+    (out / "report.md").write_text("# report, reworded by a newer release\n")
+    (out / "funnel.png").write_bytes(b"\x89PNG drawn by a newer matplotlib")
+    assert version_with_dvc(out, home) == first
+    (out / "train.jsonl").write_text('{"id": "1", "text": "b", "label": "x"}\n')
+    changed = version_with_dvc(out, home)
+    assert changed != first
+    lines = (home / ".dvcignore").read_text().splitlines()
+    ignored = [line for line in lines if line and not line.startswith("#")]
+    assert ignored == ["/curated/name/report.md", "/curated/name/funnel.png"]  # added once

@@ -498,8 +498,8 @@ def _finish(
         "funnel_chart": str(out / "funnel.png"),
     }
     funnel_png(steps, out / "funnel.png", f"curation funnel: {inputs.name}")
-    # Written before hashing so that DVC's hash covers the report too (which is why the report
-    # itself cannot name the hash; the summary and the MLflow run carry it).
+    # The report and the chart are not part of DVC's hash (``tasks.curate.version.DERIVED``):
+    # the hash that gates retraining moves with the data only.
     table = _label_table(written.train, written.eval)
     (out / "report.md").write_text(_report(summary, written.quarantined, table))
     shutil.rmtree(plan.work)  # scratch; not part of the versioned dataset
