@@ -16,11 +16,12 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Annotated, Any, cast
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from adaptflow.errors import TARGET_NOT_MET_EXIT, AdaptflowError
+from adaptflow.errors import INTERNAL_ERROR_EXIT, TARGET_NOT_MET_EXIT, AdaptflowError
 
 app = typer.Typer(
     help="Adapt open language models to your own data: curate -> adapt -> evaluate -> register.",
@@ -51,6 +52,17 @@ def _guard(json_mode: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
+    except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        raise
+    except Exception as exc:  # a bug, not a user mistake: still one JSON object on stdout
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)  # what a bug report needs
+        message = f"internal error ({type(exc).__name__}: {exc}); this is a bug in adaptflow"
+        if json_mode:
+            print(json.dumps({"error": message, "kind": "InternalError"}))
+        err.print(f"[bold red]error:[/] {message}", highlight=False, markup=False)
+        raise typer.Exit(INTERNAL_ERROR_EXIT) from None
 
 
 def _emit(obj: dict[str, Any]) -> None:

@@ -52,3 +52,6 @@ def check(condition: bool, message: str) -> None:
 #: Exit code of ``adaptflow run`` when the ladder ran and no rung met the spec's target (the
 #: best rung is registered as challenger, not promoted). Errors exit 2 (user) or 3 (server).
 TARGET_NOT_MET_EXIT = 4
+#: Exit code of any command that failed on a bug (an unexpected exception, not a user mistake);
+#: with ``--json`` it still prints one ``{"error", "kind": "InternalError"}`` object.
+INTERNAL_ERROR_EXIT = 1

@@ -13,9 +13,11 @@ collection (``runtime/rag.py``).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from adaptflow.errors import RegistryError
 
 MANIFEST = "adaptflow_model.json"
 
@@ -39,8 +41,44 @@ class PackageManifest:
 
     @classmethod
     def read(cls, folder: Path) -> PackageManifest:
-        """Read the manifest of the package in ``folder``."""
-        return cls(**json.loads((folder / MANIFEST).read_text()))
+        """Read the manifest of the package in ``folder``.
+
+        Raises:
+            RegistryError: When the package is of a kind with another manifest (a RAG package
+                names its collection instead of weights), or the manifest is not one at all.
+        """
+        raw = read_raw(folder)
+        names = {f.name for f in fields(cls)}
+        required = {
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        }
+        odd = sorted(set(raw) - names) + sorted(required - set(raw))
+        if odd:
+            raise RegistryError(
+                f"{folder}: a '{raw['kind']}' package without a trained model's manifest (fields "
+                f"{', '.join(odd)}); this needs one of kinds {', '.join(TRAINED_KINDS)}"
+            )
+        return cls(**raw)
+
+
+#: Kinds whose manifest is a ``PackageManifest`` (a RAG package's is ``runtime.rag``'s).
+TRAINED_KINDS = ("encoder-classifier", "knn-classifier", "causal-lm", "seq2seq-lm")
+
+
+def read_raw(folder: Path) -> dict[str, Any]:
+    """The manifest of the package in ``folder`` as stored, whatever its kind.
+
+    Raises:
+        RegistryError: When there is no readable manifest naming a ``kind``.
+    """
+    path = folder / MANIFEST
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"{path}: not a readable model package manifest: {exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("kind"), str):
+        raise RegistryError(f"{path}: the manifest names no package kind")
+    return raw
 
 
 KINDS = {"decoder": "causal-lm", "encoder-decoder": "seq2seq-lm"}

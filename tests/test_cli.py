@@ -121,3 +121,40 @@ def test_ladder_and_another_method_contradict(tmp_path: Path) -> None:
     result = run_cli("run", str(spec), "--ladder", "--method", "lora")
     assert result.returncode == 2
     assert "--ladder and --method lora contradict each other" in result.stderr
+
+
+def test_export_of_a_rag_package_is_one_clear_json_error(tmp_path: Path) -> None:
+    """A RAG package's manifest names a collection, not weights: refused by kind, no crash."""
+    package = tmp_path / "rag-package"
+    package.mkdir()
+    manifest = {
+        "kind": "rag-retriever",
+        "embedder": "minilm",
+        "allow_pickle": False,
+        "index": {"collection": "c", "chunks": 3},
+        "retrieval": {"mode": "dense"},
+    }
+    (package / "adaptflow_model.json").write_text(json.dumps(manifest))
+    result = run_cli("export", str(package), str(tmp_path / "out"), "--json")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert json.loads(result.stdout) == {
+        "error": f"{package}: export works for generative packages (causal-lm, seq2seq-lm), "
+        "not 'rag-retriever'",
+        "kind": "AdaptflowError",
+    }
+
+
+def test_an_unexpected_failure_still_prints_one_json_error_object(tmp_path: Path) -> None:
+    """Not an AdaptflowError (a hand-edited manifest breaks export): exit 1, one JSON object."""
+    package = tmp_path / "broken"
+    package.mkdir()
+    manifest = {"kind": "causal-lm", "method": "full", "base_model": str(tmp_path / "gone"),
+                "labels": [], "max_length": 16, "options": "not an object"}  # fmt: skip
+    (package / "adaptflow_model.json").write_text(json.dumps(manifest))
+    result = run_cli("export", str(package), str(tmp_path / "out"), "--json")
+    assert result.returncode == 1, result.stderr[-2000:]
+    payload = json.loads(result.stdout)  # exactly one object: json.loads refuses trailing text
+    assert payload["kind"] == "InternalError"
+    assert payload["error"].startswith("internal error (AttributeError: ")
+    assert payload["error"].endswith("this is a bug in adaptflow")
+    assert "Traceback" in result.stderr  # a bug keeps its traceback, on stderr only

@@ -27,7 +27,7 @@ from adaptflow.errors import AdaptflowError
 from runtime.generate import generate
 from runtime.int8 import quantize_int8, save_int8
 from runtime.loading import load_generator
-from runtime.manifest import PackageManifest, family_of
+from runtime.manifest import PackageManifest, family_of, read_raw
 from runtime.prompts import IGNORE, collator, encode_seq2seq, encode_sft, render_prompt, source_text
 
 GENERATIVE_KINDS = ("causal-lm", "seq2seq-lm")
@@ -228,12 +228,13 @@ def export_package(
         AdaptflowError: Not a generative package, a virtual-token adapter, or a non-empty
             ``out_dir``.
     """
-    manifest = PackageManifest.read(package_dir)
-    if manifest.kind not in GENERATIVE_KINDS:
+    kind = read_raw(package_dir)["kind"]
+    if kind not in GENERATIVE_KINDS:
         raise AdaptflowError(
             f"{package_dir}: export works for generative packages ({', '.join(GENERATIVE_KINDS)})"
-            f", not '{manifest.kind}'"
+            f", not '{kind}'"
         )
+    manifest = PackageManifest.read(package_dir)
     if manifest.options.get("quantize"):
         raise AdaptflowError(f"{package_dir} is already quantized; export its fp32 source")
     if out_dir.exists() and any(out_dir.iterdir()):
