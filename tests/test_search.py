@@ -114,13 +114,27 @@ def test_search_runs_child_trials_and_trains_the_best(tmp_path: Path) -> None:
     assert search["validation_examples"] == round(train_examples * 0.25)
 
 
+def _ids_of(path: Path) -> set[str]:
+    return {json.loads(line)["id"] for line in path.read_text().splitlines()}
+
+
+def _one_auto_trial(tmp_path: Path, raw: dict) -> tuple[dict, dict]:
+    """Run the pipeline on ``raw``; settings chosen on validation in exactly one trial."""
+    from flows.pipeline import adapt_pipeline
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = adapt_pipeline(str(path))
+    assert result["search"]["auto"] and len(result["search"]["trials"]) == 1
+    return result, result["search"]["trials"][0]
+
+
 @pytest.mark.integration
 def test_generative_epochs_are_chosen_on_validation_and_logged_once(tmp_path: Path) -> None:
     """Unset epochs: one early-stopped trial on a validation part of train, then the refit."""
     import math
 
     from adaptflow.settings import load_settings
-    from flows.pipeline import adapt_pipeline
     from registry import tracking
     from tasks.train.tune import GENERATIVE_NOTE
 
@@ -131,13 +145,8 @@ def test_generative_epochs_are_chosen_on_validation_and_logged_once(tmp_path: Pa
     raw["data"]["train"] = str(tmp_path / "pairs.jsonl")
     del raw["train"]["epochs"]
     raw["train"]["patience"] = 2
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(raw))
-
-    result = adapt_pipeline(str(path))
+    result, trial = _one_auto_trial(tmp_path, raw)
     search, run_id = result["search"], result["mlflow_run_id"]
-    assert search["auto"] and len(search["trials"]) == 1
-    trial = search["trials"][0]
     epochs = trial["best_epoch"]
     history = trial["validation_history"]
     assert epochs == max(history, key=lambda item: (item[1], -item[0]))[0]
@@ -150,12 +159,10 @@ def test_generative_epochs_are_chosen_on_validation_and_logged_once(tmp_path: Pa
     # the validation part comes out of train; the eval split is never seen by the choice
     folder = load_settings().work_dir / "e2e-auto-epochs" / run_id / "search"
 
-    def ids_of(path: Path) -> set[str]:
-        return {json.loads(line)["id"] for line in path.read_text().splitlines()}
-
-    ids = {name: ids_of(folder / f"{name}.jsonl") for name in ("search_train", "search_validation")}
-    train_ids = ids_of(Path(result["curation"]["train_file"]))
-    eval_ids = ids_of(Path(result["curation"]["eval_file"]))
+    parts = ("search_train", "search_validation")
+    ids = {name: _ids_of(folder / f"{name}.jsonl") for name in parts}
+    train_ids = _ids_of(Path(result["curation"]["train_file"]))
+    eval_ids = _ids_of(Path(result["curation"]["eval_file"]))
     assert ids["search_train"] | ids["search_validation"] == train_ids
     assert not ids["search_train"] & ids["search_validation"]
     assert not (ids["search_train"] | ids["search_validation"]) & eval_ids
@@ -187,7 +194,6 @@ def test_continued_pretraining_epochs_are_chosen_on_validation_perplexity(
 ) -> None:
     """Unset CPT epochs: validation perplexity after every epoch picks them, then the refit."""
     from adaptflow.settings import load_settings
-    from flows.pipeline import adapt_pipeline
     from registry import tracking
     from tasks.train.tune import LM_NOTE
 
@@ -199,13 +205,8 @@ def test_continued_pretraining_epochs_are_chosen_on_validation_perplexity(
     raw["data"] = {"train": str(tmp_path / "code.jsonl"), "id_field": "id"}
     raw["train"] = {"learning_rate": 0.01, "batch_size": 8, "max_length": 64, "patience": 1}
     raw["target"] = {"metric": "perplexity"}
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(raw))
-
-    result = adapt_pipeline(str(path))
-    search, run_id = result["search"], result["mlflow_run_id"]
-    assert search["auto"] and len(search["trials"]) == 1
-    trial = search["trials"][0]
+    result, trial = _one_auto_trial(tmp_path, raw)
+    run_id = result["mlflow_run_id"]
     epochs, history = trial["best_epoch"], trial["validation_history"]
     assert epochs == min(history, key=lambda item: (item[1], item[0]))[0]  # lower is better
     assert len(history) == min(10, int(epochs) + 1)  # up to 10 epochs, patience 1
@@ -217,13 +218,10 @@ def test_continued_pretraining_epochs_are_chosen_on_validation_perplexity(
     # the validation documents come out of train, never out of the eval split
     folder = load_settings().work_dir / "e2e-cpt-epochs" / run_id / "search"
 
-    def ids_of(path: Path) -> set[str]:
-        return {json.loads(line)["id"] for line in path.read_text().splitlines()}
-
-    fit, held = (ids_of(folder / f"{n}.jsonl") for n in ("search_train", "search_validation"))
-    train_ids = ids_of(Path(result["curation"]["train_file"]))
+    fit, held = (_ids_of(folder / f"{n}.jsonl") for n in ("search_train", "search_validation"))
+    train_ids = _ids_of(Path(result["curation"]["train_file"]))
     assert fit | held == train_ids and not fit & held
-    assert not train_ids & ids_of(Path(result["curation"]["eval_file"]))
+    assert not train_ids & _ids_of(Path(result["curation"]["eval_file"]))
 
     # the candidate refits the chosen epochs on the whole split: same windows per epoch
     assert result["train"]["train_tokens"] == int(epochs) * result["train"]["domain_tokens"]

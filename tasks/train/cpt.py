@@ -32,7 +32,15 @@ from tasks.curate.records import read_jsonl
 from tasks.train import launch
 from tasks.train.methods import trainable_parameters
 from tasks.train.peft import Hyper, best_epoch
-from tasks.train.sft import GenerativeResult, Validation, run_key, run_precision, setup, train
+from tasks.train.sft import (
+    GenerativeResult,
+    Validation,
+    epochs_trained,
+    run_key,
+    run_precision,
+    setup,
+    train,
+)
 from tasks.train.sft import save as save_weights
 
 
@@ -163,7 +171,7 @@ def train_cpt(
         trainable, total = trainable_parameters(model)
     domain_tokens = sum(len(w.input_ids) for w in domain)
     general_tokens = sum(len(w.input_ids) for w in general)
-    epochs = max(1, round(max((e for e, _ in scores), default=hyper.epochs)))
+    epochs = epochs_trained(scores, hyper)
     return CptResult(
         package_dir=str(out),
         method="cpt",

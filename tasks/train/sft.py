@@ -334,6 +334,11 @@ def train(
     return seconds, history, int(output.global_step), str(resume) if resume else None, scores
 
 
+def epochs_trained(scores: list[tuple[float, float]], hyper: Hyper) -> int:
+    """Epochs a run went through: the last validated epoch when it stopped early, else all."""
+    return max(1, round(max((e for e, _ in scores), default=hyper.epochs)))
+
+
 def save(
     model: Any,
     tokenizer: Any,
@@ -444,8 +449,7 @@ def train_generator(
         shutil.rmtree(checkpoints, ignore_errors=True)
     else:
         trainable, total = trainable_parameters(model)
-    epochs = max(1, round(max((e for e, _ in scores), default=hyper.epochs)))
-    tokens = sum(len(e.input_ids) for e in examples) * epochs
+    tokens = sum(len(e.input_ids) for e in examples) * epochs_trained(scores, hyper)
     return GenerativeResult(
         package_dir=str(out),
         method=method,
