@@ -104,6 +104,8 @@ def _prepare(check_prefect: bool = True) -> Any:
     _quiet_libraries()
     settings = apply_settings()
     health.check_mlflow(settings.mlflow_tracking_uri)
+    if settings.chroma_url:
+        health.check_chroma(settings.chroma_url)
     if check_prefect:
         health.check_prefect(settings.prefect_api_url)
         # Logger-level filters see every record these loggers create, whichever handlers

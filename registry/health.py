@@ -7,6 +7,9 @@ import urllib.request
 from pathlib import Path
 
 from adaptflow.errors import ServiceError
+from runtime.index import check_chroma
+
+__all__ = ["check_chroma", "check_mlflow", "check_prefect"]
 
 
 def _probe(url: str, what: str, hint: str) -> None:

@@ -47,7 +47,7 @@ from typing import Any
 
 from adaptflow.errors import RegistryError, ServiceError
 from adaptflow.settings import load_settings
-from registry.tracking import client, mlflow_key, redact, retrying
+from registry.tracking import client, mlflow_key, redact, redacted_copy, retrying
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -69,7 +69,10 @@ NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE
 
 
 def _is_mlflow_error(exc: BaseException) -> bool:
-    return type(exc).__name__ in ("MlflowException", "RestException")
+    """An MLflow error, a server's answer (``RestException``) or any subclass of either."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException)
 
 
 def _not_found(exc: BaseException) -> bool:
@@ -154,11 +157,13 @@ def log_model_package(run_id: str, package_dir: Path, card_markdown: str) -> str
     serving = SERVING_DIR / SERVING[_package_kind(package_dir)]
     (package_dir / "README.md").write_text(redact(card_markdown))
     mlflow.set_tracking_uri(client().tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    # Like every artifact: a file holding a secret's value (a path named after a token, a URL's
+    # password) is uploaded from a redacted copy; the local package is left as it is.
+    with redacted_copy(package_dir) as upload, mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(serving),
-            artifacts={"package": str(package_dir)},
+            artifacts={"package": str(upload)},
             pip_requirements=_requirements(),
         )
     return str(info.model_uri)
@@ -488,7 +493,7 @@ def load_model(model_uri: str) -> Any:
     try:
         return mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:
-        if type(exc).__name__ in ("MlflowException", "RestException", "OSError"):
+        if _is_mlflow_error(exc) or isinstance(exc, OSError):
             raise RegistryError(f"cannot load model '{model_uri}': {exc}") from None
         raise
 
@@ -526,7 +531,7 @@ def download_package(model_uri: str, dst: Path) -> Path:
     except (KeyError, TypeError):
         raise RegistryError(f"'{model_uri}' holds no adaptflow model package") from None
     except Exception as exc:
-        if type(exc).__name__ in ("MlflowException", "RestException", "OSError"):
+        if _is_mlflow_error(exc) or isinstance(exc, OSError):
             raise RegistryError(f"cannot download model '{model_uri}': {exc}") from None
         raise
     package = Path(local)

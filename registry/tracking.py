@@ -131,20 +131,33 @@ def redacted_copy(path: Path) -> Iterator[Path]:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for registry errors worth retrying: HTTP 5xx/429, dropped connections, busy SQLite."""
-    name = type(exc).__name__
-    if name == "RestException":  # an answer from an MLflow server
-        code = exc.get_http_status_code()  # type: ignore[attr-defined]
+    """True for registry errors worth retrying: HTTP 5xx/429, dropped connections, busy SQLite.
+
+    Classified with ``isinstance``, so a subclass (a plugin's or a newer MLflow's) is treated
+    like the class it refines.
+    """
+    import sqlite3
+
+    import requests
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(exc, RestException):  # an answer from an MLflow server
+        code = exc.get_http_status_code()
         return bool(code == 429 or code >= 500) or _concurrent_tag_write(str(exc))
-    if name in ("MlflowException", "OperationalError"):
+    if isinstance(
+        exc, MlflowException | sqlite3.OperationalError | sqlalchemy.exc.OperationalError
+    ):
         # The embedded store reports a busy SQLite file as a plain error; only the message
         # tells. "Max retries exceeded" is deliberately not here: MLflow's HTTP layer has then
         # already spent its own retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, minutes of backoff).
         return _looks_transient(str(exc))
-    return isinstance(exc, ConnectionError | TimeoutError) or name in (
-        "ConnectionError",
-        "Timeout",
-        "ReadTimeout",
+    return isinstance(
+        exc,
+        ConnectionError
+        | TimeoutError
+        | requests.exceptions.ConnectionError
+        | requests.exceptions.Timeout,
     )
 
 

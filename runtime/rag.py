@@ -17,10 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from adaptflow.errors import DataError
+from adaptflow.errors import DataError, ServiceError
 from adaptflow.settings import load_settings
 from runtime.generate import Generator
-from runtime.index import chroma_client
+from runtime.index import check_chroma, chroma_client, public_url
 from runtime.loading import load_encoder, load_reranker
 from runtime.retrieve import Hit, Retriever
 
@@ -166,20 +166,31 @@ class RagRetriever:
 
         Raises:
             DataError: When the collection is missing, or was rebuilt with other settings.
+            ServiceError: When the Chroma server is down or refuses the request.
         """
         self.manifest = json.loads((package_dir / "adaptflow_model.json").read_text())
         index, retrieval = self.manifest["index"], self.manifest["retrieval"]
         # A server named in the environment wins: a package registered against one store can be
-        # served from a copy of it elsewhere.
+        # served from a copy of it elsewhere (and only the environment holds its credentials:
+        # the package stores the URL without them).
         url = os.environ.get("ADAPTFLOW_CHROMA_URL") or index["chroma_url"]
-        where = url or index["chroma_path"]
+        where = public_url(url) if url else index["chroma_path"]
+        from chromadb.errors import NotFoundError
+
+        if url:
+            check_chroma(url)  # a server that is down is not a missing collection
         client = chroma_client(url, Path(index["chroma_path"] or "."))
         try:
             collection = client.get_collection(index["collection"], embedding_function=None)
-        except Exception:
+        except NotFoundError:
             raise DataError(
                 f"index collection '{index['collection']}' not found in Chroma at {where}; "
                 "re-run the pipeline (or `adaptflow index SPEC`) to build it"
+            ) from None
+        except Exception as exc:  # any other answer: say what Chroma said, not "not found"
+            raise ServiceError(
+                f"could not open collection '{index['collection']}' in Chroma at {where}: "
+                f"{type(exc).__name__}: {exc}"
             ) from None
         shaped_by = json.dumps(index["settings"], sort_keys=True)
         if (collection.metadata or {}).get("adaptflow_settings") != shaped_by:
@@ -249,7 +260,9 @@ class RagRetriever:
                  "score": round(h.score, 6), "id": h.id}
                 for rank, h in enumerate(hits, start=1)
             ]  # fmt: skip
-            answers.append({"passages": passages, "prompt": render_prompt(question, hits)})
+            answers.append(
+                {"passages": passages, "prompt": render_prompt(question, hits, self.template)}
+            )
         if self.generator_settings is not None:
             for entry, question, (answer, used) in zip(
                 answers, questions, self.answer(questions, found), strict=True

@@ -78,6 +78,20 @@ def test_mlflow_server_down_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_chroma_server_down_is_a_clear_error_with_no_password_shown(tmp_path: Path) -> None:
+    from adaptflow.servers import free_port
+
+    url = f"http://reader:hunter2-in-url@127.0.0.1:{free_port()}/chroma"
+    result = run_cli("promote", "m", "1", "--json", env={"ADAPTFLOW_CHROMA_URL": url})
+    assert result.returncode == 3
+    error = json.loads(result.stdout)["error"]
+    assert error.startswith(
+        f"Chroma server is not reachable at {url.replace('reader:hunter2-in-url@', '')} ("
+    )
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_unknown_model_for_promote_and_rollback() -> None:
     result = run_cli("promote", "no-such-model", "1", "--json")
     assert result.returncode == 2

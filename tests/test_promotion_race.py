@@ -160,7 +160,11 @@ def mlflow_server(tmp_path: Path):
     try:
         while not healthy(f"{url}/health"):
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.skip(f"mlflow server did not start within 60 s: {proc.poll()}")
+                # a server that does not start is a failure (no skip: CI turns none into a pass)
+                pytest.fail(
+                    f"mlflow server did not start within 60 s (exit {proc.poll()}): "
+                    + (tmp_path / "mlflow-server.log").read_text()[-2000:]
+                )
             time.sleep(0.5)
         yield url
     finally:
@@ -281,3 +285,29 @@ def test_permanent_errors_are_not_retried(store: str, monkeypatch: pytest.Monkey
     assert not tracking.is_transient(RestException({"error_code": "BAD_REQUEST", "message": other}))
     with pytest.raises(RegistryError, match="no registered model"):
         models.promote("nothing-here", "1")
+
+
+def test_subclasses_of_mlflow_errors_are_classified_like_their_class() -> None:
+    """Errors were once told apart by class name, so a subclass fell through every check."""
+    import sqlite3
+
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    from registry.models import _not_found
+
+    class GatewayRestException(RestException):
+        pass
+
+    class PluginError(MlflowException):
+        pass
+
+    assert tracking.is_transient(GatewayRestException({"error_code": "TEMPORARILY_UNAVAILABLE"}))
+    assert not tracking.is_transient(GatewayRestException({"error_code": "BAD_REQUEST"}))
+    assert tracking.is_transient(PluginError("database is locked"))
+    assert tracking.is_transient(sqlite3.OperationalError("database is locked"))
+    assert tracking.is_transient(requests.exceptions.ReadTimeout("read timed out"))
+    assert not tracking.is_transient(ValueError("database is locked"))
+    missing = GatewayRestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "x"})
+    assert _not_found(missing)
+    assert not _not_found(PluginError("x", error_code="INTERNAL_ERROR"))

@@ -460,3 +460,124 @@ def test_server_mode_indexes_incrementally_on_a_real_chroma_server(
     assert not (tmp_path / "unused").exists()  # nothing was written locally
     hits = Retriever(collection, encoder, mode="hybrid").search("What moves the chain?", k=1)
     assert hits[0].source == "bikes.md"
+
+
+def _package(tmp_path: Path, chroma_url: str | None = None) -> Path:
+    """A RAG package over the four-document corpus, indexed like the pipeline does."""
+    from adaptflow.spec import RetrievalSpec
+    from tasks.rag.package import index_knowledge, write_package
+
+    retrieval = RetrievalSpec(chunk_tokens=16, overlap=0).model_dump()
+    knowledge = _corpus(tmp_path / "kb")
+    index = index_knowledge(
+        "package-test", knowledge, "minilm", retrieval, tmp_path / "home", chroma_url
+    )
+    return write_package(tmp_path / "package", index, retrieval)
+
+
+def test_predict_fills_the_packages_own_prompt_template(tmp_path: Path) -> None:
+    from runtime.rag import RagRetriever
+
+    package = _package(tmp_path)
+    manifest_file = package / "adaptflow_model.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["prompt_template"] = "TEAM TEMPLATE\n{passages}\nQ: {question}\nA:"
+    manifest_file.write_text(json.dumps(manifest))
+    [entry] = RagRetriever(package).predict(["What causes spring tides?"])
+    assert entry["passages"][0]["source"] == "tides.txt"
+    assert entry["prompt"].startswith("TEAM TEMPLATE\n[1] tides.txt")
+    assert entry["prompt"].endswith("\nQ: What causes spring tides?\nA:")
+
+
+@pytest.fixture
+def chroma_proxy(chroma_server: str):
+    """A reverse proxy on loopback serving ``chroma_server`` under ``/chroma`` behind Basic auth.
+
+    It stands for a Chroma server behind an authenticating gateway: only requests with the
+    user ``reader`` and password ``proxy-pw-3141`` under ``/chroma`` reach Chroma.
+    """
+    import base64
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlparse
+
+    upstream = urlparse(chroma_server)
+    expected = "Basic " + base64.b64encode(b"reader:proxy-pw-3141").decode()
+
+    class Proxy(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def _forward(self) -> None:
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if not self.path.startswith("/chroma/"):
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
+            connection.request(self.command, self.path[len("/chroma") :], body or None, headers)
+            answer = connection.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for key, value in answer.getheaders():
+                if key.lower() not in ("transfer-encoding", "content-length", "connection"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            connection.close()
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.integration
+def test_a_chroma_url_keeps_its_path_and_credentials_and_a_down_server_says_so(
+    tmp_path: Path, chroma_proxy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adaptflow.errors import DataError, ServiceError
+    from adaptflow.servers import free_port
+    from runtime.index import check_chroma
+    from runtime.rag import RagRetriever
+
+    url = chroma_proxy.replace("http://", "http://reader:proxy-pw-3141@") + "/chroma"
+    check_chroma(url)  # the heartbeat answers through the gateway
+    with pytest.raises(ServiceError, match=r"refused the credentials \(HTTP 401\)") as refused:
+        check_chroma(url.replace("proxy-pw-3141", "wrong-password"))
+    assert "wrong-password" not in str(refused.value)
+
+    package = _package(tmp_path, chroma_url=url)  # indexed through the gateway
+    manifest = json.loads((package / "adaptflow_model.json").read_text())
+    assert manifest["index"]["chroma_url"] == f"{chroma_proxy}/chroma"  # stored without user info
+    assert not [p for p in package.rglob("*") if p.is_file() and b"proxy-pw" in p.read_bytes()]
+
+    monkeypatch.setenv("ADAPTFLOW_CHROMA_URL", url)  # the credentials come from the environment
+    rag = RagRetriever(package)
+    assert rag.search_many(["What causes spring tides?"])[0][0].source == "tides.txt"
+
+    manifest["index"]["collection"] = "no-such-collection"
+    (package / "adaptflow_model.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="'no-such-collection' not found in Chroma at http"):
+        RagRetriever(package)
+
+    down = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("ADAPTFLOW_CHROMA_URL", down)
+    with pytest.raises(ServiceError, match=f"Chroma server is not reachable at {down} ") as err:
+        RagRetriever(package)
+    assert "re-run the pipeline" not in str(err.value)

@@ -122,3 +122,35 @@ def test_canary_secret_never_reaches_mlflow_or_prefect_logs(
     out, err = capfd.readouterr()
     hits += ["console output"] if CANARY in out + err else []
     assert not hits, json.dumps(hits, indent=1)
+
+
+def test_a_rag_package_is_uploaded_redacted_and_kept_whole_locally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package folder goes through the same redaction as every other artifact."""
+    from helpers import write_knowledge
+    from mlflow.artifacts import download_artifacts
+
+    from adaptflow.spec import RetrievalSpec
+    from registry import models
+    from tasks.rag.package import index_knowledge, write_package
+
+    monkeypatch.setenv("ADAPTFLOW_CANARY_TOKEN", CANARY)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    home = tmp_path / CANARY / "home"  # the package's chroma_path carries the canary
+    retrieval = RetrievalSpec(chunk_tokens=16, overlap=0).model_dump()
+    index = index_knowledge(
+        "canary-rag", write_knowledge(tmp_path / "kb"), "minilm", retrieval, home, None
+    )
+    package = write_package(tmp_path / "package", index, retrieval)
+    assert CANARY in (package / "adaptflow_model.json").read_text()
+
+    run_id = tracking.start_run("canary-rag", "package", {})
+    uri = models.log_model_package(run_id, package, f"# card\n\nhome: {home}\n")
+    uploaded = Path(download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "down")))
+    manifest = next(uploaded.rglob("adaptflow_model.json"))
+    assert json.loads(manifest.read_text())["index"]["chroma_path"] == str(home / "chroma").replace(
+        CANARY, "***"
+    )
+    assert not _scan(uploaded), _scan(uploaded)
+    assert CANARY in (package / "adaptflow_model.json").read_text()  # the local package is whole

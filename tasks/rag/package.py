@@ -26,7 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adaptflow.errors import DataError
-from runtime.index import chroma_client
+from runtime.index import check_chroma, chroma_client, public_url
 from runtime.rag import PROMPT_TEMPLATE, RagRetriever
 from runtime.text_metrics import groundedness
 from tasks.curate.records import read_jsonl, write_jsonl
@@ -85,6 +85,8 @@ def index_knowledge(
     settings = index_settings(embedder, retrieval)
     collection = collection_name(name, settings)
     folder = home / "indexes" / collection
+    if chroma_url:
+        check_chroma(chroma_url)  # one clear message, not a client error deep in indexing
     client = chroma_client(chroma_url, home / "chroma")
     encoder = load_encoder(embedder, allow_pickle)
     result = build_index(
@@ -93,7 +95,8 @@ def index_knowledge(
     return asdict(result) | {
         "index_version": version_with_dvc(folder, home),
         "settings": asdict(settings),
-        "chroma_url": chroma_url,
+        # without user info: the manifest is uploaded to MLflow (the environment keeps it)
+        "chroma_url": public_url(chroma_url) if chroma_url else None,
         "chroma_path": None if chroma_url else str(home / "chroma"),
         "embedder_params": sum(p.numel() for p in encoder.parameters()),
         "allow_pickle": allow_pickle,
