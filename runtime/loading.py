@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptflow.catalogue import resolve_base_model
-from adaptflow.errors import SpecError
+from adaptflow.errors import RegistryError, SpecError
 from runtime.int8 import load_int8
 from runtime.manifest import PackageManifest, auto_class, family_of
 
@@ -77,7 +77,6 @@ def pickle_refused(reference: str) -> str:
 
 def load_generator(folder: Path) -> tuple[Any, Any, PackageManifest]:
     """Load a generative package for inference: (model in eval mode, tokenizer, manifest)."""
-    from peft import PeftModel
     from transformers import AutoTokenizer
 
     manifest = PackageManifest.read(folder)
@@ -92,9 +91,7 @@ def load_generator(folder: Path) -> tuple[Any, Any, PackageManifest]:
         bundled = folder / "base"
         base = str(bundled) if bundled.is_dir() else manifest.base_model
         allow_pickle = bool(manifest.options.get("allow_pickle", False))
-        model = PeftModel.from_pretrained(
-            load_base(base, family, allow_pickle), str(folder / "adapter")
-        )
+        model = load_adapter(load_base(base, family, allow_pickle), folder / "adapter")
     model.eval()
     return model, tokenizer, manifest
 
@@ -108,7 +105,6 @@ def load_classifier(folder: Path) -> tuple[Any, Any, PackageManifest]:
     Returns:
         (model in eval mode, tokenizer, manifest).
     """
-    from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     manifest = PackageManifest.read(folder)
@@ -129,7 +125,7 @@ def load_classifier(folder: Path) -> tuple[Any, Any, PackageManifest]:
             **weights_arguments(bool(manifest.options.get("allow_pickle", False))),
             **label_maps,
         )
-        model = PeftModel.from_pretrained(base, str(folder / "adapter"))
+        model = load_adapter(base, folder / "adapter")
     model.eval()
     return model, tokenizer, manifest
 
@@ -158,11 +154,49 @@ def load_encoder(base_model: str, allow_pickle: bool = False) -> Any:
         raise SpecError(pickle_refused(base_model)) from None
 
 
-def load_reranker(reference: str) -> Any:
+def load_reranker(reference: str, allow_pickle: bool = False) -> Any:
     """A sentence-transformers ``CrossEncoder`` (catalogue alias, folder or hub id) on CPU.
 
-    No code from the model's repository runs (``trust_remote_code`` stays off).
+    Safetensors only unless ``allow_pickle`` (the package's flag, from the spec); no code from
+    the model's repository runs (``trust_remote_code`` stays off).
+
+    Raises:
+        SpecError: When the model has only pickle-based weights and ``allow_pickle`` is off.
     """
     from sentence_transformers import CrossEncoder
 
-    return CrossEncoder(resolve_base_model(reference), device="cpu", trust_remote_code=False)
+    try:
+        return CrossEncoder(
+            resolve_base_model(reference),
+            device="cpu",
+            trust_remote_code=False,
+            model_kwargs={"use_safetensors": None if allow_pickle else True},
+        )
+    except OSError as exc:
+        if allow_pickle or "safetensors" not in str(exc):
+            raise
+        raise SpecError(pickle_refused(reference)) from None
+
+
+#: The adapter weights every package adaptflow writes holds (PEFT's safetensors file name).
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def load_adapter(base: Any, adapter_dir: Path) -> Any:
+    """``base`` with a package's PEFT adapter from ``adapter_dir`` (safetensors only).
+
+    PEFT falls back to a pickle-based ``adapter_model.bin`` when the safetensors file is
+    missing; a package adaptflow wrote always holds safetensors, so one without them was not
+    written by adaptflow and is refused instead of unpickled.
+
+    Raises:
+        RegistryError: When ``adapter_dir`` holds no ``adapter_model.safetensors``.
+    """
+    from peft import PeftModel
+
+    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        raise RegistryError(
+            f"{adapter_dir} holds no {ADAPTER_WEIGHTS}: adaptflow packages store adapters as "
+            "safetensors, and pickle-based adapter weights are not loaded"
+        )
+    return PeftModel.from_pretrained(base, str(adapter_dir))

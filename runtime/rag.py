@@ -209,7 +209,11 @@ class RagRetriever:
             load_encoder(self.manifest["embedder"], bool(self.manifest.get("allow_pickle"))),
             self.mode,  # type: ignore[arg-type]
             **retriever_options(retrieval),
-            reranker=load_reranker(reference) if reference else None,
+            reranker=(
+                load_reranker(reference, bool(self.manifest.get("allow_pickle")))
+                if reference
+                else None
+            ),
             bm25_cache=load_settings().bm25_cache_dir / index["collection"],
         )
 

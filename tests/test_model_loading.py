@@ -17,7 +17,7 @@ import torch
 from helpers import REPO, write_jsonl
 
 from adaptflow.catalogue import resolve_base_model
-from adaptflow.errors import SpecError
+from adaptflow.errors import RegistryError, SpecError
 from adaptflow.spec import parse_spec
 from tasks.train.peft import Hyper
 
@@ -82,6 +82,15 @@ def test_generative_base_and_its_adapter_package(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "pkg" / "adaptflow_model.json").read_text())
     assert manifest["options"]["allow_pickle"] is True
     assert load_generator(tmp_path / "pkg")[2].method == "lora"
+    # an adapter in pickle form (PEFT would fall back to it) is not an adaptflow package
+    from safetensors.torch import load_file
+
+    adapter = tmp_path / "pkg" / "adapter"
+    torch.save(load_file(adapter / "adapter_model.safetensors"), adapter / "adapter_model.bin")
+    (adapter / "adapter_model.safetensors").rename(tmp_path / "adapter.safetensors")
+    with pytest.raises(RegistryError, match="holds no adapter_model.safetensors"):
+        load_generator(tmp_path / "pkg")
+    (tmp_path / "adapter.safetensors").rename(adapter / "adapter_model.safetensors")
     manifest["options"].pop("allow_pickle")
     (tmp_path / "pkg" / "adaptflow_model.json").write_text(json.dumps(manifest))
     with pytest.raises(SpecError, match="allow_pickle: true"):
@@ -103,6 +112,23 @@ def test_encoder_classifier_and_sentence_encoder(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=NAMES_THE_FLAG):
         load_encoder(str(folder))
     assert embed(load_encoder(str(folder), allow_pickle=True), ["a text"]).shape == (1, 32)
+
+
+def test_a_pickled_cross_encoder_is_refused_unless_allowed(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from runtime.loading import load_reranker
+
+    vocab = len((Path(resolve_base_model("minilm")) / "vocab.txt").read_text().splitlines())
+    config = BertConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=1,
+    )  # fmt: skip
+    folder = _pickled(tmp_path / "cross-bin", BertForSequenceClassification(config), "minilm")
+    with pytest.raises(SpecError, match=NAMES_THE_FLAG):
+        load_reranker(str(folder))
+    scores = load_reranker(str(folder), allow_pickle=True).predict([("a query", "a passage")])
+    assert len(scores) == 1
 
 
 def _calls(tree: ast.AST) -> list[ast.Call]:
@@ -129,9 +155,15 @@ def test_no_code_passes_trust_remote_code_true_and_weights_load_safely() -> None
                         value = keyword.value
                         assert isinstance(value, ast.Constant) and value.value is False, where
                 callee = _callee(call)
-                loads_weights = callee.endswith(".from_pretrained") and (
-                    "AutoModel" in callee or "auto_class(" in callee
+                owner = callee.removesuffix(".from_pretrained")
+                # any class's from_pretrained loads weights, except tokenizers and configs
+                loads_weights = callee.endswith(".from_pretrained") and not any(
+                    part in owner for part in ("Tokenizer", "Config", "Processor")
                 )
+                if callee == "PeftModel.from_pretrained":
+                    # adapters load through runtime.loading.load_adapter (safetensors only)
+                    assert path.name == "loading.py" and package == "runtime", where
+                    continue
                 if loads_weights and package != "benchmarks":
                     # safetensors only, or through weights_arguments (the allow_pickle gate)
                     model_loads += 1
@@ -146,7 +178,8 @@ def test_no_code_passes_trust_remote_code_true_and_weights_load_safely() -> None
                         for k in call.keywords
                     )
                     assert safe or gated, f"{where}: {callee} may load pickle-based weights"
-                if callee.endswith("SentenceTransformer") and package != "benchmarks":
+                sentence_models = ("SentenceTransformer", "CrossEncoder")
+                if callee.endswith(sentence_models) and package != "benchmarks":
                     keywords = {k.arg: ast.unparse(k.value) for k in call.keywords}
                     assert keywords.get("trust_remote_code") == "False", where
                     assert "use_safetensors" in keywords.get("model_kwargs", ""), where
