@@ -108,6 +108,10 @@ def _prepare(check_prefect: bool = True) -> Any:
         health.check_chroma(settings.chroma_url)
     if check_prefect:
         health.check_prefect(settings.prefect_api_url)
+        if not settings.prefect_api_url:
+            from flows.embedded import start_embedded_prefect
+
+            start_embedded_prefect(settings.prefect_home)
         # Logger-level filters see every record these loggers create, whichever handlers
         # Prefect's logging set-up attaches later.
         for name in ("prefect.flow_runs", "prefect.task_runs"):

@@ -217,11 +217,49 @@ def mlflow_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
+#: Embedded store URIs this process has seen initialised.
+_READY_STORES: set[str] = set()
+
+
+def _init_sqlite_store(uri: str) -> None:
+    """Create an embedded (SQLite) store's tables once, under a file lock beside it.
+
+    MLflow migrates a new SQLite store on first use with no lock of its own: two processes
+    opening a fresh home at once (two terminals, a worker taking two flow runs) raced, and one
+    died in the migration (``table _alembic_tmp_experiments already exists``). A marker per
+    MLflow version beside the store skips the lock once the tables exist.
+    """
+    from importlib.metadata import version
+
+    from filelock import FileLock
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    marker = database.with_name(f"{database.name}.ready-{version('mlflow')}")
+    if marker.exists():
+        return
+    with FileLock(str(database.with_name(database.name + ".init.lock")), timeout=600):
+        if marker.exists():
+            return
+        from mlflow.tracking import MlflowClient
+
+        store = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        store.search_experiments(max_results=1)  # the tracking tables and their migrations
+        store.search_registered_models(max_results=1)  # the registry's
+        marker.touch()
+
+
 def client() -> Any:
-    """An MLflow client on the configured tracking and registry URI."""
+    """An MLflow client on the configured tracking and registry URI.
+
+    An embedded store is initialised first, once per process (see ``_init_sqlite_store``).
+    """
     from mlflow.tracking import MlflowClient
 
     uri = load_settings().mlflow_tracking_uri
+    if uri.startswith("sqlite:///") and uri not in _READY_STORES:
+        _init_sqlite_store(uri)
+        _READY_STORES.add(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -311,3 +311,34 @@ def test_subclasses_of_mlflow_errors_are_classified_like_their_class() -> None:
     missing = GatewayRestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "x"})
     assert _not_found(missing)
     assert not _not_found(PluginError("x", error_code="INTERNAL_ERROR"))
+
+
+@pytest.mark.integration
+def test_four_first_runs_at_once_on_a_fresh_home_all_register(tmp_path: Path) -> None:
+    """Concurrent first runs once died in MLflow's or Prefect's SQLite migration."""
+    data = REPO / "examples" / "unicode-categories" / "data" / "chars.jsonl"
+    (tmp_path / "t.jsonl").write_text("".join(data.read_text().splitlines(True)[:60]))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: first-runs\ntask: classification\nbase_model: minilm\n"
+        "data: {train: t.jsonl}\nmethod: icl\ntarget: {metric: f1_macro}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "MLFLOW_TRACKING_URI")}
+    env["ADAPTFLOW_HOME"] = str(tmp_path / "fresh-home")
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "adaptflow", "run", str(spec), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )  # fmt: skip
+        for _ in range(4)
+    ]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    for run, (_, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, err[-3000:]
+        assert "Traceback" not in err
+    versions = sorted(int(json.loads(out)["model_version"]) for out, _ in outputs)
+    assert versions == [1, 2, 3, 4]
