@@ -139,14 +139,25 @@ def _first(config: object, *names: str) -> int:
 
 
 def _family(config: object, ref: str) -> str:
+    """``encoder``, ``decoder`` or ``encoder-decoder`` of a base model's config."""
     if ref in CATALOGUE:
         return CATALOGUE[ref].family
     if getattr(config, "is_encoder_decoder", False):
         return "encoder-decoder"
-    architectures = " ".join(getattr(config, "architectures", None) or [])
-    if "CausalLM" in architectures or getattr(config, "model_type", "") in DECODER_TYPES:
+    architectures = getattr(config, "architectures", None) or []
+    model_type = getattr(config, "model_type", "")
+    if any(a.endswith(("CausalLM", "LMHeadModel")) for a in architectures):
         return "decoder"
-    return "encoder"
+    if model_type in DECODER_TYPES:
+        return "decoder"
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:  # BERT, RoBERTa, DeBERTa, ModernBERT…
+        return "encoder"
+    return "decoder" if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else "encoder"
 
 
 DECODER_TYPES = frozenset({"gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi"})
@@ -208,3 +219,61 @@ def known_family(ref: str) -> str | None:
     if not isinstance(config, dict):
         return None
     return _family(SimpleNamespace(**config), ref)
+
+
+def _unresolvable(ref: str, exc: BaseException) -> Exception:
+    """The user-facing error for a base model whose config could not be read."""
+    from adaptflow.errors import ServiceError
+
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(f"{type(c).__name__}: {c}" for c in chain)
+    names = {type(c).__name__ for c in chain}
+    if "GatedRepoError" in names or "gated repo" in text.lower():
+        return SpecError(
+            f"base model '{ref}' is gated on the hub: accept its licence on its page and set "
+            "HF_TOKEN to a token that may read it"
+        )
+    if "RepositoryNotFoundError" in names or "not a valid model identifier" in text:
+        return SpecError(
+            f"base model '{ref}' was not found on the hub (a typo, or a private model without "
+            "HF_TOKEN)"
+        )
+    if "offline" in text.lower() or "LocalEntryNotFoundError" in names:
+        return ServiceError(
+            f"base model '{ref}' is not in the local Hugging Face cache and the hub is off "
+            "(HF_HUB_OFFLINE is set, or no network): download it once, or name a local folder"
+        )
+    if names & {"ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout", "ConnectError"}:
+        return ServiceError(f"base model '{ref}': the Hugging Face hub is not reachable ({exc})")
+    return SpecError(f"base model '{ref}' has no readable config: {type(exc).__name__}: {exc}")
+
+
+def base_family(ref: str) -> str:
+    """The family of a base model (``encoder``, ``decoder``, ``encoder-decoder``), before any work.
+
+    A catalogue alias answers from the catalogue (nothing is built); a folder or hub id from its
+    ``config.json`` alone (no weights are read), so an id that cannot be resolved fails in
+    seconds with one message instead of after curation.
+
+    Raises:
+        SpecError: The reference is malformed, not found, gated or not a model (exit code 2).
+        ServiceError: The hub could not be reached, or is off (exit code 3).
+    """
+    try:
+        ref = normalize_reference(ref)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    entry = CATALOGUE.get(ref)
+    if entry is not None:
+        return entry.family
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(ref, trust_remote_code=False)
+    except Exception as exc:  # transformers wraps every hub failure in OSError/ValueError
+        raise _unresolvable(ref, exc) from None
+    return _family(config, ref)

@@ -158,6 +158,7 @@ def run(
     challenger, not promoted).
     """
     with _guard(json_out):
+        from adaptflow.catalogue import base_family
         from adaptflow.hardware import check_capabilities
         from adaptflow.methods import check_method
         from adaptflow.spec import Method, load_spec
@@ -166,7 +167,11 @@ def run(
             raise AdaptflowError(f"--ladder and --method {method} contradict each other")
         method = "ladder" if ladder else method
         parsed = load_spec(spec)  # a bad spec fails here, before any server starts
-        check_method(parsed.task, method or parsed.method)
+        # the base model's config, read before any work: a typo or an unreachable hub fails
+        # here in seconds, and an encoder base rules out the generative methods
+        check_method(parsed.task, method or parsed.method, base_family(parsed.base_model))
+        if parsed.task == "retrieval-qa":
+            parsed.require_questions()
         train = parsed.train
         check_capabilities(parsed.task, method or parsed.method, train.precision, train.devices)
         _prepare()
@@ -315,6 +320,8 @@ def curate(
         from adaptflow.spec import load_spec
 
         parsed = load_spec(spec)
+        if parsed.task == "retrieval-qa":
+            parsed.require_questions()  # before any server starts
         _prepare()
         if parsed.task == "retrieval-qa":
             from flows.rag import curate_knowledge

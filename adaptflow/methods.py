@@ -42,18 +42,36 @@ UNTRAINED = ("icl", "rag")
 LADDER_TASKS = ("classification", *GENERATIVE_TASKS)
 
 
-def runnable_methods(task: str) -> tuple[str, ...]:
-    """Methods this version can run for ``task`` (empty when none)."""
+#: Tasks whose methods train a language model head: an encoder-only base cannot run them.
+NEEDS_A_GENERATOR = (*GENERATIVE_TASKS, *LM_TASKS)
+
+
+def runnable_methods(task: str, family: str | None = None) -> tuple[str, ...]:
+    """Methods this version can run for ``task`` on a base of ``family`` (empty when none).
+
+    Args:
+        task: The spec's task.
+        family: The base model's family (``adaptflow.catalogue.base_family``), or None when
+            unknown: then only the task decides.
+    """
+    if family == "encoder" and task in NEEDS_A_GENERATOR:
+        return ()
     return RUNNABLE.get(task, ())
 
 
-def check_method(task: str, requested: str) -> None:
-    """Fail early when ``requested`` cannot run for ``task`` in this version.
+def check_method(task: str, requested: str, family: str | None = None) -> None:
+    """Fail early when ``requested`` cannot run for ``task`` (on a base of ``family``).
 
     Raises:
-        SpecError: When the task or the method is not runnable yet.
+        SpecError: When the task or the method is not runnable yet, or not on this base.
     """
-    runnable = runnable_methods(task)
+    if task in RUNNABLE and not runnable_methods(task, family):
+        raise SpecError(
+            f"task '{task}' needs a decoder or encoder-decoder base model (e.g. tiny-gpt, "
+            f"tiny-t5): the spec's base_model is an encoder, which cannot generate text, so no "
+            f"method fits{' (method: auto found none)' if requested == 'auto' else ''}"
+        )
+    runnable = runnable_methods(task, family)
     if not runnable:
         raise SpecError(
             f"task '{task}' cannot run in this version yet; runnable tasks: {', '.join(RUNNABLE)}"
@@ -70,18 +88,21 @@ def check_method(task: str, requested: str) -> None:
         )
 
 
-def resolve_method(task: str, requested: str, advice: dict[str, Any] | None = None) -> str:
+def resolve_method(
+    task: str, requested: str, advice: dict[str, Any] | None = None, family: str | None = None
+) -> str:
     """Turn the spec's (or ``--method``'s) method into one this version can run.
 
     Args:
         task: The spec's task.
         requested: A method name, or ``auto``.
         advice: The advisor's JSON (``recommend --json``); needed for ``auto``.
+        family: The base model's family, when known (an encoder runs no generative method).
 
     Raises:
         SpecError: When the method cannot run, or the advisor found nothing suitable to run.
     """
-    check_method(task, requested)
+    check_method(task, requested, family)
     if requested != "auto":
         return requested
     chosen = (advice or {}).get("recommended_runnable")

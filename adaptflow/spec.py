@@ -559,9 +559,10 @@ class Spec(_Strict):
         if self.task == "classification" and not self.data.label_field:
             raise ValueError("task 'classification' needs data.label_field")
         if self.task == "retrieval-qa":
-            missing = [f"data.{k}" for k in ("knowledge", "questions") if not getattr(self.data, k)]
-            if missing:
-                raise ValueError(f"task 'retrieval-qa' needs {' and '.join(missing)}")
+            # data.questions is checked where it is used (run, curate: require_questions), so
+            # recommend and index work on a knowledge folder alone
+            if self.data.knowledge is None:
+                raise ValueError("task 'retrieval-qa' needs data.knowledge")
             if self.data.questions is not None and self.data.questions.is_dir():
                 raise ValueError(f"data.questions is a folder: {self.data.questions}")
             if self.target.metric in ANSWER_METRICS and self.retrieval.generator is None:
@@ -653,6 +654,20 @@ class Spec(_Strict):
                     f"data.format '{data.format}' reads .jsonl or .parquet files, but "
                     f"data.{key} is a folder: {path}"
                 )
+
+    def require_questions(self) -> Path:
+        """``data.questions`` of a retrieval-qa spec, for the commands that use it.
+
+        Raises:
+            SpecError: When the spec has none (run and curate score and curate them).
+        """
+        if self.data.questions is None:
+            raise SpecError(
+                f"{self.name}: task 'retrieval-qa' needs data.questions to curate and to run "
+                "(JSONL of {question, source}: the eval set the candidate is scored on); "
+                "recommend and index work without it"
+            )
+        return self.data.questions
 
     def retrieval_to_choose(self) -> list[str]:
         """The ``retrieval`` keys chosen on validation (``search.auto``): those left unset."""

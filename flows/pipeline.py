@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import flow
 
+from adaptflow.catalogue import base_family
 from adaptflow.errors import InvariantError, SpecError
 from adaptflow.hardware import check_capabilities
 from adaptflow.methods import check_method, resolve_method
@@ -54,13 +55,14 @@ def adapt_pipeline(
     load_secret_blocks()  # tokens kept in Prefect Secret blocks (ADAPTFLOW_SECRET_BLOCKS)
     spec = _the_spec(spec_path, spec)
     requested = method or spec.method
-    check_method(spec.task, requested)
+    family = base_family(spec.base_model)  # an unresolvable base model fails before any work
+    check_method(spec.task, requested, family)
     # a GPU feature this machine lacks fails here, before any work
     check_capabilities(spec.task, requested, spec.train.precision, spec.train.devices)
     if requested == "ladder":
         return ladder(spec, recommend_task(spec))
     advice = recommend_task(spec) if requested == "auto" else None
-    chosen = resolve_method(spec.task, requested, advice)
+    chosen = resolve_method(spec.task, requested, advice, family)
     if chosen != requested:
         check_capabilities(spec.task, chosen, spec.train.precision, spec.train.devices)
     if chosen == "rag":

@@ -38,12 +38,12 @@ INDEX_KEYS = ("chunks", "embedded", "deleted", "updated", "seconds")
 def curate_knowledge(spec: Spec) -> dict[str, Any]:
     """Ingest ``data.knowledge`` and curate ``data.questions``; version both with DVC."""
     settings = load_settings()
-    if spec.data.knowledge is None or spec.data.questions is None:
-        raise InvariantError("retrieval-qa specs have data.knowledge and data.questions")
+    if spec.data.knowledge is None:
+        raise InvariantError("retrieval-qa specs have data.knowledge")
     return curate_knowledge_task(
         spec.name,
         spec.data.knowledge,
-        spec.data.questions,
+        spec.require_questions(),
         spec.data.id_field,
         settings.curated_dir,
         settings.home,

@@ -15,7 +15,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from adaptflow.advisor import Advice, Facts, advise
-from adaptflow.catalogue import model_shape, resolve_base_model
+from adaptflow.catalogue import base_family, model_shape, resolve_base_model
+from adaptflow.errors import AdaptflowError
 from adaptflow.methods import runnable_methods
 from adaptflow.spec import Spec
 from tasks.curate.records import Fields, read_records
@@ -144,8 +145,17 @@ def spec_facts(spec: Spec) -> Facts:
 
 
 def recommend(spec: Spec) -> Advice:
-    """Measure the facts for ``spec`` and rank every method."""
-    return advise(spec_facts(spec), runnable=runnable_methods(spec.task))
+    """Measure the facts for ``spec`` and rank every method.
+
+    A method is marked runnable only when it runs for the task on the spec's base model (an
+    encoder runs no generative method); a base model whose config cannot be read (offline)
+    leaves that to the task alone, so ``recommend`` still answers.
+    """
+    try:
+        family: str | None = base_family(spec.base_model)
+    except AdaptflowError:
+        family = None
+    return advise(spec_facts(spec), runnable=runnable_methods(spec.task, family))
 
 
 @task(name="recommend_methods", cache_policy=NO_CACHE)

@@ -77,10 +77,6 @@ def test_spec_hash_is_independent_of_where_the_spec_lives(data_dir: Path, tmp_pa
         ("name: x\ntask: classification\n", "data: required field is missing"),
         ("name: x\ntask: classification\ndata: {}\n", "task 'classification' needs data.train"),
         (
-            "name: x\ntask: retrieval-qa\ndata: {knowledge: data}\n",
-            "task 'retrieval-qa' needs data.questions",
-        ),
-        (
             "name: x\ntask: retrieval-qa\ndata: {questions: data/train.jsonl}\n",
             "task 'retrieval-qa' needs data.knowledge",
         ),
