@@ -159,7 +159,14 @@ def log_model_package(run_id: str, package_dir: Path, card_markdown: str) -> str
     mlflow.set_tracking_uri(client().tracking_uri)
     # Like every artifact: a file holding a secret's value (a path named after a token, a URL's
     # password) is uploaded from a redacted copy; the local package is left as it is.
-    with redacted_copy(package_dir) as upload, mlflow.start_run(run_id=run_id):
+    with (
+        redacted_copy(package_dir) as upload,
+        mlflow.start_run(run_id=run_id),
+        warnings.catch_warnings(),
+    ):
+        # A RAG answer is a dict of mixed values (passages, prompt, answer) that MLflow cannot
+        # validate and says so on every log; the package's own code checks its input.
+        warnings.filterwarnings("ignore", message=".*type hint is inferred as AnyType")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(serving),

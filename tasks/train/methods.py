@@ -35,8 +35,12 @@ class MethodOptions:
     target_modules: str | list[str] = "default"
 
 
-def peft_config(method: str, family: str, options: MethodOptions) -> Any:
-    """The peft config of ``method`` for a ``decoder`` or ``encoder-decoder`` model."""
+def peft_config(method: str, family: str, options: MethodOptions, conv1d: bool = False) -> Any:
+    """The peft config of ``method`` for a ``decoder`` or ``encoder-decoder`` model.
+
+    ``conv1d``: the model's projections are GPT-2's ``Conv1D`` (weights stored transposed),
+    which LoRA and IA3 must know (``fan_in_fan_out``); peft would set it itself with a warning.
+    """
     from peft import (
         IA3Config,
         LoraConfig,
@@ -55,9 +59,10 @@ def peft_config(method: str, family: str, options: MethodOptions) -> Any:
             lora_dropout=options.lora_dropout,
             use_dora=method == "dora",
             target_modules=None if options.target_modules == "default" else options.target_modules,
+            fan_in_fan_out=conv1d,
         )
     if method == "ia3":
-        return IA3Config(task_type=task_type)
+        return IA3Config(task_type=task_type, fan_in_fan_out=conv1d)
     if method == "prefix":
         return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=options.virtual_tokens)
     if method == "prompt-tuning":
@@ -119,6 +124,13 @@ def freeze_all_but_top(model: Any, layers: int) -> None:
             parameter.requires_grad = True
 
 
+def uses_conv1d(model: Any) -> bool:
+    """Whether ``model``'s layers are transformers' ``Conv1D`` (GPT-2 and its kin)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(module, Conv1D) for module in model.modules())
+
+
 def apply_method(model: Any, method: str, family: str, options: MethodOptions) -> Any:
     """Make ``model`` train only what ``method`` trains; returns the model to train."""
     if method in PEFT_METHODS:
@@ -128,7 +140,7 @@ def apply_method(model: Any, method: str, family: str, options: MethodOptions) -
             # freezes the base, upcasts its 16-bit norms to fp32 and, on a 4-bit model, turns
             # on gradient checkpointing (QLoRA's memory recipe)
             model = prepare_model_for_kbit_training(model)
-        return get_peft_model(model, peft_config(method, family, options))
+        return get_peft_model(model, peft_config(method, family, options, uses_conv1d(model)))
     if method == "freeze":
         freeze_all_but_top(model, options.unfrozen_layers)
         return model

@@ -196,6 +196,7 @@ def train(
     )
 
     from adaptflow.hardware import precision_arguments, resolve_precision
+    from tasks.train.progress import show_progress
 
     encodings = tokenizer(texts, truncation=True, max_length=hyper.max_length)
     tokens = sum(len(ids) for ids in encodings["input_ids"])
@@ -245,6 +246,7 @@ def train(
         data_collator=DataCollatorWithPadding(tokenizer),
         **extra,
     )
+    show_progress(trainer, "train" if validation is None else "train (scored per epoch)")
     started = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - started

@@ -275,6 +275,8 @@ def train(
     import torch
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
+    from tasks.train.progress import show_progress
+
     resume = last_complete_checkpoint(checkpoints)
     saving: dict[str, Any] = {"save_strategy": "steps", "save_steps": hyper.checkpoint_steps}
     trainer_class: Any = Trainer
@@ -324,6 +326,7 @@ def train(
         data_collator=collator(tokenizer, family, packed),
         callbacks=callbacks,
     )
+    show_progress(trainer, "train" if validation is None else "train (scored per epoch)")
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     launch.barrier()  # every rank is done with the checkpoints before rank 0 moves on

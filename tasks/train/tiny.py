@@ -218,7 +218,7 @@ def pretrain(model: Any, tokenizer: Any, texts: list[str], recipe: TinyRecipe) -
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
 
