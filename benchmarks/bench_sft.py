@@ -36,7 +36,7 @@ def sft_rows(limit: int = 800) -> list[tuple[str, str]]:
     """(prompt, answer) pairs with long-tailed answer lengths, from stdlib docstrings."""
     import importlib
 
-    from tasks.train.tiny import MODULES
+    from adaptflow.tiny import MODULES
 
     rows = []
     for name in MODULES:

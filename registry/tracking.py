@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -40,45 +39,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from adaptflow.secrets import secret_values  # the secret policy lives with the secrets
 from adaptflow.settings import load_settings
 
 T = TypeVar("T")
 
 REDACTED = "***"
-#: Variables whose values are secrets by name; plus any variable matching ``SECRET_NAME``.
-SECRET_VARIABLES = frozenset(
-    {
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "MLFLOW_TRACKING_PASSWORD",
-        "MLFLOW_TRACKING_TOKEN",
-        "PREFECT_API_KEY",
-        "PREFECT_API_AUTH_STRING",
-        "PREFECT_SERVER_API_AUTH_STRING",
-        "OPENAI_API_KEY",
-        "PGPASSWORD",
-        "MINIO_ROOT_PASSWORD",
-    }
-)
-SECRET_NAME = re.compile(r".*(_TOKEN|_KEY|_SECRET|_PASSWORD|_AUTH_STRING)$", re.IGNORECASE)
-MIN_SECRET_LENGTH = 8
 #: Text files larger than this are uploaded as they are (model weights, indexes): scanning them
 #: would cost more than it protects, and nothing adaptflow writes that large embeds settings.
 MAX_SCANNED_BYTES = 20 * 1024 * 1024
-
-
-def secret_values(env: dict[str, str] | None = None) -> list[str]:
-    """Current values of secret-looking environment variables, longest first."""
-    env = dict(os.environ) if env is None else env
-    values = {
-        value
-        for name, value in env.items()
-        if (name.upper() in SECRET_VARIABLES or SECRET_NAME.match(name))
-        and len(value) >= MIN_SECRET_LENGTH
-    }
-    return sorted(values, key=len, reverse=True)
 
 
 #: The password of a URL's user info (``postgresql://user:PASSWORD@host/db``), wherever it came

@@ -16,12 +16,12 @@ from helpers import REPO, write_jsonl
 
 from adaptflow.catalogue import resolve_base_model
 from adaptflow.errors import SpecError
+from adaptflow.tiny import RECIPES
 from runtime.loading import load_base
 from runtime.prompts import IGNORE, Encoded, collator, encode_seq2seq, encode_sft, render_prompt
 from tasks.train.lm import pack_rows, training_set
 from tasks.train.peft import Hyper
 from tasks.train.sft import setup
-from tasks.train.tiny import RECIPES
 
 # tiny-gpt: vocab 4096, width 128, 4 blocks, 512 positions, tied head. One GPT-2 block:
 # ln_1 256 + c_attn 128*384+384 + attn c_proj 128*128+128 + ln_2 256 + c_fc 128*512+512

@@ -1,4 +1,10 @@
-"""The import layers: ``adaptflow`` < ``runtime`` < ``registry``/``tasks`` < ``flows``.
+"""The import layers: ``adaptflow`` < ``runtime`` < ``registry`` < ``tasks`` < ``flows`` < the CLI.
+
+A module imports only its own layer and the layers below, and no two modules import each other
+(directly or round a longer loop). The CLI (``adaptflow/cli.py``, ``__main__.py``) and
+``adaptflow/deployments.py`` are the top layer although they sit in the ``adaptflow`` package:
+``adaptflow`` is the command's name (``python -m adaptflow``, the ``adaptflow.cli:main``
+console script of the contract), and nothing else imports them.
 
 ``runtime`` holds what a registered model package needs to answer; serving
 (``registry/serving``) loads packages through it, so loading a served model must not load the
@@ -61,6 +67,8 @@ def imports_of(path: Path) -> list[Import]:
             else:
                 module = node.module or ""
             found.append(Import(where, node.lineno, module))
+            # ``from package import module`` imports that module too
+            found += [Import(where, node.lineno, f"{module}.{a.name}") for a in node.names]
     return found
 
 
@@ -80,6 +88,66 @@ def _violations(folder: str, banned: tuple[str, ...]) -> list[str]:
         for item in found
         if item.module.split(".")[0] in banned
     ]
+
+
+#: Lowest first. A file may import its own layer and the ones before it.
+LAYERS = ("adaptflow", "runtime", "registry", "tasks", "flows")
+#: The top layer, inside the ``adaptflow`` package (see the module docstring).
+TOP = ("adaptflow/cli.py", "adaptflow/__main__.py", "adaptflow/deployments.py")
+
+
+def _layer(path: Path) -> int:
+    where = path.relative_to(REPO).as_posix()
+    return len(LAYERS) if where in TOP else LAYERS.index(where.split("/")[0])
+
+
+MODULES = {_module_of(path): path for path in ALL_IMPORTS}
+
+
+def _target(module: str) -> str | None:
+    """The repository module an imported name lives in (the longest known prefix), or None."""
+    while module and module not in MODULES:
+        module = module.rpartition(".")[0]
+    return module or None
+
+
+def test_every_import_goes_down_or_across_the_layers() -> None:
+    upward = []
+    for path, found in ALL_IMPORTS.items():
+        for item in found:
+            target = _target(item.module)
+            if target is not None and _layer(MODULES[target]) > _layer(path):
+                upward.append(f"{item} (layer {_layer(MODULES[target])} > {_layer(path)})")
+    assert not upward, "imports that go up a layer:\n" + "\n".join(sorted(set(upward)))
+
+
+def test_no_import_cycles() -> None:
+    graph = {
+        _module_of(path): {
+            t for i in found if (t := _target(i.module)) not in (None, _module_of(path))
+        }
+        for path, found in ALL_IMPORTS.items()
+    }
+    # parents import their own submodules to re-export them; that is not a cycle of ideas
+    cycles = []
+    for start in graph:
+        stack, seen = [(start, [start])], {start}
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start and len(trail) > 1:
+                    cycles.append(" -> ".join([*trail, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*trail, nxt]))
+    parents = [c for c in cycles if not _package_cycle(c)]
+    assert not parents, "import cycles:\n" + "\n".join(sorted(set(parents)))
+
+
+def _package_cycle(cycle: str) -> bool:
+    """A package's ``__init__`` and its own submodule (``a`` -> ``a.b`` -> ``a``)."""
+    names = cycle.split(" -> ")
+    return all(n.startswith(names[0]) or names[0].startswith(n) for n in names)
 
 
 def test_the_scan_sees_every_package() -> None:

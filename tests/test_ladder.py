@@ -105,7 +105,9 @@ def test_ladder_climbs_when_the_target_is_higher(tmp_path: Path) -> None:
 def test_no_rung_meets_the_target_registers_a_challenger_and_exits_4(tmp_path: Path) -> None:
     from registry import models, tracking
 
-    spec = _spec(tmp_path, "stdlib-topics", "ladder-miss", 0.99, train__epochs=1)
+    # a search space runs on each trainable rung (here: one trial, the default rate)
+    space = {"space": {"learning_rate": [0.001]}, "max_trials": 1}
+    spec = _spec(tmp_path, "stdlib-topics", "ladder-miss", 0.99, train__epochs=1, search=space)
     result = run_cli("run", str(spec), "--ladder", "--json")
     assert result.returncode == 4, result.stderr[-2000:]
     summary = json.loads(result.stdout)
@@ -122,6 +124,14 @@ def test_no_rung_meets_the_target_registers_a_challenger_and_exits_4(tmp_path: P
     assert str(challenger.version) == summary["model_version"] == "1"
     assert "no rung met the target" in result.stderr
     assert "Traceback" not in result.stderr
+    client = tracking.client()
+    lora_run = ladder["rungs"][1]["mlflow_run_id"]
+    assert client.get_run(lora_run).data.metrics["search.best.learning_rate"] == 0.001
+    trials = client.search_runs(
+        [client.get_run(lora_run).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{lora_run}'",
+    )
+    assert len(trials) == 1  # the rung's trial, a child of the rung's run
 
 
 def test_auto_runs_the_advisors_pick(tmp_path: Path) -> None:

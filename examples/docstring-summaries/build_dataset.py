@@ -5,7 +5,7 @@
 PEP 257 asks every docstring to open with a one-line summary, then a blank line, then the
 details; that makes real (source, summary) pairs. The source is the body (everything after the
 blank line), the target is the summary line. Members of standard-library modules outside
-tiny-t5's pre-training list (``tasks.train.tiny.MODULES``) are used, so the model has not seen
+tiny-t5's pre-training list (``adaptflow.tiny.MODULES``) are used, so the model has not seen
 these texts. Everything comes from this Python's standard library: no download.
 """
 

@@ -3,7 +3,7 @@
     .venv/bin/python examples/stdlib-code/build_dataset.py [OUT_DIR]
 
 ``tiny-gpt`` is pre-trained on English docstrings of 95 standard-library modules
-(``tasks.train.tiny.MODULES``); Python *code* is a language it has barely seen. The domain
+(``adaptflow.tiny.MODULES``); Python *code* is a language it has barely seen. The domain
 corpus is the code of top-level functions and classes of pure-Python standard-library modules,
 with their docstrings removed (so it is code, not more English), one record per definition.
 The general text (``data.general``: replay and the forgetting check) is the docstrings of other

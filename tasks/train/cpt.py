@@ -128,7 +128,7 @@ def train_cpt(
             "validation_path": validation_path,
         }
         launched: CptResult = launch.run_distributed(
-            "cpt", arguments, hyper.devices, checkpoint_root
+            "tasks.train.cpt:train_cpt", arguments, hyper.devices, checkpoint_root
         )
         return launched
     model, tokenizer, family = setup(base_model, "full", hyper, allow_pickle)

@@ -1,7 +1,8 @@
 """Multi-process training: with ``train.devices`` > 1 a recipe runs under ``torchrun``.
 
 The recipe's own function (``sft.train_generator`` or ``cpt.train_cpt``) notices that it should
-run on several devices and hands itself to :func:`run_distributed`, which writes its arguments
+run on several devices and hands itself, by name (``module:function``), to
+:func:`run_distributed`, which writes its arguments
 to a JSON file and starts, in a new process group,
 
     python -m torch.distributed.run --nproc-per-node N -m tasks.train.launch ARGS RESULT
@@ -22,14 +23,14 @@ precision or the process count behind the spec's back; here the spec alone decid
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,30 +80,33 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _recipes() -> dict[str, tuple[Callable[..., Any], type]]:
-    from tasks.train.cpt import CptResult, train_cpt
-    from tasks.train.sft import GenerativeResult, train_generator
-
-    return {"generator": (train_generator, GenerativeResult), "cpt": (train_cpt, CptResult)}
+def _resolve(target: str) -> Any:
+    """The object a ``module:name`` target names (imported here, so launch imports no recipe)."""
+    module, _, name = target.partition(":")
+    value: Any = importlib.import_module(module)
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _encode(value: Any) -> Any:
-    from tasks.train.peft import Hyper
-
+    """``value`` as JSON: paths and dataclasses (``Hyper``, a recipe's result) tagged."""
     if isinstance(value, Path):
         return {"__path__": str(value)}
-    if isinstance(value, Hyper):
-        return {"__hyper__": asdict(value)}
+    if is_dataclass(value) and not isinstance(value, type):
+        kind = type(value)
+        return {"__dataclass__": f"{kind.__module__}:{kind.__qualname__}", "fields": asdict(value)}
     return value
 
 
 def _decode(value: Any) -> Any:
-    from tasks.train.peft import Hyper
-
     if isinstance(value, dict) and "__path__" in value:
         return Path(value["__path__"])
-    if isinstance(value, dict) and "__hyper__" in value:
-        return Hyper(**value["__hyper__"])
+    if isinstance(value, dict) and "__dataclass__" in value:
+        fields = dict(value["fields"])
+        if "loss_history" in fields:  # (step, loss) pairs: JSON keeps them as lists
+            fields["loss_history"] = [tuple(pair) for pair in fields["loss_history"]]
+        return _resolve(value["__dataclass__"])(**fields)
     return value
 
 
@@ -124,12 +128,14 @@ def torchrun_command(devices: int, arguments: Path, result: Path) -> list[str]:
     ]
 
 
-def run_distributed(recipe: str, kwargs: dict[str, Any], devices: int, log_dir: Path) -> Any:
-    """Run ``recipe`` on ``devices`` ranks under torchrun and return rank 0's result.
+def run_distributed(target: str, kwargs: dict[str, Any], devices: int, log_dir: Path) -> Any:
+    """Run the function ``target`` on ``devices`` ranks under torchrun; return rank 0's result.
 
     Args:
-        recipe: ``generator`` (``sft.train_generator``) or ``cpt`` (``cpt.train_cpt``).
-        kwargs: The recipe function's arguments (paths and ``Hyper`` are carried as JSON).
+        target: The recipe function as ``module:function`` (``tasks.train.sft:train_generator``,
+            ``tasks.train.cpt:train_cpt``): named, not imported, so this module depends on no
+            recipe and the recipes can depend on it.
+        kwargs: The recipe function's arguments (paths and dataclasses are carried as JSON).
         devices: Processes to start (one per GPU; CPU processes with gloo without CUDA).
         log_dir: Where the launch's arguments, result and combined output are written.
 
@@ -141,15 +147,15 @@ def run_distributed(recipe: str, kwargs: dict[str, Any], devices: int, log_dir: 
     """
     import torch
 
-    function, result_type = _recipes()[recipe]
     log_dir.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f"launch-{recipe}-", suffix=".json", dir=log_dir)
+    short = target.rpartition(":")[2]
+    handle, name = tempfile.mkstemp(prefix=f"launch-{short}-", suffix=".json", dir=log_dir)
     os.close(handle)
     arguments = Path(name)
     result = arguments.with_suffix(".result.json")
     log = arguments.with_suffix(".log")
     arguments.write_text(
-        json.dumps({"recipe": recipe, "kwargs": {k: _encode(v) for k, v in kwargs.items()}})
+        json.dumps({"target": target, "kwargs": {k: _encode(v) for k, v in kwargs.items()}})
     )
     env = dict(os.environ, **{WORKER: "1"})
     repo = str(Path(__file__).resolve().parents[2])
@@ -177,11 +183,10 @@ def run_distributed(recipe: str, kwargs: dict[str, Any], devices: int, log_dir: 
             f"training on {devices} processes failed (exit code {code}; full output: {log}):\n"
             f"{tail}"
         )
-    fields = json.loads(result.read_text())
-    fields["loss_history"] = [tuple(p) for p in fields.get("loss_history", [])]
+    outcome = _decode(json.loads(result.read_text()))
     for path in (arguments, result, log):
         path.unlink(missing_ok=True)
-    return result_type(**fields)
+    return outcome
 
 
 def main(arguments: Path, result: Path) -> None:
@@ -189,11 +194,11 @@ def main(arguments: Path, result: Path) -> None:
     import torch.distributed as dist
 
     job = json.loads(arguments.read_text())
-    function, _ = _recipes()[job["recipe"]]
+    function = _resolve(job["target"])
     outcome = function(**{k: _decode(v) for k, v in job["kwargs"].items()})
     if is_main_process():
         partial = result.with_suffix(".partial")
-        partial.write_text(json.dumps(asdict(outcome)))
+        partial.write_text(json.dumps(_encode(outcome)))
         partial.replace(result)  # the parent never reads a half-written result
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -428,7 +428,7 @@ def train_generator(
             "metric": metric,
         }
         launched: GenerativeResult = launch.run_distributed(
-            "generator", arguments, hyper.devices, checkpoint_root
+            "tasks.train.sft:train_generator", arguments, hyper.devices, checkpoint_root
         )
         return launched
     rows = read_jsonl(train_path)
