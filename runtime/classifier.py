@@ -34,10 +34,21 @@ def predict_proba(
     return np.concatenate(chunks)
 
 
+class Classifier:
+    """A loaded trained classifier package (adapter or weights): text in, label out."""
+
+    def __init__(self, folder: Path) -> None:
+        """Load the base model, the adapter (or the full weights) and the tokenizer."""
+        self.model, self.tokenizer, self.manifest = load_classifier(folder)
+
+    def predict(self, texts: list[str]) -> list[str]:
+        """One label per text."""
+        probs = predict_proba(self.model, self.tokenizer, texts, self.manifest.max_length)
+        return [self.manifest.labels[i] for i in probs.argmax(axis=1)]
+
+
 def predict_labels(folder: Path, texts: list[str]) -> list[str]:
-    """Load the package in ``folder`` (any kind) and return one label per text."""
+    """Load the package in ``folder`` (any classifier kind) and return one label per text."""
     if PackageManifest.read(folder).kind == "knn-classifier":
         return KnnClassifier(folder).predict(texts)
-    model, tokenizer, manifest = load_classifier(folder)
-    probs = predict_proba(model, tokenizer, texts, manifest.max_length)
-    return [manifest.labels[i] for i in probs.argmax(axis=1)]
+    return Classifier(folder).predict(texts)

@@ -82,28 +82,32 @@ def score_champion(
     """
     if version is None:
         return None
+    import tempfile
+
+    from runtime.predictor import open_predictor
     from tasks.curate.records import read_jsonl
 
     rows = read_jsonl(Path(eval_path))
-    model = models.load_model(f"models:/{name}/{version}")
+    with tempfile.TemporaryDirectory(prefix="adaptflow-champion-") as tmp:
+        # the registered package, through the predictor serving uses (runtime.predictor)
+        package = models.download_package(f"models:/{name}/{version}", Path(tmp))
+        predictor = open_predictor(package)
     if task == "retrieval-qa":
         from tasks.rag.package import score_retriever
 
-        retriever = model.unwrap_python_model().model
-        return dict(score_retriever(retriever, rows)["metrics"])
+        return dict(score_retriever(predictor, rows)["metrics"])
     if task in LM_TASKS:
         from tasks.evaluate.forgetting import lm_metrics
 
-        generator = model.unwrap_python_model().generator
         texts = [row["text"] for row in rows]
-        return lm_metrics(generator.model, generator.tokenizer, texts, generator.max_length)
+        return lm_metrics(predictor.model, predictor.tokenizer, texts, predictor.max_length)
     if task in GENERATIVE_TASKS:
         from runtime.generate import score_generator
 
-        return dict(score_generator(model.unwrap_python_model().generator, rows)["metrics"])
+        return dict(score_generator(predictor, rows)["metrics"])
     from tasks.evaluate.classification import classification_metrics
 
-    predicted = model.predict([row["text"] for row in rows])
+    predicted = predictor.predict([row["text"] for row in rows])
     return classification_metrics([row["label"] for row in rows], list(predicted))
 
 

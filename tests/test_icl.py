@@ -93,32 +93,3 @@ def test_majority_baseline_predicts_the_commonest_training_label(tmp_path: Path)
     assert result["method"] == "majority class ('y')"
     assert result["metrics"]["accuracy"] == pytest.approx(0.5)
     assert result["metrics"]["f1_macro"] == pytest.approx((0 + 2 / 3) / 2)
-
-
-def test_few_shot_prompt_takes_the_most_similar_examples_that_fit() -> None:
-    from tasks.icl.fewshot import Shot, build_prompt, select_shots
-
-    examples = [
-        Shot("two plus two", "four"),
-        Shot("the capital of France", "Paris"),
-        Shot("three plus five", "eight"),
-        Shot("one plus one, " * 30, "two"),  # similar but long: does not fit
-    ]
-    vectors = _unit([[1, 0.1], [0, 1], [1, 0.3], [1, 0]])
-    query_vector = _unit([[1, 0]])[0]
-
-    def words(text: str) -> int:
-        return len(text.split())
-
-    shots = select_shots(query_vector, vectors, examples, "six plus one", words, 40, 8, 5)
-    # most similar first in the ranking: long (skipped), "two plus two", "three plus five", ...
-    assert shots == [examples[1], examples[2], examples[0]]
-    prompt = build_prompt(shots, "six plus one", instruction="Answer briefly.")
-    assert prompt.startswith("Answer briefly.\n\nInput: the capital of France\nOutput: Paris\n\n")
-    assert prompt.endswith("Input: two plus two\nOutput: four\n\nInput: six plus one\nOutput:")
-    assert words(prompt) + 5 <= 40
-    # a tight budget keeps only the closest example; max_shots caps the count
-    assert select_shots(query_vector, vectors, examples, "six plus one", words, 16, 8, 5) == [
-        examples[0]
-    ]
-    assert select_shots(query_vector, vectors, examples, "q", words, 400, 1, 5) == [examples[3]]

@@ -20,18 +20,13 @@ class EncoderClassifier(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the base model, the adapter and the tokenizer once per process."""
-        from runtime.loading import load_classifier
+        from runtime.predictor import open_predictor
 
-        self.model, self.tokenizer, self.manifest = load_classifier(
-            Path(context.artifacts["package"])
-        )
+        self.model = open_predictor(Path(context.artifacts["package"]))
 
     def predict(self, context: Any, model_input: list[str], params: Any = None) -> list[str]:
         """One label per input text."""
-        from runtime.classifier import predict_proba
-
-        probs = predict_proba(self.model, self.tokenizer, model_input, self.manifest.max_length)
-        return [self.manifest.labels[i] for i in probs.argmax(axis=1)]
+        return list(self.model.predict(list(model_input)))
 
 
 mlflow.models.set_model(EncoderClassifier())

@@ -19,9 +19,9 @@ class GeneratorModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the base model and adapter (or the full weights) once per process."""
-        from runtime.generate import Generator
+        from runtime.predictor import open_predictor
 
-        self.generator = Generator.from_package(Path(context.artifacts["package"]))
+        self.generator = open_predictor(Path(context.artifacts["package"]))
 
     def predict(self, context: Any, model_input: list[str], params: Any = None) -> list[str]:
         """One answer per input text."""

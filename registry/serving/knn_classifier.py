@@ -20,9 +20,9 @@ class KnnClassifier(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the index and the encoder once per process."""
-        from runtime.knn import KnnClassifier as Loaded
+        from runtime.predictor import open_predictor
 
-        self.model = Loaded(Path(context.artifacts["package"]))
+        self.model = open_predictor(Path(context.artifacts["package"]))
 
     def predict(self, context: Any, model_input: list[str], params: Any = None) -> list[str]:
         """One label per input text."""

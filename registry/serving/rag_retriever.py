@@ -23,9 +23,9 @@ class RagRetrieverModel(PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Open the collection and the embedder once per process."""
-        from runtime.rag import RagRetriever
+        from runtime.predictor import open_predictor
 
-        self.model = RagRetriever(Path(context.artifacts["package"]))
+        self.model = open_predictor(Path(context.artifacts["package"]))
 
     def predict(
         self, context: Any, model_input: list[str], params: Any = None
