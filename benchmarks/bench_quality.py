@@ -443,7 +443,7 @@ def bare_bm25(knowledge: Path, rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def retrieval(name: str, work: Path) -> dict[str, Any]:
     """Every retrieval contender on one set, scored on adaptflow's eval questions."""
-    from tasks.rag.package import evaluate_rag
+    from tasks.rag.score import evaluate_rag
 
     folder = QUALITY / "retrieval" / name
     base = {"task": "retrieval-qa", "base_model": "minilm", "method": "rag", "seed": SEED,

@@ -19,8 +19,9 @@ from adaptflow.settings import load_settings
 from adaptflow.spec import Spec, load_spec
 from flows.steps import provenance, register_attempt, run_params, summary
 from tasks.evaluate.gate import decide_promotion
-from tasks.rag.package import baseline_mode, build_rag_task, evaluate_rag_task, index_knowledge_task
+from tasks.rag.package import build_rag_task, index_knowledge_task
 from tasks.rag.questions import curate_knowledge_task
+from tasks.rag.score import baseline_mode, evaluate_rag_task
 from tasks.rag.tune import choose_retrieval_task
 from tasks.tracking import (
     close_run,

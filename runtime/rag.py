@@ -5,7 +5,7 @@ champion's re-scoring and ``predict`` (through ``registry/serving/rag_retriever.
 numbers the gate compares are the numbers serving gives. The package (``adaptflow_model.json``,
 kind ``rag-retriever``) names the embedder, the Chroma collection and its index version, the
 retriever settings, the prompt template and the generator; building, indexing and scoring it
-are in ``tasks/rag/package.py``.
+are in ``tasks/rag/package.py`` and ``tasks/rag/score.py``.
 """
 
 from __future__ import annotations

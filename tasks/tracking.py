@@ -93,7 +93,7 @@ def score_champion(
         package = models.download_package(f"models:/{name}/{version}", Path(tmp))
         predictor = open_predictor(package)
     if task == "retrieval-qa":
-        from tasks.rag.package import score_retriever
+        from tasks.rag.score import score_retriever
 
         return dict(score_retriever(predictor, rows)["metrics"])
     if task in LM_TASKS:

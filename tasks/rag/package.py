@@ -1,4 +1,4 @@
-"""The ``rag`` method: index the knowledge, package the retriever, score it on the questions.
+"""The ``rag`` method: index the knowledge and package the retriever (scoring: ``score.py``).
 
 A RAG candidate is a *package* like every other method's: a folder with ``adaptflow_model.json``
 (kind ``rag-retriever``) naming the embedder, the Chroma collection and its index version (the
@@ -7,8 +7,8 @@ DVC hash of the index manifest), the retriever settings, the prompt template and
 vectors stay in Chroma (the persistent store under ``ADAPTFLOW_HOME``, or the
 server at ``ADAPTFLOW_CHROMA_URL``); the package points at them.
 
-``runtime.rag.RagRetriever`` is the one implementation of search behind evaluation, the
-baseline, the champion's re-scoring and ``predict`` (through
+``runtime.rag.RagRetriever`` is the one implementation of search behind evaluation
+(``tasks/rag/score.py``), the baseline, the champion's re-scoring and ``predict`` (through
 ``registry/serving/rag_retriever.py``), so the numbers the gate compares are the numbers
 serving gives.
 """
@@ -25,23 +25,15 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adaptflow.errors import DataError
 from runtime.index import check_chroma, chroma_client, public_url
-from runtime.rag import PROMPT_TEMPLATE, RagRetriever
-from runtime.text_metrics import groundedness
-from tasks.curate.records import read_jsonl, write_jsonl
+from runtime.rag import PROMPT_TEMPLATE
 from tasks.curate.version import version_with_dvc
-from tasks.evaluate.retrieval import answer_metrics, retrieval_metrics, source_rank
 from tasks.rag.index import IndexSettings, build_index, collection_name, open_collection
 
 KIND = "rag-retriever"
-#: Chunks retrieved per question when scoring, so that source-level recall@10 and nDCG@10 see
-#: enough distinct sources even when one document fills several of the top chunks.
-EVAL_DEPTH = 50
 RRF_K = 60
 #: BM25's analyzer for new packages (``runtime.retrieve.LexicalAnalyzer``).
 ANALYZER = "code"
-ANSWERS_FILE = "rag_answers.jsonl"
 
 
 def generator_settings(retrieval: dict[str, Any]) -> dict[str, Any] | None:
@@ -170,92 +162,5 @@ def build_rag(
     }
 
 
-def score_answers(rag: RagRetriever, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Generate an answer per question, as ``predict`` does, and score the answers.
-
-    Returns:
-        ``metrics`` (``groundedness``; ``answer_exact_match`` and ``answer_token_f1`` when
-        rows carry a reference ``answer``) and ``answers``: per question its id, question,
-        retrieved ``sources``, the ``passages`` (rank, source, text) the prompt held, the
-        ``answer``, the ``reference`` and the answer's ``groundedness`` in those passages.
-    """
-    questions = [row["question"] for row in rows]
-    hits = rag.search_many(questions)
-    answered = rag.answer(questions, hits)
-    contexts = ["\n\n".join(h.text for h in used) for _, used in answered]
-    references = [row.get("answer") for row in rows]
-    metrics = answer_metrics([a for a, _ in answered], contexts, references)
-    records = [
-        {"id": row["id"], "question": row["question"], "sources": [h.source for h in found],
-         "passages": [{"rank": n, "source": h.source, "text": h.text}
-                      for n, h in enumerate(used, start=1)],
-         "answer": answer, "reference": row.get("answer"),
-         "groundedness": groundedness(answer, context)}
-        for row, found, (answer, used), context in zip(rows, hits, answered, contexts, strict=True)
-    ]  # fmt: skip
-    return {"metrics": metrics, "answers": records}
-
-
-def score_retriever(rag: RagRetriever, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Retrieval metrics of ``rag`` on curated question rows, and the per-question ranks.
-
-    With a generator in the package, the answer metrics of ``score_answers`` join the metrics
-    and its per-question records come back as ``answers``.
-    """
-    if not rows:
-        raise DataError("no questions to evaluate")
-    hits = rag.search_many([row["question"] for row in rows], EVAL_DEPTH)
-    rankings = [[h.source for h in found] for found in hits]
-    examples = [
-        {"id": row["id"], "question": row["question"], "source": row["source"],
-         "rank": source_rank(ranked, row["source"]), "top_sources": list(dict.fromkeys(ranked))[:5]}
-        for row, ranked in zip(rows, rankings, strict=True)
-    ]  # fmt: skip
-    scored: dict[str, Any] = {
-        "metrics": retrieval_metrics(rankings, [row["source"] for row in rows]),
-        "examples": examples,
-    }
-    if rag.generator_settings is not None:
-        answered = score_answers(rag, rows)
-        scored["metrics"] |= answered["metrics"]
-        scored["answers"] = answered["answers"]
-    return scored
-
-
-def evaluate_rag(
-    package_dir: Path, questions_file: Path, out_dir: Path, mode: str | None = None
-) -> dict[str, Any]:
-    """Score a RAG package on the questions; writes the per-question ranks.
-
-    Args:
-        package_dir: The candidate's package.
-        questions_file: Curated questions (``questions.jsonl``).
-        out_dir: Where ``eval_examples.jsonl`` (or ``baseline_<mode>.jsonl``) goes.
-        mode: Score with another search mode over the same index (the baseline).
-
-    Returns:
-        ``metrics``, ``method`` (the mode that was scored), ``eval_examples`` (path) and
-        ``artifacts``: the generated answers (``rag_answers.jsonl``) when there is a generator.
-    """
-    rag = RagRetriever(package_dir, mode)
-    scored = score_retriever(rag, read_jsonl(questions_file))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / ("eval_examples.jsonl" if mode is None else f"baseline_{mode}.jsonl")
-    write_jsonl(path, scored["examples"])
-    artifacts = []
-    if "answers" in scored:
-        answers = out_dir / (ANSWERS_FILE if mode is None else f"baseline_{mode}_answers.jsonl")
-        write_jsonl(answers, scored["answers"])
-        artifacts.append(str(answers))
-    return {"metrics": scored["metrics"], "method": rag.mode, "eval_examples": str(path),
-            "artifacts": artifacts}  # fmt: skip
-
-
-def baseline_mode(mode: str) -> str:
-    """The plain search a ``mode`` must beat: keyword search (BM25), or dense for BM25 itself."""
-    return "dense" if mode == "bm25" else "bm25"
-
-
 index_knowledge_task = task(name="index_knowledge", cache_policy=NO_CACHE)(index_knowledge)
 build_rag_task = task(name="index_corpus", cache_policy=NO_CACHE)(build_rag)
-evaluate_rag_task = task(name="evaluate_retrieval", cache_policy=NO_CACHE)(evaluate_rag)

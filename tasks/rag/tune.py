@@ -42,7 +42,8 @@ from adaptflow.spec import ANSWER_METRICS
 from runtime.rag import RagRetriever
 from tasks.curate.records import read_jsonl, write_jsonl
 from tasks.evaluate.retrieval import retrieval_metrics
-from tasks.rag.package import EVAL_DEPTH, build_rag
+from tasks.rag.package import build_rag
+from tasks.rag.score import EVAL_DEPTH
 
 #: Keys whose values the choice can set, and the search candidates (the default's first).
 SEARCH_KEYS = ("mode", "fusion", "lexical_weight")
