@@ -180,39 +180,74 @@ class _Source:
             self.quarantined.add(position)
 
 
+# --- the cross-record blocks ------------------------------------------------------------------
+# Each takes the positions still kept and returns the ones it removes, having told ``src``
+# why for each (``src.remove``: block, reason, detail). They need every record at once, so
+# they run here, after the per-record blocks of every shard.
+
+
+def label_conflicts_block(inputs: CurationInputs, src: _Source, alive: np.ndarray) -> np.ndarray:
+    """Quarantine every record whose text also appears with another label."""
+    conflicts = conflicting_labels(src.keys, src.labels, alive)
+    for position, others in conflicts.items():
+        detail = f"same text also labelled {others}"
+        src.remove(position, "label_conflicts", "label conflict", detail, quarantine=True)
+    return np.fromiter(conflicts, dtype=np.int64, count=len(conflicts))
+
+
+def exact_dedup_block(inputs: CurationInputs, src: _Source, alive: np.ndarray) -> np.ndarray:
+    """Drop every later copy of an exactly equal (normalised) text."""
+    first = first_of(src.keys, alive)
+    later = first != alive
+    for position, original in zip(alive[later], first[later], strict=True):
+        src.remove(int(position), "exact_dedup", "exact duplicate", f"of id {src.ids[original]}")
+    return alive[later]
+
+
+def near_dedup_block(inputs: CurationInputs, src: _Source, alive: np.ndarray) -> np.ndarray:
+    """Drop the later record of every near-duplicate pair (MinHash LSH, confirmed by Jaccard)."""
+    pairs = _near_pairs(inputs, src, alive, all_pairs=False)
+    for earlier, later, similarity in pairs:
+        detail = near_detail(src.ids[earlier], similarity)
+        src.remove(later, "near_dedup", "near duplicate", detail)
+    return np.array([later for _, later, _ in pairs], dtype=np.int64)
+
+
+def semantic_dedup_block(inputs: CurationInputs, src: _Source, alive: np.ndarray) -> np.ndarray:
+    """Drop records whose embedding is too close to an earlier one's (memory grows with data)."""
+    texts = src.texts(set(alive.tolist()))
+    position_of = {src.ids[p]: p for p in alive.tolist()}  # ids are unique in a source
+    records = [Record(id=src.ids[p], text=texts[p]) for p in alive.tolist()]
+    settings = inputs.blocks.semantic_dedup
+    outcome = semantic_dedup(records, settings.threshold, inputs.base_model, inputs.allow_pickle)
+    for item in outcome.dropped:
+        src.remove(position_of[item.record.id], "semantic_dedup", item.reason, item.detail)
+    return np.array([position_of[i.record.id] for i in outcome.dropped], dtype=np.int64)
+
+
+CrossRecordBlock = Callable[[CurationInputs, _Source, np.ndarray], np.ndarray]
+#: The cross-record blocks by name; ``global_blocks(inputs)`` says which run, in what order.
+CROSS_RECORD_BLOCKS: dict[str, CrossRecordBlock] = {
+    "label_conflicts": label_conflicts_block,
+    "exact_dedup": exact_dedup_block,
+    "near_dedup": near_dedup_block,
+    "semantic_dedup": semantic_dedup_block,
+}
+
+
 def _global_blocks(inputs: CurationInputs, src: _Source) -> np.ndarray:
-    """Run the cross-record blocks in order; returns the positions still kept."""
+    """Run the cross-record blocks in order; returns the positions still kept.
+
+    Raises:
+        InvariantError: When a block removes a position twice or one it was not given.
+    """
     alive = np.arange(len(src.ids))
     for name in global_blocks(inputs):
-        if name == "label_conflicts":
-            conflicts = conflicting_labels(src.keys, src.labels, alive)
-            for position, others in conflicts.items():
-                detail = f"same text also labelled {others}"
-                src.remove(position, name, "label conflict", detail, quarantine=True)
-            gone = np.fromiter(conflicts, dtype=np.int64, count=len(conflicts))
-        elif name == "exact_dedup":
-            first = first_of(src.keys, alive)
-            for position, original in zip(
-                alive[first != alive], first[first != alive], strict=True
-            ):
-                src.remove(int(position), name, "exact duplicate", f"of id {src.ids[original]}")
-            gone = alive[first != alive]
-        elif name == "near_dedup":
-            pairs = _near_pairs(inputs, src, alive, all_pairs=False)
-            for earlier, later, similarity in pairs:
-                src.remove(later, name, "near duplicate", near_detail(src.ids[earlier], similarity))
-            gone = np.array([later for _, later, _ in pairs], dtype=np.int64)
-        else:  # semantic_dedup: embeds every kept text (memory grows with the corpus)
-            texts = src.texts(set(alive.tolist()))
-            position_of = {src.ids[p]: p for p in alive.tolist()}  # ids are unique in a source
-            records = [Record(id=src.ids[p], text=texts[p]) for p in alive.tolist()]
-            settings = inputs.blocks.semantic_dedup
-            outcome = semantic_dedup(
-                records, settings.threshold, inputs.base_model, inputs.allow_pickle
-            )
-            for item in outcome.dropped:
-                src.remove(position_of[item.record.id], name, item.reason, item.detail)
-            gone = np.array([position_of[i.record.id] for i in outcome.dropped], dtype=np.int64)
+        gone = CROSS_RECORD_BLOCKS[name](inputs, src, alive)
+        check(
+            len(set(gone.tolist())) == len(gone) and bool(np.isin(gone, alive).all()),
+            f"block {name} removed records it was not given, or one twice",
+        )
         alive = alive[~np.isin(alive, gone)]
         src.steps.append((name, len(alive)))
     return alive
