@@ -10,13 +10,6 @@ import pytest
 
 _HOME = Path(tempfile.mkdtemp(prefix="adaptflow-test-home-"))
 os.environ["ADAPTFLOW_HOME"] = str(_HOME)
-# Under pytest-xdist every worker has its own home, but the tiny base models (minutes of CPU
-# to build) are shared by the run's workers: the build holds a file lock, so one worker builds
-# an alias and the others wait for it.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-if _RUN and "ADAPTFLOW_MODELS_DIR" not in os.environ:
-    _SHARED = Path(tempfile.gettempdir()) / f"adaptflow-models-{_RUN}"
-    os.environ["ADAPTFLOW_MODELS_DIR"] = str(_SHARED)
 for variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "ADAPTFLOW_CHROMA_URL"):
     os.environ.pop(variable, None)
 os.environ.pop("PREFECT_HOME", None)
