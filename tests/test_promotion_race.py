@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from adaptflow.errors import RegistryError
-from registry import models, tracking
+from registry import lease, models, tracking
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "race-model"
@@ -196,7 +196,7 @@ def test_eight_workers_racing_on_a_server(
     outcomes = _race(tmp_path, envs)
     print(f"8-worker race on an MLflow server: {time.monotonic() - began:.1f} s", outcomes)
     _check_race(outcomes, versions)
-    assert models.LOCK_TAG not in (tracking.client().get_registered_model(NAME).tags or {}), (
+    assert lease.LOCK_TAG not in (tracking.client().get_registered_model(NAME).tags or {}), (
         "the lock was not released"
     )
 
