@@ -6,6 +6,8 @@ through here, so the same weights rules hold in training, evaluation and serving
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +58,10 @@ def load_base(
 
     path = resolve_base_model(reference)
     family = family or family_of(AutoConfig.from_pretrained(path, trust_remote_code=False))
-    try:
+    with refusing_pickle(reference, allow_pickle):
         return auto_class(family).from_pretrained(
             path, **weights_arguments(allow_pickle), **(extra or {})
         )
-    except OSError as exc:
-        if allow_pickle or "safetensors" not in str(exc):
-            raise
-        raise SpecError(pickle_refused(reference)) from None
 
 
 def pickle_refused(reference: str) -> str:
@@ -73,6 +71,25 @@ def pickle_refused(reference: str) -> str:
         "(pytorch_model.bin) can run code when loaded and are refused unless the spec sets "
         "allow_pickle: true"
     )
+
+
+@contextmanager
+def refusing_pickle(reference: str, allow_pickle: bool) -> Iterator[None]:
+    """Turn a load's "no safetensors weights" ``OSError`` into the error naming ``allow_pickle``.
+
+    Every weights load of a base model (transformers, sentence-transformers, the cross-encoder)
+    asks for safetensors unless the spec allows pickle; the libraries then fail with an
+    ``OSError`` about safetensors, which the user should read as the flag to set.
+
+    Raises:
+        SpecError: When the model has only pickle-based weights and ``allow_pickle`` is off.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if allow_pickle or "safetensors" not in str(exc):
+            raise
+        raise SpecError(pickle_refused(reference)) from None
 
 
 def load_generator(folder: Path) -> tuple[Any, Any, PackageManifest]:
@@ -141,17 +158,13 @@ def load_encoder(base_model: str, allow_pickle: bool = False) -> Any:
     """
     from sentence_transformers import SentenceTransformer
 
-    try:
+    with refusing_pickle(base_model, allow_pickle):
         return SentenceTransformer(
             resolve_base_model(base_model),
             device="cpu",
             trust_remote_code=False,
             model_kwargs={"use_safetensors": None if allow_pickle else True},
         )
-    except OSError as exc:
-        if allow_pickle or "safetensors" not in str(exc):
-            raise
-        raise SpecError(pickle_refused(base_model)) from None
 
 
 def load_reranker(reference: str, allow_pickle: bool = False) -> Any:
@@ -165,17 +178,13 @@ def load_reranker(reference: str, allow_pickle: bool = False) -> Any:
     """
     from sentence_transformers import CrossEncoder
 
-    try:
+    with refusing_pickle(reference, allow_pickle):
         return CrossEncoder(
             resolve_base_model(reference),
             device="cpu",
             trust_remote_code=False,
             model_kwargs={"use_safetensors": None if allow_pickle else True},
         )
-    except OSError as exc:
-        if allow_pickle or "safetensors" not in str(exc):
-            raise
-        raise SpecError(pickle_refused(reference)) from None
 
 
 #: The adapter weights every package adaptflow writes holds (PEFT's safetensors file name).

@@ -18,7 +18,6 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adaptflow.errors import SpecError
 from runtime.manifest import PackageManifest
 from tasks.curate.records import read_jsonl
 
@@ -128,10 +127,10 @@ def setup(
     from transformers import AutoModelForSequenceClassification, set_seed
 
     from adaptflow.catalogue import resolve_base_model
-    from runtime.loading import pickle_refused, weights_arguments
+    from runtime.loading import refusing_pickle, weights_arguments
 
     set_seed(hyper.seed)  # the new head's initialisation draws from the global RNG
-    try:
+    with refusing_pickle(base_model, allow_pickle):
         model, info = AutoModelForSequenceClassification.from_pretrained(
             resolve_base_model(base_model),
             num_labels=len(labels),
@@ -140,10 +139,6 @@ def setup(
             output_loading_info=True,
             **weights_arguments(allow_pickle),
         )
-    except OSError as exc:
-        if allow_pickle or "safetensors" not in str(exc):
-            raise
-        raise SpecError(pickle_refused(base_model)) from None
     # Anything the checkpoint lacks is freshly initialised and must be trained and saved with
     # the adapter, or a reload would draw different random weights.
     fresh = sorted({key.split(".")[0] for key in info["missing_keys"]})
