@@ -583,6 +583,116 @@ def _report_alias(result: dict[str, Any], json_out: bool) -> None:
 
 
 @app.command()
+def serve(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    alias: Annotated[str, typer.Option(help="The alias to serve and follow.")] = "champion",
+    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    poll_seconds: Annotated[
+        float, typer.Option(help="How often to re-read the alias (a move switches versions).")
+    ] = 5.0,
+    max_tokens: Annotated[int, typer.Option(help="Most new tokens a request may ask for.")] = 512,
+    max_request_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 1_000_000,
+    no_log: Annotated[
+        bool, typer.Option("--no-log", help="Keep no interaction log (feedback is refused).")
+    ] = False,
+) -> None:
+    """Serve a registered model over HTTP (OpenAI-compatible), following its alias.
+
+    Routes: /v1/chat/completions (also stream: true), /v1/completions, /v1/models,
+    /v1/classify, /v1/feedback, /invocations (MLflow's shape), /health. Every answer names
+    its version; requests and answers are logged (redacted) for `adaptflow harvest`. A bearer
+    token is required when ADAPTFLOW_SERVE_TOKEN is set (or mapped to a Prefect Secret block).
+    """
+    with _guard(False):
+        if not 0 < port < 65536:
+            raise AdaptflowError(f"--port must be 1..65535, got {port}")
+        if poll_seconds <= 0 or max_tokens < 1 or max_request_bytes < 1:
+            raise AdaptflowError("--poll-seconds, --max-tokens and --max-request-bytes must be > 0")
+        settings = _prepare(check_prefect=False)
+        from adaptflow.secrets import load_secret_blocks
+
+        load_secret_blocks()
+        from serve.app import ServeConfig
+        from serve.run import serve_forever, token_from_env
+
+        serve_forever(
+            settings,
+            name,
+            alias,
+            host,
+            port,
+            poll_seconds,
+            ServeConfig(token_from_env(), max_tokens, max_request_bytes),
+            log_interactions=not no_log,
+            announce=lambda line: err.print(line, highlight=False, markup=False),
+        )
+
+
+@app.command()
+def feedback(
+    interaction_id: Annotated[str, typer.Argument(help="The `id` of a served answer.")],
+    rating: Annotated[str | None, typer.Option(help="up or down.")] = None,
+    correction: Annotated[str | None, typer.Option(help="The answer it should have given.")] = None,
+    preferred: Annotated[
+        int | None, typer.Option(help="Index of the best of the answer's choices (n > 1).")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Record feedback on a served answer (as POST /v1/feedback does)."""
+    with _guard(json_out):
+        settings = _prepare(check_prefect=False)
+        from runtime.interactions import InteractionStore
+        from serve.run import redactor
+
+        store = InteractionStore(settings.interactions_url, redactor())
+        saved = store.add_feedback(interaction_id, rating, correction, preferred)
+        store.dispose()
+    result = {
+        "id": saved.interaction_id,
+        "rating": saved.rating,
+        "correction": saved.correction,
+        "preferred": saved.preferred,
+    }
+    if json_out:
+        _emit(result)
+        return
+    err.print(f"feedback recorded on {interaction_id}", highlight=False)
+
+
+@app.command()
+def harvest(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Turn a served model's feedback into SFT, KTO and DPO datasets (curated, DVC-versioned)."""
+    with _guard(json_out):
+        settings = _prepare(check_prefect=False)
+        from runtime.interactions import InteractionStore
+        from serve.run import redactor
+        from tasks.harvest import harvest as harvest_feedback
+
+        store = InteractionStore(settings.interactions_url, redactor())
+        summary = harvest_feedback(name, store, settings.harvest_dir, settings.home)
+        store.dispose()
+    if json_out:
+        _emit(summary)
+        return
+    table = Table("dataset", "records", "file")
+    for kind, info in summary["datasets"].items():
+        table.add_row(kind, str(info["records"]), info["path"])
+    Console(stderr=True).print(table)
+    err.print(
+        f"{summary['interactions']} interactions, {summary['feedback']} feedback; dropped "
+        f"{summary['dropped'] or 'none'}; quarantined {summary['quarantined']}; "
+        f"DVC {summary['data_hash']}",
+        highlight=False,
+    )
+
+
+@app.command()
 def schema() -> None:
     """Print the use-case spec's JSON schema."""
     from adaptflow.spec import spec_json_schema

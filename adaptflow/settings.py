@@ -30,6 +30,14 @@ class Settings:
     dask_address: str | None = None  # a Dask scheduler for curation shards
     curation_workers: int = 1  # local Dask workers for curation when there are several shards
     models_dir_override: Path | None = None  # ADAPTFLOW_MODELS_DIR
+    interactions_url_override: str | None = None  # ADAPTFLOW_INTERACTIONS_URL
+
+    @property
+    def interactions_url(self) -> str:
+        """SQLAlchemy URL of the served models' interaction log (SQLite here by default)."""
+        return (
+            self.interactions_url_override or f"sqlite:///{self.home / 'serve' / 'interactions.db'}"
+        )
 
     @property
     def models_dir(self) -> Path:
@@ -55,6 +63,11 @@ class Settings:
     def curated_dir(self) -> Path:
         """Curated datasets, one folder per spec name; tracked by DVC."""
         return self.home / "curated"
+
+    @property
+    def harvest_dir(self) -> Path:
+        """Datasets harvested from served interactions, one folder per model; tracked by DVC."""
+        return self.home / "harvest"
 
     @property
     def work_dir(self) -> Path:
@@ -99,6 +112,7 @@ def load_settings(env: MutableMapping[str, str] | None = None) -> Settings:
         models_dir_override=Path(env["ADAPTFLOW_MODELS_DIR"]).expanduser().resolve()
         if env.get("ADAPTFLOW_MODELS_DIR")
         else None,
+        interactions_url_override=env.get("ADAPTFLOW_INTERACTIONS_URL") or None,
     )
 
 

@@ -226,13 +226,25 @@ def champion_version(name: str) -> str | None:
     Raises:
         ServiceError: The registry could not be read (rather than answering "no champion").
     """
+    return alias_version(name, CHAMPION)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version alias ``alias`` of model ``name`` points at, or None.
+
+    Raises:
+        ServiceError: The registry could not be read (rather than answering "no such alias").
+    """
     try:
-        return str(retrying(client().get_model_version_by_alias, name, CHAMPION).version)
+        return str(retrying(client().get_model_version_by_alias, name, alias).version)
     except Exception as exc:
         if _not_found(exc):
             return None  # no such alias (or model)
         if _is_mlflow_error(exc):
-            raise _unreadable(exc, f"the champion of '{name}'") from None
+            what = (
+                f"the champion of '{name}'" if alias == CHAMPION else f"alias '{alias}' of '{name}'"
+            )
+            raise _unreadable(exc, what) from None
         raise
 
 

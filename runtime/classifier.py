@@ -46,6 +46,18 @@ class Classifier:
         probs = predict_proba(self.model, self.tokenizer, texts, self.manifest.max_length)
         return [self.manifest.labels[i] for i in probs.argmax(axis=1)]
 
+    def classify(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Per text: the ``label`` ``predict`` gives and each label's probability."""
+        probs = predict_proba(self.model, self.tokenizer, texts, self.manifest.max_length)
+        labels = self.manifest.labels
+        return [
+            {
+                "label": labels[int(row.argmax())],
+                "scores": dict(zip(labels, map(float, row), strict=True)),
+            }
+            for row in probs
+        ]
+
 
 def predict_labels(folder: Path, texts: list[str]) -> list[str]:
     """Load the package in ``folder`` (any classifier kind) and return one label per text."""

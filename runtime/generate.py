@@ -26,6 +26,30 @@ from runtime.prompts import (
 from runtime.text_metrics import generation_metrics, perplexity
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one request; temperature 0 means greedy (what the gate scores)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+def model_inputs(
+    tokenizer: Any,
+    texts: list[str],
+    family: str,
+    contexts: list[list[dict[str, str]] | None] | None = None,
+    raw: bool = False,
+) -> list[str]:
+    """The strings the model reads for ``texts``: rendered prompts (or the texts, when raw)."""
+    turns = contexts or [None] * len(texts)
+    return [
+        t if raw else render_prompt(tokenizer, t, c) if family == "decoder" else source_text(t, c)
+        for t, c in zip(texts, turns, strict=True)
+    ]
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -36,21 +60,32 @@ def generate(
     batch_size: int = 16,
     contexts: list[list[dict[str, str]] | None] | None = None,
     raw: bool = False,
+    sampling: Sampling | None = None,
+    streamer: Any = None,
 ) -> list[str]:
-    """Greedy answers to ``texts`` (prompts rendered as in training), decoded without specials.
+    """Answers to ``texts`` (prompts rendered as in training), decoded without specials.
 
+    Greedy unless ``sampling`` asks for a temperature; generation stops at the tokenizer's EOS.
     ``contexts``, when given, holds each text's earlier conversation turns (or None). ``raw``
     continues each text as it is, with no prompt format (a CPT model continues text).
+    ``streamer`` (a transformers streamer, one text only) receives the tokens as they come.
     """
     import torch
 
     tokenizer.padding_side = "left"  # decoders continue from the right edge of the prompt
     tokenizer.truncation_side = "left"  # an over-long prompt keeps its end (the question)
-    turns = contexts or [None] * len(texts)
-    inputs = [
-        t if raw else render_prompt(tokenizer, t, c) if family == "decoder" else source_text(t, c)
-        for t, c in zip(texts, turns, strict=True)
-    ]
+    inputs = model_inputs(tokenizer, texts, family, contexts, raw)
+    decoding: dict[str, Any] = {"do_sample": False}
+    if sampling is not None and sampling.temperature > 0:
+        decoding = {
+            "do_sample": True,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+        }
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+    if streamer is not None:
+        decoding["streamer"] = streamer
     answers: list[str] = []
     with torch.inference_mode():
         for start in range(0, len(inputs), batch_size):
@@ -65,7 +100,7 @@ def generate(
             output = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                **decoding,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
@@ -212,19 +247,35 @@ class Generator:
         return cls(model, tokenizer, family_of(model.config), max_length, max_new_tokens)
 
     def predict(
-        self, texts: list[str], contexts: list[list[dict[str, str]] | None] | None = None
+        self,
+        texts: list[str],
+        contexts: list[list[dict[str, str]] | None] | None = None,
+        max_new_tokens: int | None = None,
+        sampling: Sampling | None = None,
+        streamer: Any = None,
     ) -> list[str]:
-        """One greedy answer per text (after its earlier conversation turns, if given)."""
+        """One answer per text (after its earlier conversation turns, if given).
+
+        Greedy with the package's ``max_new_tokens`` unless told otherwise: exactly what the
+        gate scored.
+        """
         return generate(
             self.model,
             self.tokenizer,
             texts,
             self.family,
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
             max_length=self.max_length,
             contexts=contexts,
             raw=self.raw,
+            sampling=sampling,
+            streamer=streamer,
         )
+
+    def prompt_tokens(self, text: str, context: list[dict[str, str]] | None = None) -> int:
+        """How many tokens the model reads for ``text`` (its rendered prompt)."""
+        (prompt,) = model_inputs(self.tokenizer, [text], self.family, [context], self.raw)
+        return len(self.tokenizer(prompt, add_special_tokens=self.family != "decoder")["input_ids"])
 
 
 def score_generator(generator: Generator, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -53,18 +53,23 @@ def nearest(index: Any, queries: Any, k: int, exclude_self: bool = False) -> tup
     return np.concatenate(sims), np.concatenate(idx)
 
 
+def votes(sims: Any, idx: Any, label_ids: Any, n_labels: int, k: int) -> Any:
+    """Per query and label: the summed similarity of its first ``k`` neighbours with that label."""
+    import numpy as np
+
+    sims, idx = sims[:, :k], idx[:, :k]
+    totals = np.zeros((len(sims), n_labels))
+    rows = np.repeat(np.arange(len(sims)), sims.shape[1])
+    np.add.at(totals, (rows, np.asarray(label_ids)[idx].ravel()), sims.ravel())
+    return totals
+
+
 def vote(sims: Any, idx: Any, label_ids: Any, n_labels: int, k: int) -> Any:
     """Label id per query: the similarity-weighted vote of its first ``k`` neighbours.
 
     A tie goes to the lower label id (labels are sorted, so alphabetically first).
     """
-    import numpy as np
-
-    sims, idx = sims[:, :k], idx[:, :k]
-    votes = np.zeros((len(sims), n_labels))
-    rows = np.repeat(np.arange(len(sims)), sims.shape[1])
-    np.add.at(votes, (rows, np.asarray(label_ids)[idx].ravel()), sims.ravel())
-    return votes.argmax(axis=1)
+    return votes(sims, idx, label_ids, n_labels, k).argmax(axis=1)
 
 
 def knn_vote(
@@ -108,3 +113,22 @@ class KnnClassifier:
         sims, idx = nearest(self.vectors, embed(self.encoder, texts), self.k)
         labels = self.manifest.labels
         return [labels[i] for i in vote(sims, idx, self.label_ids, len(labels), self.k)]
+
+    def classify(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Per text: the ``label`` ``predict`` gives and each label's share of the vote."""
+        import numpy as np
+
+        if not texts:
+            return []
+        sims, idx = nearest(self.vectors, embed(self.encoder, texts), self.k)
+        labels = self.manifest.labels
+        totals = votes(sims, idx, self.label_ids, len(labels), self.k)
+        shares = np.clip(totals, 0, None)
+        shares = shares / np.maximum(shares.sum(axis=1, keepdims=True), 1e-12)
+        return [
+            {
+                "label": labels[int(row.argmax())],
+                "scores": dict(zip(labels, map(float, share), strict=True)),
+            }
+            for row, share in zip(totals, shares, strict=True)
+        ]

@@ -10,7 +10,13 @@ import pytest
 
 _HOME = Path(tempfile.mkdtemp(prefix="adaptflow-test-home-"))
 os.environ["ADAPTFLOW_HOME"] = str(_HOME)
-for variable in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "ADAPTFLOW_CHROMA_URL"):
+for variable in (
+    "MLFLOW_TRACKING_URI",
+    "PREFECT_API_URL",
+    "ADAPTFLOW_CHROMA_URL",
+    "ADAPTFLOW_INTERACTIONS_URL",
+    "ADAPTFLOW_SERVE_TOKEN",
+):
     os.environ.pop(variable, None)
 os.environ.pop("PREFECT_HOME", None)
 os.environ["HF_HUB_OFFLINE"] = "1"

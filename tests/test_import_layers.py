@@ -1,4 +1,5 @@
-"""The import layers: ``adaptflow`` < ``runtime`` < ``registry`` < ``tasks`` < ``flows`` < the CLI.
+"""The import layers: ``adaptflow`` < ``runtime`` < ``registry`` < ``tasks`` < ``flows`` <
+``serve`` < the CLI.
 
 A module imports only its own layer and the layers below, and no two modules import each other
 (directly or round a longer loop). The CLI (``adaptflow/cli.py``, ``__main__.py``) and
@@ -24,11 +25,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("adaptflow", "runtime", "registry", "tasks", "flows")
+PACKAGES = ("adaptflow", "runtime", "registry", "tasks", "flows", "serve")
 #: Top-level packages a layer may not import, by the folder the importing file is in.
 FORBIDDEN = {
     "runtime": ("tasks", "flows", "registry", "prefect"),
     "registry/serving": ("tasks", "flows", "prefect"),
+    # the HTTP server answers with packages; it runs no pipeline and needs no orchestrator
+    "serve": ("flows", "prefect"),
 }
 
 
@@ -91,7 +94,7 @@ def _violations(folder: str, banned: tuple[str, ...]) -> list[str]:
 
 
 #: Lowest first. A file may import its own layer and the ones before it.
-LAYERS = ("adaptflow", "runtime", "registry", "tasks", "flows")
+LAYERS = ("adaptflow", "runtime", "registry", "tasks", "flows", "serve")
 #: The top layer, inside the ``adaptflow`` package (see the module docstring).
 TOP = ("adaptflow/cli.py", "adaptflow/__main__.py", "adaptflow/deployments.py")
 

@@ -689,6 +689,21 @@ def test_images_are_pinned() -> None:
             assert image_pin_problem(image) is None, (dockerfile.name, image)
 
 
+def test_the_worker_image_copies_every_package_the_project_installs() -> None:
+    """A package missing from the image installs nothing and fails at the first import."""
+    import tomllib
+
+    found = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {p.rstrip("*") for p in found["packages"]["find"]["include"]}
+    assert {"adaptflow", "runtime", "serve"} <= packages
+    copied = {
+        args.split()[0]
+        for instruction, args in dockerfile_instructions(WORKER_DOCKERFILE.read_text())
+        if instruction == "COPY" and not args.startswith("--")
+    }
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+
+
 def test_server_images_match_the_client_versions() -> None:
     services = load_compose()["services"]
     prefect_tag = services["prefect-server"]["image"].split(":")[1]

@@ -1,0 +1,115 @@
+"""Follow a registered model's alias: load the version it points at, switch when it moves.
+
+The server answers every request with the ``Loaded`` version it picked up when the request
+started; a switch replaces that reference once the new version is fully loaded, so a request
+in flight finishes on the version it began with and no request waits for a load. Each loaded
+version has its own lock: one model answers one batch at a time (a tokenizer is not safe to
+share between threads mid-call, and on a CPU two generations at once only share its cores).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adaptflow.errors import RegistryError
+from registry.models import alias_version, download_package
+from runtime.manifest import read_raw
+from runtime.predictor import open_predictor
+
+log = logging.getLogger("adaptflow.serve")
+
+
+@dataclass
+class Loaded:
+    """One registered version, loaded and ready to answer."""
+
+    name: str
+    version: str
+    kind: str
+    predictor: Any
+    folder: Path
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def label(self) -> str:
+        """How responses name it: ``NAME/VERSION``."""
+        return f"{self.name}/{self.version}"
+
+
+def load_version(name: str, version: str, work_dir: Path) -> Loaded:
+    """Download version ``version`` of ``name`` into ``work_dir`` and load its predictor."""
+    import tempfile
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # a fresh folder each time: a version can come back (a rollback) after it was replaced
+    target = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=work_dir))
+    folder = download_package(f"models:/{name}/{version}", target)
+    return Loaded(name, version, str(read_raw(folder)["kind"]), open_predictor(folder), folder)
+
+
+class AliasFollower:
+    """The version an alias points at, re-read every ``poll_seconds`` in a daemon thread."""
+
+    def __init__(self, name: str, alias: str, work_dir: Path, poll_seconds: float = 5.0) -> None:
+        self.name, self.alias, self.work_dir = name, alias, work_dir
+        self.poll_seconds = poll_seconds
+        self._current: Loaded | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.switches: list[tuple[str, str]] = []  # (from, to) versions, in order
+
+    def start(self) -> Loaded:
+        """Load the alias's version now and start following it.
+
+        Raises:
+            RegistryError: When the model or the alias does not exist.
+        """
+        version = alias_version(self.name, self.alias)
+        if version is None:
+            raise RegistryError(
+                f"registered model '{self.name}' has no alias '{self.alias}' "
+                "(run the pipeline, or `adaptflow promote NAME VERSION`)"
+            )
+        self._current = load_version(self.name, version, self.work_dir)
+        self._thread = threading.Thread(target=self._follow, name="alias-follower", daemon=True)
+        self._thread.start()
+        return self._current
+
+    @property
+    def current(self) -> Loaded:
+        """The version answering now."""
+        if self._current is None:
+            raise RuntimeError("AliasFollower.start() was not called")
+        return self._current
+
+    def refresh(self) -> bool:
+        """Re-read the alias; load and switch to its version if it moved. True if switched."""
+        version = alias_version(self.name, self.alias)
+        current = self.current
+        if version is None or version == current.version:
+            return False
+        log.info(
+            "alias %s@%s moved %s -> %s: loading", self.name, self.alias, current.version, version
+        )
+        loaded = load_version(self.name, version, self.work_dir)
+        self._current = loaded  # one reference swap: requests already running keep theirs
+        self.switches.append((current.version, version))
+        log.info("now serving %s", loaded.label)
+        return True
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except Exception as exc:  # a registry hiccup must not stop the server answering
+                log.warning("could not follow %s@%s: %s", self.name, self.alias, exc)
+
+    def stop(self) -> None:
+        """Stop following (the loaded version keeps answering)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.poll_seconds + 5)
