@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_sft.py
 	$(BIN)/python benchmarks/bench_export.py
 	$(BIN)/python benchmarks/bench_operations.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -79,21 +79,39 @@ SERVING = {
 }
 
 
+#: Distributions the logged model's code imports (``registry/serving`` and what it reaches in
+#: ``runtime/`` and ``adaptflow/``; tests/test_import_layers.py checks the list is complete).
+#: adaptflow itself is not among them: it is not published, so its code travels with the
+#: model instead (``SERVING_CODE``), and the requirements stay installable anywhere.
+SERVING_REQUIREMENTS = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "peft",
+    "sentence-transformers",
+    "mlflow",
+    "chromadb",
+    "bm25s",
+    "PyStemmer",
+    "rouge-score",
+    "numpy",
+    "tqdm",
+)
+#: The project's own packages a logged model's code imports, logged with it as ``code_paths``.
+SERVING_CODE = ("adaptflow", "runtime")
+
+
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    packages = (
-        "adaptflow",
-        "torch",
-        "transformers",
-        "peft",
-        "sentence-transformers",
-        "mlflow",
-        "chromadb",
-        "bm25s",
-        "rouge-score",
-    )
-    return [f"{name}=={version(name).split('+')[0]}" for name in packages]
+    return [f"{name}=={version(name).split('+')[0]}" for name in SERVING_REQUIREMENTS]
+
+
+def _code_paths() -> list[str]:
+    import importlib
+
+    return [str(Path(importlib.import_module(name).__file__ or "").parent) for name in SERVING_CODE]
 
 
 def _package_kind(package_dir: Path) -> str:
@@ -140,6 +158,7 @@ def log_model_package(run_id: str, package_dir: Path, card_markdown: str) -> str
             python_model=str(serving),
             artifacts={"package": str(upload)},
             pip_requirements=_requirements(),
+            code_paths=_code_paths(),
         )
     return str(info.model_uri)
 

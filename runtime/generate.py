@@ -272,11 +272,6 @@ class Generator:
             streamer=streamer,
         )
 
-    def prompt_tokens(self, text: str, context: list[dict[str, str]] | None = None) -> int:
-        """How many tokens the model reads for ``text`` (its rendered prompt)."""
-        (prompt,) = model_inputs(self.tokenizer, [text], self.family, [context], self.raw)
-        return len(self.tokenizer(prompt, add_special_tokens=self.family != "decoder")["input_ids"])
-
 
 def score_generator(generator: Generator, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Answer every row's ``text`` and compare with its ``target``.

@@ -11,6 +11,7 @@ with an OpenAI-style error body, never a traceback.
 
 from __future__ import annotations
 
+import copy
 import hmac
 import json
 import logging
@@ -29,7 +30,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adaptflow.errors import DataError
 from runtime.generate import Sampling
 from runtime.interactions import InteractionStore
-from serve.follow import AliasFollower, Loaded
+from serve.follow import GENERATIVE, AliasFollower, Loaded
+from serve.recorder import Recorder
 from serve.schemas import (
     ChatRequest,
     ClassifyRequest,
@@ -43,7 +45,6 @@ from serve.schemas import (
 log = logging.getLogger("adaptflow.serve")
 VERSION_HEADER = "X-Adaptflow-Version"
 ID_HEADER = "X-Adaptflow-Interaction-Id"
-GENERATIVE = ("causal-lm", "seq2seq-lm")
 CLASSIFIERS = ("encoder-classifier", "knn-classifier")
 
 
@@ -141,6 +142,8 @@ def create_app(
     """The server's app: routes, limits, error bodies and interaction logging."""
     app = FastAPI(title="adaptflow serve", version="1", docs_url="/docs", redoc_url=None)
     name = follower.name
+    recorder = Recorder(store) if store is not None else None
+    app.state.recorder = recorder
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -216,20 +219,17 @@ def create_app(
         response: dict[str, Any],
         started: float,
     ) -> None:
-        if store is None:
+        if recorder is None:
             return
-        try:
-            store.log(
-                interaction,
-                name,
-                loaded.version,
-                endpoint,
-                request,
-                response,
-                (time.perf_counter() - started) * 1000,
-            )
-        except Exception as exc:  # answering matters more than logging; say so in the log
-            log.warning("interaction %s not logged: %s", interaction, exc)
+        recorder.record(
+            id=interaction,
+            model=name,
+            version=loaded.version,
+            endpoint=endpoint,
+            request=request,
+            response=response,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
 
     def token_limit(loaded: Loaded, req: Decoding) -> int:
         default: int = getattr(loaded.predictor, "max_new_tokens", 64)
@@ -244,7 +244,7 @@ def create_app(
 
     def check_prompt(loaded: Loaded, text: str, context: list[dict[str, str]] | None) -> int:
         generator = loaded.predictor
-        used = int(generator.prompt_tokens(text, context))
+        used = loaded.prompt_tokens(text, context)
         if used > generator.max_length:
             raise ApiError(
                 400,
@@ -255,8 +255,7 @@ def create_app(
         return used
 
     def finish_reason(loaded: Loaded, answer: str, limit: int) -> str:
-        tokens = loaded.predictor.tokenizer(answer, add_special_tokens=False)["input_ids"]
-        return "length" if len(tokens) >= limit else "stop"
+        return "length" if loaded.tokens(answer) >= limit else "stop"
 
     def answer(
         loaded: Loaded,
@@ -280,6 +279,9 @@ def create_app(
             )
         limit = token_limit(loaded, req)
         used = check_prompt(loaded, text, context)
+        if req.temperature == 0 and loaded.batcher is not None:
+            # greedy: n answers are one answer n times; batched with whatever else queued
+            return [loaded.batcher.answer(text, context, limit)] * req.n, {"limit": limit}, used
         sampling = Sampling(req.temperature, req.top_p, req.seed)
         with loaded.lock:
             replies = loaded.predictor.predict(
@@ -288,12 +290,7 @@ def create_app(
         return replies, {"limit": limit}, used
 
     def usage(loaded: Loaded, prompt_tokens: int, replies: list[str]) -> dict[str, int]:
-        tokenizer = getattr(loaded.predictor, "tokenizer", None)
-        completion = (
-            sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in replies)
-            if tokenizer is not None
-            else 0
-        )
+        completion = sum(loaded.tokens(r) for r in replies) if loaded.counter is not None else 0
         return {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion,
@@ -324,7 +321,11 @@ def create_app(
             check_prompt(loaded, text, context)
             generator = loaded.predictor
             streamer = TextIteratorStreamer(
-                generator.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600
+                # its own tokenizer: it decodes in the generating thread (see Loaded.counter)
+                copy.deepcopy(generator.tokenizer),
+                skip_prompt=True,
+                skip_special_tokens=True,
+                timeout=600,
             )
             failed: list[BaseException] = []
 
@@ -538,6 +539,9 @@ def create_app(
         loaded = version_of(None)
 
         def run() -> list[Any]:
+            if loaded.batcher is not None:  # the package's own greedy decoding, batched
+                limit = loaded.predictor.max_new_tokens
+                return loaded.batcher.answer_many(texts, [None] * len(texts), limit)
             with loaded.lock:
                 return list(loaded.predictor.predict(texts))
 
@@ -555,6 +559,8 @@ def create_app(
             raise ApiError(400, "this server keeps no interaction log", code="no_store")
         if req.rating is None and req.correction is None and req.preferred is None:
             raise ApiError(400, "feedback needs a rating, a correction or a preferred choice")
+        if recorder is not None:
+            recorder.flush()  # an answer just given is in the store before its feedback
         try:
             saved = store.add_feedback(req.id, req.rating, req.correction, req.preferred)
         except DataError as exc:

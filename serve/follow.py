@@ -9,6 +9,7 @@ share between threads mid-call, and on a CPU two generations at once only share 
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -17,10 +18,13 @@ from typing import Any
 
 from adaptflow.errors import RegistryError
 from registry.models import alias_version, download_package
+from runtime.generate import model_inputs
 from runtime.manifest import read_raw
 from runtime.predictor import open_predictor
+from serve.batch import Batcher
 
 log = logging.getLogger("adaptflow.serve")
+GENERATIVE = ("causal-lm", "seq2seq-lm")
 
 
 @dataclass
@@ -33,6 +37,32 @@ class Loaded:
     predictor: Any
     folder: Path
     lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: Batcher | None = None  # generative kinds: greedy requests batch together
+    counter: Any = None  # a private tokenizer for counting tokens while the model runs
+    count_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.kind in GENERATIVE:
+            self.batcher = Batcher(self.predictor, self.lock)
+            # A fast tokenizer keeps padding and truncation state between calls: two threads
+            # in one tokenizer corrupt each other's batch. Requests count tokens on a copy of
+            # their own (under its own lock) while the model's copy encodes a batch.
+            self.counter = copy.deepcopy(self.predictor.tokenizer)
+
+    def tokens(self, text: str) -> int:
+        """How many tokens ``text`` is (no special tokens)."""
+        with self.count_lock:
+            return len(self.counter(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_tokens(self, text: str, context: list[dict[str, str]] | None) -> int:
+        """How many tokens the model reads for one turn (its rendered prompt)."""
+        generator = self.predictor
+        with self.count_lock:
+            (prompt,) = model_inputs(
+                self.counter, [text], generator.family, [context], generator.raw
+            )
+            special = generator.family != "decoder"
+            return len(self.counter(prompt, add_special_tokens=special)["input_ids"])
 
     @property
     def label(self) -> str:

@@ -83,6 +83,8 @@ def serve_forever(
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:
         follower.stop()
+        if app.state.recorder is not None:
+            app.state.recorder.close()  # what was answered is written before the exit
         if store is not None:
             store.dispose()
 

@@ -321,3 +321,41 @@ def trigger_and_wait(
 ) -> tuple[Any, list[str]]:
     """:func:`trigger_run`, then :func:`wait_for_run`."""
     return wait_for_run(api_url, trigger_run(api_url, deployment, parameters), timeout)
+
+
+# --- adaptflow serve -----------------------------------------------------------------------------
+
+
+class Server:
+    """``adaptflow serve NAME`` in a child process on a free loopback port, healthy."""
+
+    def __init__(self, name: str, env: dict[str, str], *extra: str) -> None:
+        import httpx
+
+        from adaptflow.servers import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(env["ADAPTFLOW_HOME"]) / f"serve-{name}-{self.port}.log"
+        command = [sys.executable, "-m", "adaptflow", "serve", name, "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            [*command, "--poll-seconds", "0.5", *extra],
+            cwd=REPO,
+            env=env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        raise AssertionError(f"server not healthy: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)

@@ -183,3 +183,51 @@ def test_loading_runtime_and_serving_loads_no_prefect() -> None:
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:] or done.stdout[-3000:]
+
+
+def _serving_closure() -> tuple[set[Path], set[str]]:
+    """The repository files a logged model's code reaches, and the third-party names they import."""
+    todo = [p for p in ALL_IMPORTS if p.is_relative_to(REPO / "registry" / "serving")]
+    seen: set[Path] = set()
+    third: set[str] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for item in ALL_IMPORTS[path]:
+            target = _target(item.module)
+            top = item.module.split(".")[0]
+            if target is not None:
+                todo.append(MODULES[target])
+            elif top and top not in sys.stdlib_module_names and top not in PACKAGES:
+                third.add(top)
+    return seen, third
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def test_a_logged_model_carries_the_code_and_requirements_its_serving_code_imports() -> None:
+    """``mlflow models serve`` in a fresh environment: pip installs the requirements (all of
+    them published) and the model's ``code/`` holds the project's packages it imports."""
+    import importlib.metadata as md
+
+    from registry.models import SERVING_CODE, SERVING_REQUIREMENTS
+
+    files, third = _serving_closure()
+    reached = {p.relative_to(REPO).parts[0] for p in files} - {"registry"}
+    assert reached == set(SERVING_CODE)
+    assert "adaptflow" not in {_normal(r) for r in SERVING_REQUIREMENTS}
+    distributions = md.packages_distributions()
+    required = {_normal(r) for r in SERVING_REQUIREMENTS}
+    missing = {
+        name: distributions.get(name)
+        for name in third
+        if not required & {_normal(d) for d in distributions.get(name, [name])}
+    }
+    assert not missing, f"imported by the serving code but not required: {missing}"
+    for requirement in SERVING_REQUIREMENTS:  # each came from a package index, not a checkout
+        direct = md.distribution(requirement).read_text("direct_url.json")
+        assert direct is None or '"dir_info"' not in direct, requirement

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers import KNOWLEDGE as HELPERS_KNOWLEDGE
-from helpers import run_cli, write_knowledge
+from helpers import Server, run_cli, write_knowledge
 
 from adaptflow.errors import DataError, SpecError
 from adaptflow.methods import check_method, resolve_method
@@ -172,6 +173,25 @@ def test_rag_pipeline_indexes_evaluates_registers_and_serves(tmp_path: Path) -> 
     assert answer["passages"][0]["source"] == "bikes.md"
     assert answer["passages"][0]["rank"] == 1
     assert "[1] bikes.md — Bicycles\n```text\nA derailleur moves the chain" in answer["prompt"]
+    # served over HTTP: the OpenAI client gets the answer with its sources and passages
+    from openai import OpenAI
+
+    server = Server("kb-rag", os.environ.copy(), "--no-log")
+    try:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        question = [{"role": "user", "content": QUESTIONS[1]["question"]}]
+        reply = client.chat.completions.create(model="kb-rag", messages=question)
+        extra = reply.model_extra
+        assert extra["sources"][0] == "bikes.md" and extra["passages"] == answer["passages"]
+        # no generator in this package: the answer is the best passage
+        assert reply.choices[0].message.content == answer["passages"][0]["text"]
+        assert reply.model == "kb-rag/1"
+        streamed = client.chat.completions.create(model="kb-rag", messages=question, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in streamed)
+        assert text == answer["passages"][0]["text"]
+    finally:
+        server.stop()
+
     # evaluation and predict (another process) share one stored BM25 build of these chunks
     from adaptflow.settings import load_settings
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from helpers import REPO, run_cli, write_jsonl
+from helpers import REPO, Server, run_cli, write_jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -44,39 +44,6 @@ def _lowercase_spec(folder: Path) -> Path:
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-class Server:
-    """``adaptflow serve`` in a child process on a free loopback port."""
-
-    def __init__(self, name: str, env: dict[str, str], *extra: str) -> None:
-        from adaptflow.servers import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = Path(env["ADAPTFLOW_HOME"]) / f"serve-{name}-{self.port}.log"
-        command = [sys.executable, "-m", "adaptflow", "serve", name, "--port", str(self.port)]
-        self.process = subprocess.Popen(
-            [*command, "--poll-seconds", "0.5", *extra],
-            cwd=REPO,
-            env=env,
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        raise AssertionError(f"server not healthy: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -233,14 +200,6 @@ def test_interactions_are_logged_redacted_and_feedback_is_harvested(
     answers = [c.message.content for c in sampled.choices]
     assert len(answers) == 3 and len(set(answers)) > 1  # sampling, not greedy
 
-    # the canary secret and the e-mail address never reach the store
-    store = adaptflow_home / "serve" / "interactions.db"
-    raw = store.read_bytes().decode("utf-8", "replace")
-    with sqlite3.connect(store) as db:
-        rows = dict(db.execute("SELECT id, request FROM adaptflow_interactions").fetchall())
-    assert CANARY not in raw and "jo.bloggs@example.com" not in raw
-    assert "<EMAIL>" in rows[first.id] and "***" in rows[first.id]
-
     def feedback(**body) -> httpx.Response:
         return httpx.post(f"{server.url}/v1/feedback", json=body, headers=_auth())
 
@@ -249,6 +208,15 @@ def test_interactions_are_logged_redacted_and_feedback_is_harvested(
     assert feedback(id=second.id, rating="up").status_code == 200  # supersedes the "down"
     assert feedback(id=sampled.id, preferred=2).status_code == 200
     assert feedback(id=sampled.id, preferred=7).status_code == 400  # it had 3 choices
+    # the canary secret and the e-mail address never reach the store (feedback flushed the
+    # server's log writer: every answer given is in it)
+    store = adaptflow_home / "serve" / "interactions.db"
+    raw = store.read_bytes().decode("utf-8", "replace")
+    with sqlite3.connect(store) as db:
+        rows = dict(db.execute("SELECT id, request FROM adaptflow_interactions").fetchall())
+    assert CANARY not in raw and "jo.bloggs@example.com" not in raw
+    assert "<EMAIL>" in rows[first.id] and "***" in rows[first.id]
+
     done = run_cli("feedback", third.id, "--rating", "down", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == {
@@ -374,8 +342,21 @@ def test_the_server_follows_the_alias_under_load_with_no_failed_request(trained,
     mlflow_client.set_registered_model_alias(NAME, "champion", "1")
 
 
-def test_mlflow_models_serve_answers_invocations_like_adaptflow(trained, server) -> None:
+def test_mlflow_models_serve_answers_invocations_like_adaptflow(trained, server, tmp_path) -> None:
+    import mlflow
+
     from adaptflow.servers import free_port
+    from registry.tracking import client
+
+    # what a fresh environment needs: published requirements, and the project's code inside
+    where = mlflow.artifacts.download_artifacts(
+        f"models:/{NAME}/1", dst_path=str(tmp_path), tracking_uri=client().tracking_uri
+    )
+    requirements = (Path(where) / "requirements.txt").read_text().split()
+    assert not [r for r in requirements if r.startswith("adaptflow")]
+    assert "torch==2.13.0" in requirements
+    assert (Path(where) / "code" / "runtime" / "predictor.py").is_file()
+    assert (Path(where) / "code" / "adaptflow" / "errors.py").is_file()
 
     port = free_port()
     log = Path(os.environ["ADAPTFLOW_HOME"]) / "mlflow-serve.log"
