@@ -644,8 +644,11 @@ def feedback(
     """Record feedback on a served answer (as POST /v1/feedback does)."""
     with _guard(json_out):
         settings = _prepare(check_prefect=False)
+        from adaptflow.secrets import load_secret_blocks
         from runtime.interactions import InteractionStore
         from serve.run import redactor
+
+        load_secret_blocks()  # a secret kept only in a Prefect block is redacted too
 
         store = InteractionStore(settings.interactions_url, redactor())
         saved = store.add_feedback(interaction_id, rating, correction, preferred)
@@ -670,8 +673,11 @@ def harvest(
     """Turn a served model's feedback into SFT, KTO and DPO datasets (curated, DVC-versioned)."""
     with _guard(json_out):
         settings = _prepare(check_prefect=False)
+        from adaptflow.secrets import load_secret_blocks
         from runtime.interactions import InteractionStore
         from serve.run import redactor
+
+        load_secret_blocks()  # a secret kept only in a Prefect block is redacted too
         from tasks.harvest import harvest as harvest_feedback
 
         store = InteractionStore(settings.interactions_url, redactor())

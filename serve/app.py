@@ -11,7 +11,6 @@ with an OpenAI-style error body, never a traceback.
 
 from __future__ import annotations
 
-import copy
 import hmac
 import json
 import logging
@@ -136,11 +135,61 @@ def _stripped(pieces: Iterator[str]) -> Iterator[str]:
             pending += piece
 
 
+class BodyTooLarge(Exception):
+    """A request body over the server's limit."""
+
+
+class BodyLimit:
+    """Refuse a body over ``limit`` bytes, declared or chunked, before all of it is read.
+
+    A pure ASGI middleware: a declared ``Content-Length`` over the limit is refused at once;
+    a chunked body is counted as it arrives and stops at the limit (never held whole).
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    def _message(self, size: int) -> str:
+        return f"request body is over {self.limit} bytes (at least {size}); it is refused"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Pass the request on, its body counted."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await _error_body(413, self._message(int(declared)), code="request_too_large")(
+                scope, receive, send
+            )
+            return
+        received = 0
+
+        async def counted() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self._message(received))
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def create_app(
     follower: AliasFollower, store: InteractionStore | None, config: ServeConfig
 ) -> FastAPI:
     """The server's app: routes, limits, error bodies and interaction logging."""
-    app = FastAPI(title="adaptflow serve", version="1", docs_url="/docs", redoc_url=None)
+    # the interactive docs describe the API to anyone; with a token set, they are off
+    docs = None if config.token else "/docs"
+    app = FastAPI(
+        title="adaptflow serve",
+        version="1",
+        docs_url=docs,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     name = follower.name
     recorder = Recorder(store) if store is not None else None
     app.state.recorder = recorder
@@ -164,23 +213,11 @@ def create_app(
         log.exception("request failed: %s %s", request.method, request.url.path)
         return _error_body(500, "internal error (see the server log)", type="server_error")
 
-    @app.middleware("http")
-    async def limit_size(request: Request, call_next: Callable[..., Any]) -> Any:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit():
-            size = int(declared)
-        elif request.method == "POST":
-            size = len(await request.body())  # a chunked body: read it to measure it
-        else:
-            size = 0
-        if size > config.max_request_bytes:
-            return _error_body(
-                413,
-                f"request body is {size} bytes; this server takes at most "
-                f"{config.max_request_bytes}",
-                code="request_too_large",
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=config.max_request_bytes)
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return _error_body(413, str(exc), code="request_too_large")
 
     def authorised(request: Request) -> None:
         if config.token is None:
@@ -233,7 +270,8 @@ def create_app(
 
     def token_limit(loaded: Loaded, req: Decoding) -> int:
         default: int = getattr(loaded.predictor, "max_new_tokens", 64)
-        limit = req.token_limit or default
+        # the package's own length unless the client asks, within the server's cap
+        limit = req.token_limit or min(default, config.max_tokens)
         if limit > config.max_tokens:
             raise ApiError(
                 400,
@@ -242,14 +280,16 @@ def create_app(
             )
         return limit
 
-    def check_prompt(loaded: Loaded, text: str, context: list[dict[str, str]] | None) -> int:
+    def check_prompt(
+        loaded: Loaded, text: str, context: list[dict[str, str]] | None, param: str = "messages"
+    ) -> int:
         generator = loaded.predictor
         used = loaded.prompt_tokens(text, context)
         if used > generator.max_length:
             raise ApiError(
                 400,
                 f"the prompt is {used} tokens; this model reads at most {generator.max_length}",
-                param="messages",
+                param=param,
                 code="context_length_exceeded",
             )
         return used
@@ -262,6 +302,7 @@ def create_app(
         text: str,
         context: list[dict[str, str]] | None,
         req: Decoding,
+        param: str = "messages",
     ) -> tuple[list[str], dict[str, Any], int]:
         """``req.n`` answers to one turn, extra response fields, and prompt tokens."""
         if loaded.kind == "rag-retriever":
@@ -278,7 +319,7 @@ def create_app(
                 param="model",
             )
         limit = token_limit(loaded, req)
-        used = check_prompt(loaded, text, context)
+        used = check_prompt(loaded, text, context, param)
         if req.temperature == 0 and loaded.batcher is not None:
             # greedy: n answers are one answer n times; batched with whatever else queued
             return [loaded.batcher.answer(text, context, limit)] * req.n, {"limit": limit}, used
@@ -304,30 +345,29 @@ def create_app(
         req: Decoding,
         chunk: Callable[[str | None, str | None], dict[str, Any]],
         done: Callable[[str, str], None],
+        param: str = "messages",
     ) -> Iterator[str]:
         """Server-sent events of one generated answer, token by token as the model writes."""
         from transformers import TextIteratorStreamer
 
         if req.n != 1:
             raise ApiError(400, "stream: true takes n = 1", param="n")
+        failed: list[BaseException] = []
         if loaded.kind == "rag-retriever":
-            replies, _, _ = answer(loaded, text, context, req)
+            replies, _, _ = answer(loaded, text, context, req, param)
             pieces: Iterator[str] = iter([replies[0]])
             limit = 0
         else:
             replies, limit = [], token_limit(loaded, req)
             if loaded.kind not in GENERATIVE:
-                answer(loaded, text, context, req)  # raises the "it classifies" error
-            check_prompt(loaded, text, context)
+                answer(loaded, text, context, req, param)  # raises the "it classifies" error
+            check_prompt(loaded, text, context, param)
             generator = loaded.predictor
+            # The model's own tokenizer: the streamer decodes in the generating thread, which
+            # holds the model's lock, so no other request uses the tokenizer meanwhile.
             streamer = TextIteratorStreamer(
-                # its own tokenizer: it decodes in the generating thread (see Loaded.counter)
-                copy.deepcopy(generator.tokenizer),
-                skip_prompt=True,
-                skip_special_tokens=True,
-                timeout=600,
+                generator.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600
             )
-            failed: list[BaseException] = []
 
             def work() -> None:
                 with loaded.lock:
@@ -339,7 +379,8 @@ def create_app(
                             sampling=Sampling(req.temperature, req.top_p, req.seed),
                             streamer=streamer,
                         )
-                    except BaseException as exc:  # the stream ends; the log says why
+                    except BaseException as exc:  # the stream ends with an error event
+                        log.exception("streamed generation failed")
                         failed.append(exc)
                         streamer.end()
 
@@ -352,16 +393,20 @@ def create_app(
             for piece in _stripped(pieces):
                 said.append(piece)
                 yield _sse(chunk(piece, None))
+            if failed:  # the status line is sent: say so in the stream, log no answer
+                error = {"message": "generation failed (see the server log)", "param": None}
+                yield _sse({"error": error | {"type": "server_error", "code": None}})
+                return
             full = "".join(said)
             reason = finish_reason(loaded, full, limit) if limit else "stop"
+            done(full, reason)  # logged before [DONE]: feedback may follow at once
             yield _sse(chunk(None, reason))
             yield "data: [DONE]\n\n"
-            done(full, reason)
 
         return events()
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # on the event loop: busy worker threads don't block it
         loaded = follower.current
         return {"status": "ok", "model": name, "alias": follower.alias, "version": loaded.version}
 
@@ -444,6 +489,8 @@ def create_app(
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts or len(prompts) > config.max_inputs:
             raise ApiError(400, f"prompt must hold 1 to {config.max_inputs} texts", param="prompt")
+        if not all(p.strip() for p in prompts):
+            raise ApiError(400, "a prompt is empty", param="prompt")
         interaction = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         logged = req.model_dump(exclude_none=True)
@@ -464,7 +511,7 @@ def create_app(
                 response = {"choices": [{"index": 0, "text": full}], "finish_reason": reason}
                 record(interaction, loaded, "completion", logged, response, started)
 
-            events = stream(loaded, prompts[0], None, req, chunk, done)
+            events = stream(loaded, prompts[0], None, req, chunk, done, "prompt")
             return StreamingResponse(
                 events, media_type="text/event-stream", headers=headers(loaded, interaction)
             )
@@ -472,9 +519,7 @@ def create_app(
         extras: list[dict[str, Any]] = []
         used_total, replies_all = 0, []
         for prompt in prompts:
-            if not prompt.strip():
-                raise ApiError(400, "a prompt is empty", param="prompt")
-            replies, extra, used = answer(loaded, prompt, None, req)
+            replies, extra, used = answer(loaded, prompt, None, req, "prompt")
             limit = extra.pop("limit", 0)
             used_total += used
             replies_all += replies

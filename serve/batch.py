@@ -42,6 +42,7 @@ class Batcher:
         self._guard = threading.Lock()
         self._running = False
         self.batches: list[int] = []  # sizes of the batches run, for tests and benchmarks
+        self.taken = 0  # requests taken from the queue, waiting for the model
 
     def answer(self, text: str, context: list[dict[str, str]] | None, limit: int) -> str:
         """The greedy answer to one turn (blocks until its batch has run)."""
@@ -81,20 +82,39 @@ class Batcher:
         return batch
 
     def _work(self) -> None:
-        while (batch := self._take()) is not None:
-            for limit in dict.fromkeys(item.limit for item in batch):
-                group = [item for item in batch if item.limit == limit]
-                try:
-                    with self.lock:
-                        answers = self.generator.predict(
-                            [item.text for item in group],
-                            [item.context for item in group],
-                            max_new_tokens=limit,
-                        )
-                except BaseException as exc:  # each waiting request gets the error
-                    for item in group:
-                        item.future.set_exception(exc)
-                    continue
-                self.batches.append(len(group))
-                for item, text in zip(group, answers, strict=True):
-                    item.future.set_result(text)
+        batch: list[_Item] | None = []
+        try:
+            while (batch := self._take()) is not None:
+                self.taken = len(batch)
+                self._run(batch)
+                self.taken = 0
+        except BaseException as exc:  # never leave a request waiting on a dead worker
+            for item in batch or []:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            with self._guard:
+                self._running = False
+                waiting = list(self._queue.queue)
+                self._queue.queue.clear()
+            for item in waiting:
+                item.future.set_exception(exc)
+            raise
+
+    def _run(self, batch: list[_Item]) -> None:
+        """Answer one batch: one ``predict`` call per ``max_new_tokens`` in it."""
+        for limit in dict.fromkeys(item.limit for item in batch):
+            group = [item for item in batch if item.limit == limit]
+            try:
+                with self.lock:
+                    answers = self.generator.predict(
+                        [item.text for item in group],
+                        [item.context for item in group],
+                        max_new_tokens=limit,
+                    )
+            except BaseException as exc:  # each waiting request gets the error
+                for item in group:
+                    item.future.set_exception(exc)
+                continue
+            self.batches.append(len(group))
+            for item, text in zip(group, answers, strict=True):
+                item.future.set_result(text)

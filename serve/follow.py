@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from serve.batch import Batcher
 
 log = logging.getLogger("adaptflow.serve")
 GENERATIVE = ("causal-lm", "seq2seq-lm")
+#: A version that failed to load is tried again after this long (not at every poll).
+RETRY_SECONDS = 60.0
 
 
 @dataclass
@@ -77,8 +81,14 @@ def load_version(name: str, version: str, work_dir: Path) -> Loaded:
     work_dir.mkdir(parents=True, exist_ok=True)
     # a fresh folder each time: a version can come back (a rollback) after it was replaced
     target = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=work_dir))
-    folder = download_package(f"models:/{name}/{version}", target)
-    return Loaded(name, version, str(read_raw(folder)["kind"]), open_predictor(folder), folder)
+    try:
+        folder = download_package(f"models:/{name}/{version}", target)
+        kind = str(read_raw(folder)["kind"])
+        predictor = open_predictor(folder)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)  # a failed load leaves nothing behind
+        raise
+    return Loaded(name, version, kind, predictor, target)
 
 
 class AliasFollower:
@@ -91,6 +101,7 @@ class AliasFollower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.switches: list[tuple[str, str]] = []  # (from, to) versions, in order
+        self._failed: dict[str, float] = {}  # version -> when it last failed to load
 
     def start(self) -> Loaded:
         """Load the alias's version now and start following it.
@@ -125,10 +136,19 @@ class AliasFollower:
         log.info(
             "alias %s@%s moved %s -> %s: loading", self.name, self.alias, current.version, version
         )
-        loaded = load_version(self.name, version, self.work_dir)
+        failed_at = self._failed.get(version)
+        if failed_at is not None and time.monotonic() - failed_at < RETRY_SECONDS:
+            return False  # it failed to load a moment ago: keep serving, retry later
+        try:
+            loaded = load_version(self.name, version, self.work_dir)
+        except Exception:
+            self._failed[version] = time.monotonic()
+            raise
         self._current = loaded  # one reference swap: requests already running keep theirs
         self.switches.append((current.version, version))
         log.info("now serving %s", loaded.label)
+        if current.kind != "rag-retriever":  # loaded in memory; a RAG generator loads lazily
+            shutil.rmtree(current.folder, ignore_errors=True)
         return True
 
     def _follow(self) -> None:

@@ -23,7 +23,7 @@ class Recorder:
 
     def __init__(self, store: InteractionStore) -> None:
         self.store = store
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._queue: queue.Queue[dict[str, Any] | threading.Event | None] = queue.Queue()
         self._thread = threading.Thread(target=self._write, name="recorder", daemon=True)
         self._thread.start()
 
@@ -31,9 +31,14 @@ class Recorder:
         """Queue one interaction (the keyword arguments of ``InteractionStore.log``)."""
         self._queue.put(row)
 
-    def flush(self) -> None:
-        """Wait until every queued interaction is written (or failed and was logged)."""
-        self._queue.join()
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until what was queued before this call is written; False after ``timeout``.
+
+        A marker goes through the queue, so rows queued later (steady load) are not waited for.
+        """
+        written = threading.Event()
+        self._queue.put(written)
+        return written.wait(timeout)
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""
@@ -46,8 +51,11 @@ class Recorder:
             try:
                 if row is None:
                     return
+                if isinstance(row, threading.Event):
+                    row.set()
+                    continue
                 self.store.log(**row)
             except Exception as exc:  # answering matters more than logging; say so in the log
-                log.warning("interaction %s not logged: %s", row and row.get("id"), exc)
+                log.warning("interaction not logged: %s", exc)
             finally:
                 self._queue.task_done()

@@ -10,7 +10,8 @@ base model's chat template renders them):
 - a **preferred choice** of several → DPO pairs: ``{"id", "prompt", "chosen", "rejected"}``, one
   per other choice.
 
-Curation as everywhere: each feedback is kept (one or more records), dropped with a reason
+Curation as everywhere: each feedback's share of a dataset is kept (one or more records),
+dropped with a reason
 (``superseded`` by later feedback of the same kind on the same answer, ``exact_duplicate``,
 ``chosen_equals_rejected``) or quarantined with a reason (``no_conversation``, ``empty_answer``
 …); input = kept + dropped + quarantined. Texts went through the PII and secret rules when the
@@ -99,6 +100,10 @@ def _records(
     if fb.preferred is not None:
         chosen = answers[fb.preferred] if fb.preferred < len(answers) else ""
         others = [(j, a) for j, a in enumerate(answers) if j != fb.preferred and a.strip()]
+        first: dict[str, int] = {}
+        for j, a in others:  # one pair per different text (its first choice)
+            first.setdefault(a, j)
+        others = [(j, a) for a, j in first.items()]
         if not chosen.strip():
             out["dpo"] = "empty_answer"
         elif not others or all(a == chosen for _, a in others):
@@ -117,7 +122,13 @@ def _records(
     return out
 
 
-def _content_key(kind: str, record: dict[str, Any]) -> str:
+def _kinds(fb: Feedback) -> list[str]:
+    """The datasets a feedback feeds: sft (a correction), kto (a rating), dpo (a preferred)."""
+    given = (("sft", fb.correction), ("kto", fb.rating), ("dpo", fb.preferred))
+    return [kind for kind, value in given if value is not None]
+
+
+def _content_key(record: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in record.items() if k != "id"}, sort_keys=True)
 
 
@@ -131,30 +142,40 @@ def harvest(name: str, store: InteractionStore, out_root: Path, dvc_root: Path) 
         dvc_root: The DVC repository that versions them (``ADAPTFLOW_HOME``).
 
     Returns:
-        ``name, interactions, feedback, datasets{sft, kto, dpo: {path, records}}, dropped{reason:
-        n}, quarantined, pii{type: n}, data_hash, output``.
+        ``name, interactions, feedback, input, kept, datasets{sft, kto, dpo: {path, records}},
+        dropped{reason: n}, quarantined, pii{type: n}, data_hash, output``. The unit of
+        ``input``, ``kept``, ``dropped`` and ``quarantined`` is one dataset's share of one
+        feedback (a feedback with a rating and a correction is two), and input = kept +
+        dropped + quarantined; ``records`` counts the rows written (a preferred choice gives one
+        DPO pair per other choice).
     """
-    interactions = {i.id: i for i in store.iter_interactions(name)}
+    # feedback first: an interaction is written before any feedback on it, so every one the
+    # feedback names is in the second read, even while a server keeps answering
     feedback = store.feedback_of(name)
+    interactions = {i.id: i for i in store.iter_interactions(name)}
     # the latest feedback of each kind on an answer wins; earlier ones are dropped as superseded
     latest: dict[tuple[str, str], int] = {}
     for index, fb in enumerate(feedback):
-        for kind, given in (("sft", fb.correction), ("kto", fb.rating), ("dpo", fb.preferred)):
-            if given is not None:
-                latest[(fb.interaction_id, kind)] = index
+        for kind in _kinds(fb):
+            latest[(fb.interaction_id, kind)] = index
     kept: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
     seen: dict[str, set[str]] = {kind: set() for kind in KINDS}
     dropped: list[dict[str, Any]] = []
     quarantined: list[dict[str, Any]] = []
+    items = kept_items = 0
     pii: Counter[str] = Counter()
     for index, fb in enumerate(feedback):
-        interaction = interactions[fb.interaction_id]
+        interaction = interactions.get(fb.interaction_id)
         where = {"interaction": fb.interaction_id, "feedback": index}
-        turns = _turns(interaction)
-        if turns is None:
-            quarantined.append(
-                where | {"reason": f"no_conversation: a {interaction.endpoint} interaction"}
+        items += len(_kinds(fb))
+        turns = None if interaction is None else _turns(interaction)
+        if interaction is None or turns is None:
+            reason = (
+                "interaction_missing"
+                if interaction is None
+                else f"no_conversation: a {interaction.endpoint} interaction"
             )
+            quarantined += [where | {"kind": kind, "reason": reason} for kind in _kinds(fb)]
             continue
         for kind, result in _records(fb, interaction, turns, _answers(interaction)).items():
             if latest[(fb.interaction_id, kind)] != index:
@@ -163,14 +184,18 @@ def harvest(name: str, store: InteractionStore, out_root: Path, dvc_root: Path) 
                 target = quarantined if result == "empty_answer" else dropped
                 target.append(where | {"kind": kind, "reason": result})
             else:
+                fresh = []
                 for record in result:
                     record = _redacted(record, pii)
-                    key = _content_key(kind, record)
-                    if key in seen[kind]:
-                        dropped.append(where | {"kind": kind, "reason": "exact_duplicate"})
-                        continue
-                    seen[kind].add(key)
-                    kept[kind].append(record)
+                    key = _content_key(record)
+                    if key not in seen[kind]:
+                        seen[kind].add(key)
+                        fresh.append(record)
+                if not fresh:  # everything it gives is already in the dataset
+                    dropped.append(where | {"kind": kind, "reason": "exact_duplicate"})
+                    continue
+                kept[kind] += fresh
+                kept_items += 1
     out = out_root / name
     out.mkdir(parents=True, exist_ok=True)
     datasets = {}
@@ -188,6 +213,8 @@ def harvest(name: str, store: InteractionStore, out_root: Path, dvc_root: Path) 
         "name": name,
         "interactions": len(interactions),
         "feedback": len(feedback),
+        "input": items,
+        "kept": kept_items,
         "datasets": datasets,
         "dropped": dict(Counter(r["reason"] for r in dropped)),
         "quarantined": len(quarantined),

@@ -90,9 +90,12 @@ def test_harvest_keeps_drops_and_quarantines_exactly(store, tmp_path: Path) -> N
     assert summary["dropped"] == {
         "superseded": 1,
         "chosen_equals_rejected": 1,
-        "exact_duplicate": 2,  # i6's record equals i1's; i3's two "x" choices give one pair
+        "exact_duplicate": 1,  # i6's record equals i1's
     }
     assert summary["quarantined"] == 2
+    # the unit: one dataset's share of one feedback (i1's second feedback feeds sft and kto)
+    assert (summary["input"], summary["kept"]) == (9, 4)
+    assert summary["input"] == summary["kept"] + 3 + summary["quarantined"]
     out = Path(summary["output"])
 
     def rows(name: str) -> list[dict]:
@@ -106,22 +109,20 @@ def test_harvest_keeps_drops_and_quarantines_exactly(store, tmp_path: Path) -> N
         ("i1-kto", True, "a1"),
         ("i2-kto", False, "a2"),
     ]
-    assert rows("dpo.jsonl") == [
+    assert rows("dpo.jsonl") == [  # choice 2 says "x" too: one pair per different text
         {
-            "id": f"i3-dpo-{j}",
+            "id": "i3-dpo-0",
             "prompt": [{"role": "user", "content": "q3"}],
             "chosen": [{"role": "assistant", "content": "y"}],
             "rejected": [{"role": "assistant", "content": "x"}],
         }
-        for j in (0,)  # choice 2 says "x" too: the same pair, dropped as a duplicate
     ]
     assert {r["reason"] for r in rows("quarantine.jsonl")} == {
         "no_conversation: a classify interaction",
         "empty_answer",
     }
-    # every record a feedback gives is kept, dropped or quarantined: 1 sft + 2 kto + 1 dpo kept
-    kept = sum(d["records"] for d in summary["datasets"].values())
-    assert (kept, len(rows("dropped.jsonl")), summary["quarantined"]) == (4, 4, 2)
+    assert len(rows("dropped.jsonl")) == 3
+    assert sum(d["records"] for d in summary["datasets"].values()) == 4
     assert summary["data_hash"].endswith(".dir")
     again = harvest("m", store, tmp_path / "harvest", tmp_path)
     assert again["data_hash"] == summary["data_hash"]
