@@ -141,3 +141,20 @@ def test_an_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
     assert "secret-pw" not in str(caught.value)
     with pytest.raises(ServiceError, match="not usable"):
         InteractionStore("nosuchdialect://x", redactor())
+
+
+def test_the_commands_say_what_is_wrong_without_a_traceback() -> None:
+    from helpers import run_cli
+
+    served = run_cli("serve", "no-such-model", "--port", "8123")
+    assert served.returncode == 2
+    assert "registered model 'no-such-model' has no alias 'champion'" in served.stderr
+    feedback = run_cli("feedback", "chatcmpl-nope", "--rating", "up", "--json")
+    assert feedback.returncode == 2
+    assert json.loads(feedback.stdout)["error"] == "no interaction with id 'chatcmpl-nope'"
+    bad = run_cli("feedback", "chatcmpl-nope", "--rating", "meh")
+    assert bad.returncode == 2 and "rating must be 'up' or 'down'" in bad.stderr
+    port = run_cli("serve", "x", "--port", "70000")
+    assert port.returncode == 2 and "--port must be 1..65535" in port.stderr
+    for done in (served, feedback, bad, port):
+        assert "Traceback" not in done.stderr
