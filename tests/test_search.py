@@ -139,7 +139,7 @@ def test_generative_epochs_are_chosen_on_validation_and_logged_once(tmp_path: Pa
     from tasks.train.tune import GENERATIVE_NOTE
 
     raw = _spec(validation_fraction=0.25)
-    lines = (LOWERCASE / "data" / "pairs.jsonl").read_text().splitlines()[:160]
+    lines = (LOWERCASE / "data" / "pairs.jsonl").read_text().splitlines()[:320]
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     raw |= {"name": "e2e-auto-epochs", "method": "full"}
     raw["data"]["train"] = str(tmp_path / "pairs.jsonl")
@@ -149,11 +149,14 @@ def test_generative_epochs_are_chosen_on_validation_and_logged_once(tmp_path: Pa
     search, run_id = result["search"], result["mlflow_run_id"]
     epochs = trial["best_epoch"]
     history = trial["validation_history"]
+    # 320 pairs, not 160: on some CPUs 3 epochs on 90 training rows scored ROUGE-L 0 on every
+    # epoch, and a flat curve (rightly) falls back to the default epochs instead
+    assert len({score for _, score in history}) > 1, f"no signal on validation: {history}"
     assert epochs == max(history, key=lambda item: (item[1], -item[0]))[0]
     assert len(history) == min(10, int(epochs) + 2)  # up to 10 epochs, patience 2
     # the trial's package scores on validation what its best epoch scored there
     assert trial["metrics"]["rougeL"] == pytest.approx(dict(history)[epochs], abs=1e-9)
-    assert search["best"]["config"] == {"epochs": epochs}
+    assert search["best"]["config"] == {"epochs": epochs}, (history, search.get("reason"))
     assert result["choice"]["chosen"] == {"epochs": epochs}
 
     # the validation part comes out of train; the eval split is never seen by the choice
