@@ -631,6 +631,17 @@ def serve(
         )
 
 
+def _interaction_store() -> tuple[Any, Any]:
+    """The settings and the served models' interaction store, redacting as the server does."""
+    settings = _prepare(check_prefect=False)
+    from adaptflow.secrets import load_secret_blocks
+    from runtime.interactions import InteractionStore
+    from serve.run import redactor
+
+    load_secret_blocks()  # a secret kept only in a Prefect block is redacted too
+    return settings, InteractionStore(settings.interactions_url, redactor())
+
+
 @app.command()
 def feedback(
     interaction_id: Annotated[str, typer.Argument(help="The `id` of a served answer.")],
@@ -643,22 +654,10 @@ def feedback(
 ) -> None:
     """Record feedback on a served answer (as POST /v1/feedback does)."""
     with _guard(json_out):
-        settings = _prepare(check_prefect=False)
-        from adaptflow.secrets import load_secret_blocks
-        from runtime.interactions import InteractionStore
-        from serve.run import redactor
-
-        load_secret_blocks()  # a secret kept only in a Prefect block is redacted too
-
-        store = InteractionStore(settings.interactions_url, redactor())
+        _, store = _interaction_store()
         saved = store.add_feedback(interaction_id, rating, correction, preferred)
         store.dispose()
-    result = {
-        "id": saved.interaction_id,
-        "rating": saved.rating,
-        "correction": saved.correction,
-        "preferred": saved.preferred,
-    }
+    result = saved.as_dict()
     if json_out:
         _emit(result)
         return
@@ -672,15 +671,9 @@ def harvest(
 ) -> None:
     """Turn a served model's feedback into SFT, KTO and DPO datasets (curated, DVC-versioned)."""
     with _guard(json_out):
-        settings = _prepare(check_prefect=False)
-        from adaptflow.secrets import load_secret_blocks
-        from runtime.interactions import InteractionStore
-        from serve.run import redactor
-
-        load_secret_blocks()  # a secret kept only in a Prefect block is redacted too
         from tasks.harvest import harvest as harvest_feedback
 
-        store = InteractionStore(settings.interactions_url, redactor())
+        settings, store = _interaction_store()
         summary = harvest_feedback(name, store, settings.harvest_dir, settings.home)
         store.dispose()
     if json_out:

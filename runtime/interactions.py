@@ -47,6 +47,15 @@ class Feedback:
     preferred: int | None
     created: float
 
+    def as_dict(self) -> dict[str, Any]:
+        """What was recorded, as the feedback route and command answer it."""
+        return {
+            "id": self.interaction_id,
+            "rating": self.rating,
+            "correction": self.correction,
+            "preferred": self.preferred,
+        }
+
 
 def _redact_value(value: Any, redact: Callable[[str], str]) -> Any:
     if isinstance(value, str):

@@ -231,6 +231,13 @@ def create_app(
 
     guard = [Depends(authorised)]
 
+    def texts_of(value: str | list[str], param: str) -> list[str]:
+        """One text or a list of them, within the server's per-request count."""
+        texts = [value] if isinstance(value, str) else value
+        if not texts or len(texts) > config.max_inputs:
+            raise ApiError(400, f"{param} must hold 1 to {config.max_inputs} texts", param=param)
+        return texts
+
     def version_of(requested: str | None) -> Loaded:
         """The version answering now, if ``requested`` names this server's model."""
         loaded = follower.current  # taken once: a switch mid-request does not affect it
@@ -486,9 +493,7 @@ def create_app(
     def completions(req: CompletionRequest) -> Any:
         started = time.perf_counter()
         loaded = version_of(req.model)
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if not prompts or len(prompts) > config.max_inputs:
-            raise ApiError(400, f"prompt must hold 1 to {config.max_inputs} texts", param="prompt")
+        prompts = texts_of(req.prompt, "prompt")
         if not all(p.strip() for p in prompts):
             raise ApiError(400, "a prompt is empty", param="prompt")
         interaction = f"cmpl-{uuid.uuid4().hex}"
@@ -549,9 +554,7 @@ def create_app(
     def classify(req: ClassifyRequest) -> JSONResponse:
         started = time.perf_counter()
         loaded = version_of(req.model)
-        texts = [req.input] if isinstance(req.input, str) else req.input
-        if not texts or len(texts) > config.max_inputs:
-            raise ApiError(400, f"input must hold 1 to {config.max_inputs} texts", param="input")
+        texts = texts_of(req.input, "input")
         if loaded.kind not in CLASSIFIERS:
             raise ApiError(
                 400,
@@ -616,14 +619,6 @@ def create_app(
                 param="id" if missing else None,
                 code="interaction_not_found" if missing else None,
             ) from None
-        return JSONResponse(
-            {
-                "object": "feedback",
-                "id": saved.interaction_id,
-                "rating": saved.rating,
-                "correction": saved.correction,
-                "preferred": saved.preferred,
-            }
-        )
+        return JSONResponse({"object": "feedback"} | saved.as_dict())
 
     return app
