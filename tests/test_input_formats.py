@@ -131,7 +131,7 @@ def test_messages_records_and_reasons(tmp_path: Path) -> None:
         (8, "field 'messages' must be a list, got str"),
         (9, "missing field 'messages'"),
         (10, "messages[1]: a system message may only come first"),
-        (11, "messages[1].content must be a string, got null"),
+        (11, "messages[1].content must be a string or a list of text parts, got null"),
         (12, "field 'messages' is empty"),
         (13, "messages[0].role must be 'user', got 'assistant'"),
         (14, "messages[1].content is empty"),

@@ -33,23 +33,65 @@ from typing import Any
 import numpy as np
 
 from tasks.curate.blocks import Outcome, Removed
-from tasks.curate.records import Record
+from tasks.curate.records import KTO_LABELS, Record
 
 #: Positions of the records a block looks at, ascending (an int64 array).
 Index = np.ndarray
 
 
-def content_key(record: Record) -> bytes:
-    """Identity of a record's content (earlier turns, text, and target if any): 16 bytes."""
-    content = record.full_text
-    if record.target is not None:
-        content += "\x00" + record.target
+def _digest(content: str) -> bytes:
     return hashlib.blake2b(content.encode("utf-8"), digest_size=16).digest()
+
+
+def content_key(record: Record) -> bytes:
+    """Identity of a record's content (earlier turns, text, and target if any): 16 bytes.
+
+    A preference pair's is its prompt alone: one pair per prompt, so a second pair for the
+    same prompt is a duplicate. A KTO record's is its prompt and completion (a prompt has
+    several rated completions; the same one rated both ways is then a label conflict).
+    """
+    content = record.full_text
+    if record.target is not None and record.rejected is None:
+        content += "\x00" + record.target
+    return _digest(content)
 
 
 def content_keys(records: Sequence[Record]) -> np.ndarray:
     """``content_key`` of each record, as a fixed-width bytes array."""
     return np.array([content_key(r) for r in records], dtype="S16")
+
+
+def compared_parts(record: Record) -> tuple[str, ...]:
+    """What near-duplicate detection compares: the prompt side, and a KTO record's completion.
+
+    One prompt with several rated completions is normal KTO data, so two KTO records are near
+    duplicates only when their prompts *and* their completions are (``record_similarity``); every
+    other record is compared by its prompt side (``full_text``).
+    """
+    kto = record.label in KTO_LABELS.values() and record.rejected is None
+    if kto and record.target is not None:
+        return record.full_text, record.target
+    return (record.full_text,)
+
+
+def part_shingles(record: Record, n: int) -> list[set[str]]:
+    """The shingles of each of ``compared_parts(record)``."""
+    return [shingles(part, n) for part in compared_parts(record)]
+
+
+def lsh_shingles(parts: list[set[str]]) -> set[str]:
+    """The shingles a record's MinHash is taken over: all its parts' (candidates for LSH)."""
+    return parts[0] if len(parts) == 1 else set().union(*parts)
+
+
+def record_similarity(a: list[set[str]], b: list[set[str]]) -> float:
+    """Exact Jaccard of two records' shingles: the lowest over their compared parts."""
+    return min(jaccard(x, y) for x, y in zip(a, b, strict=False))
+
+
+def prompt_keys(records: Sequence[Record]) -> np.ndarray:
+    """A 16-byte key of each record's prompt side (``full_text``): the split groups by it."""
+    return np.array([_digest(r.full_text) for r in records], dtype="S16")
 
 
 def first_of(keys: np.ndarray, index: Index) -> Index:
@@ -291,9 +333,9 @@ def near_matches(
 
 def _lsh_over(
     records: Sequence[Record], params: NearDupParams
-) -> tuple[list[set[str]], SharedBuckets]:
-    sets = [shingles(r.full_text, params.ngram) for r in records]
-    keys = band_keys(signatures(sets, params), params)
+) -> tuple[list[list[set[str]]], SharedBuckets]:
+    sets = [part_shingles(r, params.ngram) for r in records]
+    keys = band_keys(signatures([lsh_shingles(s) for s in sets], params), params)
     return sets, shared_buckets(keys, np.arange(len(records)))
 
 
@@ -302,14 +344,14 @@ def near_duplicate_pairs(
 ) -> list[tuple[int, int, float]]:
     """(earlier, later, Jaccard) for every confirmed near-duplicate pair, by LSH + exact check."""
     sets, shared = _lsh_over(records, params)
-    similar = lambda j, i: jaccard(sets[j], sets[i])  # noqa: E731
+    similar = lambda j, i: record_similarity(sets[j], sets[i])  # noqa: E731
     return list(near_matches(shared, similar, params.threshold, all_pairs=True))
 
 
 def near_dedup(records: list[Record], params: NearDupParams) -> Outcome:
     """Drop each record that is a near duplicate of an earlier *kept* record."""
     sets, shared = _lsh_over(records, params)
-    similar = lambda j, i: jaccard(sets[j], sets[i])  # noqa: E731
+    similar = lambda j, i: record_similarity(sets[j], sets[i])  # noqa: E731
     matches = {i: (j, s) for j, i, s in near_matches(shared, similar, params.threshold)}
     kept, dropped = [], []
     for i, record in enumerate(records):
@@ -353,12 +395,15 @@ def semantic_dedup(
 
     if not records:
         return Outcome(kept=[])
-    vectors = embed(load_encoder(base_model, allow_pickle), [r.full_text for r in records])
+    encoder = load_encoder(base_model, allow_pickle)
+    parts = [compared_parts(r) for r in records]
+    # one embedding per compared part; a pair is as close as its least similar part
+    vectors = [embed(encoder, [p[k] for p in parts]) for k in range(min(map(len, parts)))]
     kept_rows: list[int] = []
     kept, dropped = [], []
     for i, record in enumerate(records):
         if kept_rows:
-            sims = vectors[kept_rows] @ vectors[i]
+            sims = np.min([v[kept_rows] @ v[i] for v in vectors], axis=0)
             best = int(np.argmax(sims))
             if sims[best] >= threshold:
                 detail = f"of id {records[kept_rows[best]].id} (cosine {sims[best]:.3f})"

@@ -10,6 +10,7 @@ from adaptflow.spec import CurationSpec
 from tasks.curate.blocks import Block
 from tasks.curate.dedup import NearDupParams
 from tasks.curate.normalize import normalize
+from tasks.curate.pairs import chosen_equals_rejected
 from tasks.curate.pii import redact_pii
 from tasks.curate.quality import default_rules, quality_filter
 from tasks.curate.records import Fields
@@ -30,6 +31,10 @@ class CurationInputs:
     base_model: str = "minilm"
     allow_pickle: bool = False  # the spec's flag, for the encoder of semantic_dedup
     blocks: CurationSpec = field(default_factory=CurationSpec)
+
+    def may_read(self, fmt: str) -> bool:
+        """Whether the data may be in format ``fmt`` (asked for, or ``auto``)."""
+        return self.fields.format in (fmt, "auto")
 
     @property
     def near_params(self) -> NearDupParams:
@@ -52,6 +57,9 @@ def record_blocks(inputs: CurationInputs) -> list[tuple[str, Block]]:
         blocks.append(("quality", partial(quality_filter, rules=rules)))
     if cfg.pii:
         blocks.append(("pii", redact_pii))
+    if inputs.may_read("preference"):
+        # last: answers that differ only in what normalisation or redaction changed are equal
+        blocks.append(("chosen_equals_rejected", chosen_equals_rejected))
     return blocks
 
 
@@ -64,8 +72,8 @@ def global_blocks(inputs: CurationInputs) -> list[str]:
     """The blocks that compare records with each other, in order: they run on the driver."""
     cfg = inputs.blocks
     names = []
-    if cfg.label_conflicts and inputs.needs_labels:
-        names.append("label_conflicts")
+    if cfg.label_conflicts and (inputs.needs_labels or inputs.may_read("kto")):
+        names.append("label_conflicts")  # a KTO completion rated both ways is a conflict too
     if cfg.exact_dedup:
         names.append("exact_dedup")
     if cfg.near_dedup.enabled:

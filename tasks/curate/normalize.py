@@ -35,16 +35,19 @@ def normalize_text(text: str) -> str:
 def normalize(records: list[Record]) -> Outcome:
     """The normalisation block: never drops; counts how many records changed.
 
-    A conversation's earlier turns are normalised like its text and target.
+    A conversation's earlier turns and a preference pair's rejected answer are normalised
+    like its text and target.
     """
     kept, counts = [], Counter[str]()
     for record in records:
         text = normalize_text(record.text)
         target = normalize_text(record.target) if record.target is not None else None
+        rejected = normalize_text(record.rejected) if record.rejected is not None else None
         context = record.context
         if context is not None:
             context = [turn | {"content": normalize_text(turn["content"])} for turn in context]
-        if text != record.text or target != record.target or context != record.context:
+        changed = (text, target, rejected, context)
+        if changed != (record.text, record.target, record.rejected, record.context):
             counts["normalised"] += 1
-        kept.append(replace(record, text=text, target=target, context=context))
+        kept.append(replace(record, text=text, target=target, rejected=rejected, context=context))
     return Outcome(kept=kept, counts=counts)

@@ -115,15 +115,19 @@ def redact_text(text: str) -> tuple[str, Counter[str]]:
 def redact_pii(records: list[Record]) -> Outcome:
     """The PII block: never drops; counts redactions per type (``pii.<type>``).
 
-    The text, the target and every earlier turn of a conversation are redacted.
+    The text, the target, a preference pair's rejected answer and every earlier turn of a
+    conversation are redacted.
     """
     kept, total = [], Counter[str]()
     for record in records:
         text, counts = redact_text(record.text)
-        target = record.target
+        target, rejected = record.target, record.rejected
         if target is not None:
             target, target_counts = redact_text(target)
             counts.update(target_counts)
+        if rejected is not None:
+            rejected, rejected_counts = redact_text(rejected)
+            counts.update(rejected_counts)
         context = None
         if record.context is not None:
             context = []
@@ -132,6 +136,6 @@ def redact_pii(records: list[Record]) -> Outcome:
                 counts.update(turn_counts)
                 context.append(turn | {"content": content})
         total.update({f"pii.{kind}": n for kind, n in counts.items()})
-        changed = replace(record, text=text, target=target, context=context)
+        changed = replace(record, text=text, target=target, rejected=rejected, context=context)
         kept.append(changed if counts else record)
     return Outcome(kept=kept, counts=total)

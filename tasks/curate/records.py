@@ -9,7 +9,16 @@ Generative data may also come in two common shapes (``Fields.format``, JSONL and
 Alpaca (``instruction``, optional ``input``, ``output``) and OpenAI chat messages
 (``messages``: an optional system turn, then user/assistant turns ending with the assistant's).
 A conversation's last user turn becomes the record's ``text``, the turns before it its
-``context`` and the final assistant turn its ``target``.
+``context`` and the final assistant turn its ``target``. A message's ``content`` is a string or
+a list of text parts (``{"type": "text", "text": ...}``, joined).
+
+Alignment data comes in TRL's shapes: ``preference`` (``prompt``, ``chosen``, ``rejected``;
+also the implicit-prompt form, two full conversations whose shared leading turns are the
+prompt, and LLaMA-Factory's ShareGPT ranking form, ``conversations`` with ``chosen`` and
+``rejected`` turns) and ``kto`` (``prompt``, ``completion``, a boolean ``label``). The prompt
+becomes ``text`` and ``context`` as for a conversation; a pair's chosen answer is its
+``target`` and the rejected one its ``rejected``; a KTO completion is the ``target`` and its
+label ``desirable`` or ``undesirable``.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from itertools import chain
 from pathlib import Path
@@ -29,12 +38,16 @@ from adaptflow.spec import data_suffix
 
 LABEL_TYPES = (str, int, bool)
 #: Input formats: ``fields`` (the spec's text/label/target fields), ``alpaca``, ``messages``,
-#: or ``auto`` (per file, from its first JSON object).
-FORMATS = ("auto", "fields", "alpaca", "messages")
+#: ``preference``, ``kto``, or ``auto`` (per file, from its first JSON object).
+FORMATS = ("auto", "fields", "alpaca", "messages", "preference", "kto")
 #: Formats that carry a record's fields themselves, and the file types they are read from.
-SHAPED_FORMATS = ("alpaca", "messages")
+SHAPED_FORMATS = ("alpaca", "messages", "preference", "kto")
 SHAPED_SUFFIXES = (".jsonl", ".parquet")
 ROLES = ("system", "user", "assistant")
+#: ShareGPT's speaker names (``from``) and the roles they stand for.
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+#: A KTO record's boolean ``label`` as the curated label.
+KTO_LABELS = {True: "desirable", False: "undesirable"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,9 @@ class Record:
 
     For a conversation, ``text`` is the last user turn, ``target`` the answer to it and
     ``context`` the turns before it (``{"role", "content"}`` dicts, the system turn included);
-    ``context`` is None for single-turn records.
+    ``context`` is None for single-turn records. A preference pair's ``target`` is its chosen
+    answer and ``rejected`` its rejected one; a KTO record's ``target`` is its completion and
+    ``label`` ``desirable`` or ``undesirable``.
     """
 
     id: str
@@ -53,6 +68,7 @@ class Record:
     file: str = ""  # where it was read (for the quarantine); not written to curated output
     line: int = 0
     context: list[dict[str, str]] | None = None
+    rejected: str | None = None
 
     @property
     def full_text(self) -> str:
@@ -115,7 +131,7 @@ def _lone_surrogate(record: Record) -> str | None:
     """
     values: list[tuple[str, str | None]] = [
         ("text", record.text), ("label", record.label), ("target", record.target),
-        ("id", record.id),
+        ("rejected", record.rejected), ("id", record.id),
     ]  # fmt: skip
     values += [
         (f"turn {i + 1}", turn.get("content")) for i, turn in enumerate(record.context or [])
@@ -177,72 +193,239 @@ def _string(obj: dict[str, Any], name: str, required: bool = True) -> str:
     return value
 
 
-def _alpaca(obj: dict[str, Any]) -> tuple[str, str, None]:
-    """(text, target, context) of an Alpaca object: the instruction (+ input) and the output."""
+#: Record fields read from a shaped object (``text`` and ``target``, and what else it has).
+Shaped = dict[str, Any]
+
+
+def _alpaca(obj: dict[str, Any]) -> Shaped:
+    """An Alpaca object: the instruction (+ input) is the text and the output the target."""
     instruction = _string(obj, "instruction")
     extra = _string(obj, "input", required=False) if obj.get("input") is not None else ""
     output = _string(obj, "output")
     text = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return text, output, None
+    return {"text": text, "target": output}
 
 
-def _turn(index: int, message: Any) -> dict[str, str]:
-    """One ``messages`` entry as {"role", "content"} (other keys dropped), or ValueError."""
-    where = f"messages[{index}]"
+def _content(where: str, content: Any) -> str:
+    """A message's content as one string: a string, or a list of text parts joined."""
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
+                raise ValueError(
+                    f"{where}[{j}] must be a text part {{'type': 'text', 'text': ...}}"
+                )
+            texts.append(part["text"])
+        content = "".join(texts)  # as the OpenAI API joins them (serve/schemas.py too)
+    elif not isinstance(content, str):
+        raise ValueError(
+            f"{where} must be a string or a list of text parts, got {_type_name(content)}"
+        )
+    if _has_surrogates(content):
+        raise ValueError(f"invalid UTF-8 in {where}")
+    if not content.strip():
+        raise ValueError(f"{where} is empty")
+    return content
+
+
+def _turn(where: str, message: Any, sharegpt: bool = False) -> dict[str, str]:
+    """One message as {"role", "content"} (other keys dropped), or ValueError.
+
+    An OpenAI message (``role``, ``content``), or with ``sharegpt`` a ShareGPT one (``from``:
+    ``system``, ``human`` or ``gpt``; ``value``).
+    """
+    role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
+    roles = SHAREGPT_ROLES if sharegpt else {role: role for role in ROLES}
     if not isinstance(message, dict):
         raise ValueError(f"{where} must be an object, got {_type_name(message)}")
-    for key in ("role", "content"):
+    for key in (role_key, content_key):
         if key not in message:
             raise ValueError(f"{where}: missing field '{key}'")
-    role, content = message["role"], message["content"]
-    if role not in ROLES:
-        expected = ", ".join(f"'{r}'" for r in ROLES)
-        raise ValueError(f"{where}.role must be one of {expected}, got {role!r}")
-    if not isinstance(content, str):
-        raise ValueError(f"{where}.content must be a string, got {_type_name(content)}")
-    if _has_surrogates(content):
-        raise ValueError(f"invalid UTF-8 in {where}.content")
-    if not content.strip():
-        raise ValueError(f"{where}.content is empty")
-    return {"role": role, "content": content}
+    role = message[role_key]
+    if not isinstance(role, str) or role not in roles:
+        expected = ", ".join(f"'{r}'" for r in roles)
+        raise ValueError(f"{where}.{role_key} must be one of {expected}, got {role!r}")
+    return {
+        "role": roles[role],
+        "content": _content(f"{where}.{content_key}", message[content_key]),
+    }
 
 
-def _messages(obj: dict[str, Any]) -> tuple[str, str, list[dict[str, str]] | None]:
-    """(text, target, context) of a chat: the last user turn, the answer, the turns before."""
-    if "messages" not in obj:
-        raise ValueError("missing field 'messages'")
-    messages = obj["messages"]
-    if not isinstance(messages, list):
-        raise ValueError(f"field 'messages' must be a list, got {_type_name(messages)}")
-    if not messages:
-        raise ValueError("field 'messages' is empty")
-    turns = [_turn(i, m) for i, m in enumerate(messages)]
+def _turns(name: str, value: Any, sharegpt: bool = False) -> list[dict[str, str]]:
+    """Field ``name`` as a conversation, or ValueError.
+
+    An optional system turn first, then user and assistant turns alternating, the user's first.
+    """
+    if not isinstance(value, list):
+        raise ValueError(f"field '{name}' must be a list, got {_type_name(value)}")
+    if not value:
+        raise ValueError(f"field '{name}' is empty")
+    turns = [_turn(f"{name}[{i}]", message, sharegpt) for i, message in enumerate(value)]
+    role_key = "from" if sharegpt else "role"
+    shown = {v: k for k, v in SHAREGPT_ROLES.items()} if sharegpt else {r: r for r in ROLES}
     first = 1 if turns[0]["role"] == "system" else 0
     for i in range(first, len(turns)):
         role = turns[i]["role"]
         if role == "system":
-            raise ValueError(f"messages[{i}]: a system message may only come first")
+            raise ValueError(f"{name}[{i}]: a system message may only come first")
         expected = "user" if (i - first) % 2 == 0 else "assistant"
         if role != expected:
-            raise ValueError(f"messages[{i}].role must be '{expected}', got '{role}'")
+            raise ValueError(
+                f"{name}[{i}].{role_key} must be '{shown[expected]}', got '{shown[role]}'"
+            )
+    return turns
+
+
+def _prompt_side(turns: list[dict[str, str]]) -> Shaped:
+    """``text`` (the last turn, the user's) and ``context`` (the turns before it, or None)."""
+    return {"text": turns[-1]["content"], "context": turns[:-1] or None}
+
+
+def _messages(obj: dict[str, Any]) -> Shaped:
+    """A chat: the last user turn, the turns before it, and the final assistant turn."""
+    if "messages" not in obj:
+        raise ValueError("missing field 'messages'")
+    turns = _turns("messages", obj["messages"])
     if turns[-1]["role"] != "assistant":
         raise ValueError("last message must be from the assistant")
-    context = turns[:-2]
-    return turns[-2]["content"], turns[-1]["content"], context or None
+    return _prompt_side(turns[:-1]) | {"target": turns[-1]["content"]}
+
+
+def _prompt(obj: dict[str, Any]) -> Shaped:
+    """Field ``prompt`` as ``text`` and ``context``: a string, or messages ending with a user's."""
+    if "prompt" not in obj:
+        raise ValueError("missing field 'prompt'")
+    value = obj["prompt"]
+    if isinstance(value, list):
+        turns = _turns("prompt", value)
+        if turns[-1]["role"] != "user":
+            raise ValueError("the last message of 'prompt' must be from the user")
+        return _prompt_side(turns)
+    if not isinstance(value, str):
+        raise ValueError(
+            f"field 'prompt' must be a string or a list of messages, got {_type_name(value)}"
+        )
+    return {"text": _string(obj, "prompt")}
+
+
+def _answer(obj: dict[str, Any], name: str) -> str:
+    """Field ``name`` (chosen, rejected, completion): a string, or one assistant message."""
+    if name not in obj:
+        raise ValueError(f"missing field '{name}'")
+    value = obj[name]
+    if isinstance(value, str):
+        return _string(obj, name)
+    if not isinstance(value, list):
+        raise ValueError(
+            f"field '{name}' must be a string or a list of messages, got {_type_name(value)}"
+        )
+    if not value:
+        raise ValueError(f"field '{name}' is empty")
+    if len(value) != 1:
+        raise ValueError(f"field '{name}' must hold one assistant message, got {len(value)}")
+    turn = _turn(f"{name}[0]", value[0])
+    if turn["role"] != "assistant":
+        raise ValueError(f"{name}[0].role must be 'assistant', got '{turn['role']}'")
+    return turn["content"]
+
+
+def _implicit_pair(obj: dict[str, Any]) -> Shaped:
+    """A pair without ``prompt`` (TRL's implicit prompt), or ValueError.
+
+    ``chosen`` and ``rejected`` are whole conversations: their shared leading turns are the
+    prompt and they differ only in the last, the assistant's.
+    """
+    sides = {}
+    for name in ("chosen", "rejected"):
+        turns = _turns(name, obj[name])
+        if turns[-1]["role"] != "assistant":
+            raise ValueError(f"the last message of '{name}' must be from the assistant")
+        sides[name] = turns
+    chosen, rejected = sides["chosen"], sides["rejected"]
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        raise ValueError(
+            "'chosen' and 'rejected' share no leading turns, and there is no 'prompt' field"
+        )
+    if len(chosen) != shared + 1 or len(rejected) != shared + 1:
+        raise ValueError(
+            "'chosen' and 'rejected' must be the same conversation up to their last message; "
+            f"they differ from message {shared} on"
+        )
+    return _prompt_side(chosen[:shared]) | {
+        "target": chosen[-1]["content"],
+        "rejected": rejected[-1]["content"],
+    }
+
+
+def _sharegpt_pair(obj: dict[str, Any]) -> Shaped:
+    """LLaMA-Factory's ShareGPT ranking form, or ValueError.
+
+    ``conversations`` (ShareGPT turns) ends with the human's turn; ``chosen`` and ``rejected``
+    are one gpt turn each.
+    """
+    turns = _turns("conversations", obj["conversations"], sharegpt=True)
+    if turns[-1]["role"] != "user":
+        raise ValueError("the last message of 'conversations' must be from the human")
+    answers = {}
+    for name in ("chosen", "rejected"):
+        turn = _turn(name, obj[name], sharegpt=True)
+        if turn["role"] != "assistant":
+            raise ValueError(f"{name}.from must be 'gpt', got '{obj[name]['from']}'")
+        answers[name] = turn["content"]
+    return _prompt_side(turns) | {"target": answers["chosen"], "rejected": answers["rejected"]}
+
+
+def _preference(obj: dict[str, Any]) -> Shaped:
+    """A preference pair: the prompt, the chosen answer (``target``) and the ``rejected`` one."""
+    for name in ("chosen", "rejected"):
+        if name not in obj:
+            raise ValueError(f"missing field '{name}'")
+    if "conversations" in obj:
+        return _sharegpt_pair(obj)
+    if "prompt" not in obj and all(isinstance(obj[n], list) for n in ("chosen", "rejected")):
+        return _implicit_pair(obj)
+    return _prompt(obj) | {"target": _answer(obj, "chosen"), "rejected": _answer(obj, "rejected")}
+
+
+def _kto(obj: dict[str, Any]) -> Shaped:
+    """A KTO record: the prompt, the completion (``target``) and its label (a boolean)."""
+    shaped = _prompt(obj) | {"target": _answer(obj, "completion")}
+    if "label" not in obj:
+        raise ValueError("missing field 'label'")
+    label = obj["label"]
+    if not isinstance(label, bool):
+        raise ValueError(f"field 'label' must be true or false, got {_type_name(label)}")
+    return shaped | {"label": KTO_LABELS[label]}
+
+
+#: The reader of each shaped format.
+SHAPES: dict[str, Callable[[dict[str, Any]], Shaped]] = {
+    "alpaca": _alpaca,
+    "messages": _messages,
+    "preference": _preference,
+    "kto": _kto,
+}
 
 
 def _validate_shaped(obj: Any, fields: Fields, default_id: str) -> Record | str:
-    """Return a Record from an Alpaca or messages object, or the reason it cannot be one."""
+    """Return a Record from an object of a shaped format, or the reason it cannot be one."""
     if not isinstance(obj, dict):
         return f"expected an object, got {_type_name(obj)}"
     try:
-        text, target, context = (_alpaca if fields.format == "alpaca" else _messages)(obj)
+        shaped = SHAPES[fields.format](obj)
     except ValueError as exc:
         return str(exc)
     record_id = _record_id(obj, fields, default_id)
     if record_id is None:
         return f"missing id field '{fields.id}'"
-    return Record(id=record_id, text=text, target=target, context=context)
+    return Record(id=record_id, **shaped)
 
 
 def _validate(obj: Any, fields: Fields, default_id: str) -> Record | str:
@@ -345,11 +528,16 @@ Items = Iterator[tuple[int, str, Any, str | None]]
 def detect_format(obj: Any) -> str:
     """The format ``auto`` picks for a file whose first JSON object is ``obj``.
 
-    ``messages`` when it has a ``messages`` field, ``alpaca`` when it has ``instruction`` and
-    ``output``, else ``fields``.
+    ``messages`` when it has a ``messages`` field, ``preference`` when it has ``chosen`` and
+    ``rejected``, ``kto`` when it has ``completion`` and ``label``, ``alpaca`` when it has
+    ``instruction`` and ``output``, else ``fields``.
     """
     if isinstance(obj, dict) and "messages" in obj:
         return "messages"
+    if isinstance(obj, dict) and "chosen" in obj and "rejected" in obj:
+        return "preference"
+    if isinstance(obj, dict) and "completion" in obj and "label" in obj:
+        return "kto"
     if isinstance(obj, dict) and "instruction" in obj and "output" in obj:
         return "alpaca"
     return "fields"
@@ -443,14 +631,14 @@ def read_records(path: Path, fields: Fields) -> ReadResult:
     return result
 
 
-CURATED_FIELDS = ("id", "text", "label", "target", "context")
+CURATED_FIELDS = ("id", "text", "label", "target", "rejected", "context")
 
 
 def record_rows(records: list[Record]) -> list[dict[str, Any]]:
-    """Records as plain dicts (id, text, label, target, context), without empty optional fields.
+    """Records as plain dicts (``CURATED_FIELDS``), without empty optional fields.
 
-    ``context`` (a conversation's earlier turns) appears only for multi-turn records, so
-    single-turn curated output is unchanged.
+    ``context`` (a conversation's earlier turns) appears only for multi-turn records and
+    ``rejected`` only for preference pairs, so other curated output is unchanged.
     """
     rows = []
     for record in records:

@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from tasks.curate.blocks import Funnel, quarantine_row, removed_row, run_blocks
-from tasks.curate.dedup import band_keys, content_keys, shingles, signatures
+from tasks.curate.dedup import (
+    band_keys,
+    content_keys,
+    lsh_shingles,
+    part_shingles,
+    prompt_keys,
+    signatures,
+)
 from tasks.curate.inputs import CurationInputs, record_blocks, record_steps
 from tasks.curate.records import Record
 
@@ -74,6 +81,7 @@ class ShardResult:
     ids: list[str]
     labels: list[str | None]
     keys: np.ndarray  # content key per kept record ("S16")
+    prompts: np.ndarray  # prompt key per kept record ("S16"): the split keeps a prompt whole
     bands: np.ndarray  # LSH band keys per kept record (n, bands), uint64; (n, 0) when unused
     process: str = ""  # host:pid that ran the shard (to see where the work went)
 
@@ -92,7 +100,7 @@ def curate_shard(job: ShardJob, inputs: CurationInputs) -> ShardResult:
     counts: Counter[str] = Counter()
     ids: list[str] = []
     labels: list[str | None] = []
-    keys, bands = [], []
+    keys, prompts, bands = [], [], []
     dropped: Counter[str] = Counter()
     quarantined = 0
     records = read_stored(job.path)
@@ -117,8 +125,9 @@ def curate_shard(job: ShardJob, inputs: CurationInputs) -> ShardResult:
             ids += [r.id for r in kept]
             labels += [r.label for r in kept]
             keys.append(content_keys(kept))
+            prompts.append(prompt_keys(kept))
             if want_bands and kept:
-                sets = [shingles(r.full_text, near.ngram) for r in kept]
+                sets = [lsh_shingles(part_shingles(r, near.ngram)) for r in kept]
                 bands.append(band_keys(signatures(sets, near), near))
     n_bands = near.bands[0] if want_bands else 0
     return ShardResult(
@@ -130,6 +139,7 @@ def curate_shard(job: ShardJob, inputs: CurationInputs) -> ShardResult:
         ids=ids,
         labels=labels,
         keys=np.concatenate(keys) if keys else np.empty(0, dtype="S16"),
+        prompts=np.concatenate(prompts) if prompts else np.empty(0, dtype="S16"),
         bands=np.concatenate(bands) if bands else np.empty((0, n_bands), dtype=np.uint64),
         process=f"{socket.gethostname()}:{os.getpid()}",
     )

@@ -44,12 +44,12 @@ from tasks.curate.dedup import (
     clusters,
     conflicting_labels,
     first_of,
-    jaccard,
     near_detail,
     near_matches,
+    part_shingles,
+    record_similarity,
     semantic_dedup,
     shared_buckets,
-    shingles,
 )
 from tasks.curate.documents import read_folder
 from tasks.curate.inputs import CurationInputs, block_names, global_blocks, record_steps
@@ -134,6 +134,7 @@ class _Source:
     ids: list[str]
     labels: list[str | None]
     keys: np.ndarray
+    prompts: np.ndarray
     bands: np.ndarray
     steps: list[tuple[str, int]]
     removed: dict[int, Removed] = field(default_factory=dict)
@@ -151,6 +152,9 @@ class _Source:
             ids=[i for r in results for i in r.ids],
             labels=[label for r in results for label in r.labels],
             keys=np.concatenate([r.keys for r in results]) if results else np.empty(0, "S16"),
+            prompts=(
+                np.concatenate([r.prompts for r in results]) if results else np.empty(0, "S16")
+            ),
             bands=np.concatenate([r.bands for r in results]) if results else np.empty((0, 0)),
             steps=[(n, steps[n]) for n in names],
         )
@@ -166,9 +170,9 @@ class _Source:
                     yield position, record
                 position += 1
 
-    def texts(self, positions: set[int]) -> dict[int, str]:
-        """The texts at ``positions`` (one pass over the shards)."""
-        return {p: r.full_text for p, r in self.stream(positions.__contains__)}
+    def records(self, positions: set[int]) -> dict[int, Record]:
+        """The kept records at ``positions`` (one pass over the shards)."""
+        return dict(self.stream(positions.__contains__))
 
     def remove(
         self, position: int, block: str, reason: str, detail: str, quarantine: bool = False
@@ -215,9 +219,9 @@ def near_dedup_block(inputs: CurationInputs, src: _Source, alive: np.ndarray) ->
 
 def semantic_dedup_block(inputs: CurationInputs, src: _Source, alive: np.ndarray) -> np.ndarray:
     """Drop records whose embedding is too close to an earlier one's (memory grows with data)."""
-    texts = src.texts(set(alive.tolist()))
+    found = src.records(set(alive.tolist()))
     position_of = {src.ids[p]: p for p in alive.tolist()}  # ids are unique in a source
-    records = [Record(id=src.ids[p], text=texts[p]) for p in alive.tolist()]
+    records = [found[p] for p in alive.tolist()]
     settings = inputs.blocks.semantic_dedup
     outcome = semantic_dedup(records, settings.threshold, inputs.base_model, inputs.allow_pickle)
     for item in outcome.dropped:
@@ -259,10 +263,9 @@ def _near_pairs(
     """Confirmed near-duplicate pairs among ``alive`` (texts read only for LSH candidates)."""
     params = inputs.near_params
     shared = shared_buckets(src.bands, alive)
-    sets = {
-        p: shingles(t, params.ngram) for p, t in src.texts(set(shared.records.tolist())).items()
-    }
-    similar = lambda j, i: jaccard(sets[j], sets[i])  # noqa: E731
+    candidates = src.records(set(shared.records.tolist()))
+    sets = {p: part_shingles(r, params.ngram) for p, r in candidates.items()}
+    similar = lambda j, i: record_similarity(sets[j], sets[i])  # noqa: E731
     return list(near_matches(shared, similar, params.threshold, all_pairs=all_pairs))
 
 
@@ -270,13 +273,19 @@ def _split(inputs: CurationInputs, src: _Source, alive: np.ndarray) -> set[int]:
     """Eval positions: stratified and leakage-free (near-duplicate clusters stay together).
 
     With near dedup on, no two kept records are near duplicates (the same LSH would find
-    them), so only a run with near dedup off needs the clustering pass.
+    them), so only a run with near dedup off needs the clustering pass. Records with the same
+    prompt stay together too: a KTO prompt's rated completions, or any repeated prompt that
+    dedup let through, land on one side.
     """
-    groups = None
+    pairs: list[tuple[int, int, float]] = []
     if not inputs.blocks.near_dedup.enabled:
         local = {int(p): n for n, p in enumerate(alive)}
         pairs = [(local[a], local[b], s) for a, b, s in _near_pairs(inputs, src, alive, True)]
-        groups = clusters(len(alive), pairs)
+    first = first_of(src.prompts, alive)
+    repeated = np.flatnonzero(first != alive)  # ``alive`` is ascending: indexes are local
+    firsts = np.searchsorted(alive, first[repeated])
+    pairs += [(int(f), int(n), 1.0) for f, n in zip(firsts, repeated, strict=True)]
+    groups = clusters(len(alive), pairs) if pairs else None
     chosen = held_out([src.labels[p] for p in alive], inputs.eval_fraction, inputs.seed, groups)
     return {int(alive[n]) for n in chosen}
 
