@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_export.py
 	$(BIN)/python benchmarks/bench_operations.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_align.py
 
 lint: setup
 	$(BIN)/ruff check .

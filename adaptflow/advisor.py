@@ -20,6 +20,12 @@ Cost model (each number comes from one of these formulas; the constants are belo
   ``freeze`` is ``2·N·D + 4·N_top·D``. N is the base model's parameter count, D the training
   tokens (labelled tokens × epochs; for ``cpt`` the corpus plus replay; for ``pretrain`` at least
   20 tokens per parameter).
+- preference tuning (``dpo``, ``kto``): ``6·N·D`` with D the tokens of prompt + answer for both
+  answers of a pair: the policy's forward and backward on an adapter (``4·N·D``) plus the
+  reference's forward (``2·N·D``, the base with the adapter disabled); ``orpo`` and ``simpo``
+  have no reference: ``4·N·D``.
+- ``grpo``: ``8·N·D`` with ``D = G·(prompt + max_new_tokens)·epochs``: sampling G answers
+  per prompt (``2·N`` per token), the policy update (``4·N·D``) and the KL reference (``2·N·D``).
 - hours = FLOPs / (peak FLOP/s × utilisation) / 3600, for the hardware in ``HARDWARE``.
 - peak training memory: AdamW full training 16 bytes/parameter; LoRA-style 2 bytes/parameter of
   frozen 16-bit weights plus 16 bytes per trainable parameter (QLoRA: 0.516 bytes/parameter of
@@ -95,8 +101,14 @@ HARDWARE: dict[str, Hardware] = {
 
 PEFT = ("lora", "dora", "ia3", "prefix", "prompt-tuning", "p-tuning", "qlora")
 FINE_TUNING = (*PEFT, "freeze", "full")
-TRAINED = (*FINE_TUNING, "cpt", "pretrain")
-METHODS = ("icl", "rag", *FINE_TUNING, "cpt", "pretrain")
+#: Offline preference tuning on pairs; KTO on thumbs; GRPO on rewards (all through TRL).
+PAIRED = ("dpo", "orpo", "simpo")
+PREFERENCE = (*PAIRED, "kto")
+RL = ("grpo",)
+TRAINED = (*FINE_TUNING, "cpt", "pretrain", *PREFERENCE, *RL)
+METHODS = ("icl", "rag", *FINE_TUNING, "cpt", "pretrain", *PREFERENCE, *RL)
+#: Methods with a reference policy in the loss: one more forward pass per sequence.
+WITH_REFERENCE = ("dpo", "kto")
 
 #: Cheapest first; a method's score starts at minus its rank.
 COST_RANK: dict[str, float] = {
@@ -113,16 +125,27 @@ COST_RANK: dict[str, float] = {
     "full": 4,
     "cpt": 5,
     "pretrain": 6,
+    # preference tuning after SFT: LoRA-priced, plus a second answer (and a reference pass)
+    "orpo": 3.3,
+    "simpo": 3.4,
+    "kto": 3.5,
+    "dpo": 3.6,
+    "grpo": 4.5,  # G sampled answers per prompt: the costliest fine-tuning
 }
 #: Which family a method belongs to (the ladder climbs one rung per family).
-FAMILY = {m: "peft" for m in PEFT} | {
-    "icl": "icl",
-    "rag": "rag",
-    "freeze": "freeze",
-    "full": "full",
-    "cpt": "cpt",
-    "pretrain": "pretrain",
-}
+FAMILY = (
+    {m: "peft" for m in PEFT}
+    | {
+        "icl": "icl",
+        "rag": "rag",
+        "freeze": "freeze",
+        "full": "full",
+        "cpt": "cpt",
+        "pretrain": "pretrain",
+    }
+    | {m: "preference" for m in PREFERENCE}
+    | {"grpo": "rl"}
+)
 
 
 @dataclass(frozen=True)
@@ -152,6 +175,12 @@ class Facts:
     batch_size: int = 16
     max_length: int = 128
     lora_r: int = 8
+    pairs: int = 0  # preference pairs (prompt, chosen, rejected) in the data
+    thumbs: int = 0  # answers labelled good or bad (KTO records)
+    rewards: int = 0  # rewards the spec declares (grpo)
+    tuned_base: bool = False  # the base is a registered (fine-tuned) version, models:/...
+    num_generations: int = 4  # grpo's G
+    max_new_tokens: int = 64  # the longest answer sampled
     notes: tuple[str, ...] = ()  # how the facts were measured (shown with the advice)
 
     @property
@@ -201,7 +230,7 @@ def _trainable(method: str, f: Facts) -> int | None:
         "full": f.params,
         "cpt": f.params,
         "pretrain": f.params,
-    }
+    } | {m: layers * LORA_MATRICES_PER_LAYER * f.lora_r * 2 * h for m in (*PREFERENCE, *RL)}
     value = sizes.get(method)
     return None if value is None else int(value)
 
@@ -218,6 +247,8 @@ def _train_tokens(method: str, f: Facts) -> float:
         return f.corpus_tokens / (1 - CPT_REPLAY)  # replay is a share of all tokens
     if method == "pretrain":
         return max(f.corpus_tokens, CHINCHILLA_TOKENS_PER_PARAM * (f.params or 0))
+    if method in RL:  # G sampled answers of up to max_new_tokens after each prompt
+        return f.num_generations * (f.labelled_tokens + f.labelled * f.max_new_tokens) * f.epochs
     return f.labelled_tokens * f.epochs
 
 
@@ -257,6 +288,17 @@ def estimate(method: str, f: Facts) -> Estimate:
         elif method == "qlora":
             flops, formula = 4.0 * n * d, "4·N·D"
             memory = QLORA_BYTES_PER_PARAM * n + 16 * (trainable or 0) + _activation_bytes(f)
+        elif method in PREFERENCE:
+            # policy forward + backward (4·N·D, adapter) on both answers; DPO/KTO add the
+            # reference's forward (2·N·D): the base with the adapter disabled
+            extra = 2.0 if method in WITH_REFERENCE else 0.0
+            flops = (4.0 + extra) * n * d
+            formula = "6·N·D (policy 4·N·D + reference 2·N·D)" if extra else "4·N·D (no reference)"
+            memory = 2 * n + 16 * (trainable or 0) + _activation_bytes(f)
+        elif method in RL:
+            # sampling (2·N per token), the policy update (4·N·D) and the KL reference (2·N·D)
+            flops, formula = 8.0 * n * d, "8·N·D, D = G·(prompt + answer)·epochs"
+            memory = 2 * n + 16 * (trainable or 0) + f.num_generations * _activation_bytes(f)
         elif method == "freeze":
             flops, formula = 2.0 * n * d + 4.0 * (trainable or 0) * d, "2·N·D + 4·N_top·D"
             memory = 2 * n + 16 * (trainable or 0) + _activation_bytes(f)
@@ -375,6 +417,31 @@ RULES: tuple[Rule, ...] = (
          f" ({CHINCHILLA_TOKENS_PER_PARAM} per parameter)"),
     Rule(("pretrain",), lambda f, e: True, -3,
          "from scratch discards everything the base model knows; for a small team almost never"),
+    # Preference tuning and RL: which feedback the data holds decides the method.
+    Rule((*PREFERENCE, *RL), lambda f, e: not f.generative or f.task == "language-modeling",
+         BLOCK, "task '{task}' does not generate answers to prefer or reward"),
+    Rule(PAIRED, lambda f, e: f.pairs == 0, BLOCK,
+         "no preference pairs (prompt, chosen, rejected) in the data"),
+    Rule(PAIRED, lambda f, e: f.pairs > 0, 4,
+         "{pairs:,} preference pairs: learnt directly, with no reward model"),
+    Rule(("dpo",), lambda f, e: f.pairs > 0, 1,
+         "DPO: the most tested offline method; the base (adapter disabled) is its reference"),
+    Rule(("orpo",), lambda f, e: f.pairs > 0 and not f.tuned_base, 0.5,
+         "ORPO adds the SFT loss to the preference loss: suits a base not fine-tuned yet"),
+    Rule(("kto",), lambda f, e: f.thumbs == 0, BLOCK,
+         "no answers labelled good or bad (KTO records: prompt, completion, label)"),
+    Rule(("kto",), lambda f, e: f.thumbs > 0, 4.5,
+         "{thumbs:,} answers marked good or bad (thumbs up/down): KTO learns from unpaired "
+         "feedback"),
+    Rule(RL, lambda f, e: f.rewards == 0, BLOCK,
+         "no rewards declared (rewards: a check against the reference, or a python function)"),
+    Rule(RL, lambda f, e: f.rewards > 0 and not f.tuned_base, BLOCK,
+         "the base is not fine-tuned: RL needs SFT'd behaviour to start from (a plain model "
+         "rarely samples a rewarded answer); fine-tune first, then set base_model: "
+         "models:/NAME@champion"),
+    Rule(RL, lambda f, e: f.rewards > 0 and f.tuned_base, 5.5,
+         "{rewards} reward(s) score sampled answers of {labelled:,} prompts: GRPO samples "
+         "{num_generations} per prompt and learns from the better ones"),
     # Cost and fit, from the estimate.
     Rule(TRAINED, _over_budget, BLOCK,
          "needs ~{hours} h on {hardware}; the budget is {budget} h"),

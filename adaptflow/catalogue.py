@@ -52,6 +52,36 @@ CATALOGUE: dict[str, CatalogueEntry] = {
 }
 
 
+#: How a registered model version is named as a base model (DESIGN.md §3, the next wave).
+REGISTERED_PREFIX = "models:/"
+_REGISTERED = re.compile(
+    r"^models:/(?P<name>[A-Za-z0-9][\w.-]{0,99})"
+    r"(?:@(?P<alias>[A-Za-z0-9_-]{1,255})|/(?P<version>[1-9][0-9]{0,9}))$"
+)
+
+
+def registered_reference(ref: str) -> tuple[str, str | None, str | None] | None:
+    """``(name, alias, version)`` of ``models:/NAME@ALIAS`` or ``models:/NAME/N``, else None.
+
+    Exactly one of ``alias`` and ``version`` is set. Nothing is looked up: the registry is read
+    when the run materializes the version (``registry.models.materialize_base``).
+
+    Raises:
+        ValueError: ``ref`` starts with ``models:/`` but is neither form (empty name or alias,
+            a version that is not a positive number).
+    """
+    if not ref.startswith(REGISTERED_PREFIX):
+        return None
+    match = _REGISTERED.match(ref)
+    if match is None:
+        raise ValueError(
+            f"'{ref}' names no registered model version: expected models:/NAME@ALIAS (e.g. "
+            "models:/support-triage@champion) or models:/NAME/VERSION with VERSION a positive "
+            "number (e.g. models:/support-triage/3)"
+        )
+    return match["name"], match["alias"], match["version"]
+
+
 def is_hub_id(ref: str) -> bool:
     """Return True when ``ref`` has the shape of a hub id (``org/name``)."""
     return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/"))
@@ -72,6 +102,11 @@ def normalize_reference(ref: str, base_dir: Path | None = None) -> str:
     """
     if ref in CATALOGUE:
         return ref
+    if registered_reference(ref) is not None:
+        raise ValueError(
+            f"base model '{ref}' is a registered version: 'adaptflow run' and 'adaptflow "
+            "recommend' materialize it from the registry first; here it cannot be used as it is"
+        )
     path = Path(ref).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path

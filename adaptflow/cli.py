@@ -158,7 +158,7 @@ def run(
     challenger, not promoted).
     """
     with _guard(json_out):
-        from adaptflow.catalogue import base_family
+        from adaptflow.catalogue import base_family, registered_reference
         from adaptflow.hardware import check_capabilities
         from adaptflow.methods import check_method
         from adaptflow.spec import Method, load_spec
@@ -167,14 +167,21 @@ def run(
             raise AdaptflowError(f"--ladder and --method {method} contradict each other")
         method = "ladder" if ladder else method
         parsed = load_spec(spec)  # a bad spec fails here, before any server starts
+        registered = registered_reference(parsed.base_model) is not None
         # the base model's config, read before any work: a typo or an unreachable hub fails
         # here in seconds, and an encoder base rules out the generative methods
-        check_method(parsed.task, method or parsed.method, base_family(parsed.base_model))
+        if not registered:  # a registered version: once the registry is reachable, below
+            check_method(parsed.task, method or parsed.method, base_family(parsed.base_model))
         if parsed.task == "retrieval-qa":
             parsed.require_questions()
         train = parsed.train
         check_capabilities(parsed.task, method or parsed.method, train.precision, train.devices)
         _prepare()
+        if registered:  # no such version, or not a generative one, fails before any work
+            from flows.steps import with_registered_base
+
+            pinned = with_registered_base(parsed, method or parsed.method)
+            check_method(parsed.task, method or parsed.method, base_family(pinned.base_model))
         from flows.pipeline import adapt_pipeline
 
         # check_method above let through only names in the spec's Method literal
@@ -251,6 +258,13 @@ def recommend(
 
         parsed = load_spec(spec)
         _quiet_libraries()
+        from adaptflow.catalogue import registered_reference
+
+        if registered_reference(parsed.base_model) is not None:
+            _prepare(check_prefect=False)  # the registry holds the base model
+            from flows.steps import with_registered_base
+
+            parsed = with_registered_base(parsed, parsed.method)
         from tasks.advise import recommend as advise_spec
 
         advice = advise_spec(parsed).as_dict()

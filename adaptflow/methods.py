@@ -23,12 +23,19 @@ GENERATIVE = (
     "freeze",
     "full",
 )
+#: Preference tuning (through TRL, ``tasks.train.align``): pairs (dpo, orpo, simpo) or answers
+#: labelled good or bad (kto). They train a decoder, on preference data only.
+PAIRED_METHODS = ("dpo", "orpo", "simpo")
+ALIGNMENT_METHODS = (*PAIRED_METHODS, "kto")
+#: Reinforcement learning from the spec's ``rewards`` (through TRL's GRPO trainer).
+RL_METHODS = ("grpo",)
+TRL_METHODS = ALIGNMENT_METHODS + RL_METHODS
 RUNNABLE: dict[str, tuple[str, ...]] = {
     "classification": ("icl", "lora", "dora", "ia3"),
     "retrieval-qa": ("rag",),
-    "instruction": GENERATIVE,
-    "qa": GENERATIVE,
-    "summarization": GENERATIVE,
+    "instruction": GENERATIVE + TRL_METHODS,
+    "qa": GENERATIVE + TRL_METHODS,
+    "summarization": GENERATIVE + TRL_METHODS,
     "language-modeling": ("cpt",),
 }
 #: Tasks whose candidates generate text (scored by ``tasks.evaluate.generation``).

@@ -27,9 +27,9 @@ from pydantic import (
     model_validator,
 )
 
-from adaptflow.catalogue import known_family, normalize_reference
+from adaptflow.catalogue import known_family, normalize_reference, registered_reference
 from adaptflow.errors import InvariantError, SpecError
-from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS
+from adaptflow.methods import ALIGNMENT_METHODS, GENERATIVE_TASKS, LM_TASKS
 
 Task = Literal[
     "classification", "instruction", "qa", "summarization", "language-modeling", "retrieval-qa"
@@ -50,17 +50,35 @@ Method = Literal[
     "full",
     "cpt",
     "pretrain",
+    "dpo",
+    "orpo",
+    "simpo",
+    "kto",
+    "grpo",
 ]
 Hardware = Literal["cpu", "t4", "a10", "l4", "a100", "h100"]
 
 # Metrics each task can be judged on; the first is the default target.
 #: Metrics of the answers a ``rag`` candidate generates (only with ``retrieval.generator``).
 ANSWER_METRICS = ("answer_token_f1", "answer_exact_match", "groundedness")
+#: Metrics of preference data (pairs, or KTO's labelled answers): the first is the default
+#: target of the alignment methods (``adaptflow.methods.ALIGNMENT_METHODS``).
+ALIGNMENT_METRICS = ("preference_accuracy", "reward_margin")
+#: Metrics of ``grpo``: the mean of the spec's weighted rewards over the held-out prompts'
+#: greedy answers (each reward also gets ``reward_mean.<kind>``).
+RL_METRICS = ("reward_mean",)
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("f1_macro", "accuracy", "precision_macro", "recall_macro"),
-    "instruction": ("rougeL", "exact_match", "token_f1", "perplexity"),
-    "qa": ("token_f1", "exact_match", "rougeL"),
-    "summarization": ("rougeL", "rouge1", "rouge2"),
+    "instruction": (
+        "rougeL",
+        "exact_match",
+        "token_f1",
+        "perplexity",
+        *ALIGNMENT_METRICS,
+        *RL_METRICS,
+    ),
+    "qa": ("token_f1", "exact_match", "rougeL", *ALIGNMENT_METRICS, *RL_METRICS),
+    "summarization": ("rougeL", "rouge1", "rouge2", *ALIGNMENT_METRICS, *RL_METRICS),
     "language-modeling": ("perplexity",),
     "retrieval-qa": ("recall@5", "recall@1", "recall@10", "mrr", "ndcg@10", *ANSWER_METRICS),
 }
@@ -107,11 +125,13 @@ class DataSpec(_Strict):
     text_field: str = "text"
     label_field: str | None = "label"
     target_field: str | None = None
-    format: Literal["auto", "fields", "alpaca", "messages"] = Field(
+    format: Literal["auto", "fields", "alpaca", "messages", "preference", "kto"] = Field(
         "auto",
         description="Input format of generative data (JSONL/Parquet): 'fields' (text_field / "
         "target_field), 'alpaca' (instruction, input, output), 'messages' (OpenAI chat "
-        "turns), or 'auto' (per file, from its first JSON object)",
+        "turns), 'preference' (prompt, chosen, rejected; TRL's implicit-prompt and "
+        "ShareGPT ranking forms too), 'kto' (prompt, completion, boolean label), or 'auto' "
+        "(per file, from its first JSON object)",
     )
     knowledge: Path | None = Field(None, description="RAG corpus folder")
     questions: Path | None = Field(
@@ -487,6 +507,84 @@ class CptSpec(_Strict):
         return path
 
 
+REWARD_KINDS = ("exact_match", "contains", "regex", "token_f1", "model", "python")
+#: Reward kinds that compare an answer with the record's reference answer (its target).
+REFERENCE_REWARDS = ("exact_match", "contains", "token_f1")
+_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class RewardSpec(_Strict):
+    """One reward of ``grpo`` (an extension; ``runtime/rewards.py`` computes them).
+
+    ``exact_match``, ``contains`` and ``token_f1`` compare an answer with the record's
+    reference (SQuAD-normalised); ``regex`` scores 1 when ``pattern`` matches the answer;
+    ``python`` calls ``function`` (``module:function``, importable from the spec's folder) as
+    ``function(prompts=[...], completions=[...], references=[...])``, which returns one number
+    per completion. ``model`` names a registered reward model (not trainable in this version).
+    """
+
+    kind: Literal["exact_match", "contains", "regex", "token_f1", "model", "python"]
+    weight: float = Field(1.0, description="Weight of this reward in the total")
+    pattern: str | None = Field(None, description="kind regex: the pattern (Python re.search)")
+    function: str | None = Field(None, description="kind python: module:function")
+    model: str | None = Field(None, description="kind model: models:/NAME@ALIAS")
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> RewardSpec:
+        needs = {"regex": "pattern", "python": "function", "model": "model"}
+        for kind, key in needs.items():
+            given = getattr(self, key) is not None
+            if self.kind == kind and not given:
+                raise ValueError(f"kind '{kind}' needs '{key}'")
+            if self.kind != kind and given:
+                raise ValueError(f"'{key}' applies to kind '{kind}', not '{self.kind}'")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"pattern {self.pattern!r} is not a regular expression: {exc}"
+                ) from None
+        if self.function is not None and not _FUNCTION.match(self.function):
+            raise ValueError(f"function must be 'module:function', got {self.function!r}")
+        if self.kind == "model":
+            raise ValueError(
+                "kind 'model' scores answers with a registered reward model (method reward), "
+                "which this version cannot train yet; use a check against the reference "
+                "(exact_match, contains, regex, token_f1) or a python function"
+            )
+        return self
+
+
+class AlignSpec(_Strict):
+    """Preference tuning and RL (an extension): ``dpo``, ``orpo``, ``simpo``, ``kto``, ``grpo``.
+
+    The methods train through TRL (``tasks/train/align.py``), on preference pairs (``dpo``,
+    ``orpo``, ``simpo``), on answers labelled good or bad (``kto``), or on prompts whose
+    sampled answers the spec's ``rewards`` score (``grpo``).
+    """
+
+    adapter: Literal["lora", "dora", "full"] = Field(
+        "lora",
+        description="What trains: a LoRA or DoRA adapter (the reference policy is then the base "
+        "with the adapter disabled: no second model in memory) or every weight (full: the "
+        "reference is a frozen copy)",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="Strength of the pull towards the reference (DPO/KTO beta, SimPO's reward "
+        "scale, ORPO's odds-ratio weight lambda); also scales reward_margin",
+    )
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO: the target reward margin")
+    num_generations: int = Field(
+        4, ge=2, le=64, description="GRPO: answers sampled per prompt (the group G)"
+    )
+    temperature: float = Field(1.0, gt=0, le=2, description="GRPO: sampling temperature")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of good answers")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of bad answers")
+
+
 class ForgettingSpec(_Strict):
     """The forgetting check on ``data.general`` (runs for decoders when it is set; extension)."""
 
@@ -507,7 +605,12 @@ class Spec(_Strict):
 
     name: str = Field(description="MLflow registered model name")
     task: Task
-    base_model: str = Field("minilm", description="Catalogue alias, local path, or hub id")
+    base_model: str = Field(
+        "minilm",
+        description="Catalogue alias, local path, hub id, or a registered version "
+        "(models:/NAME@ALIAS or models:/NAME/VERSION: the run starts from that version, "
+        "materialized as a plain model folder, and tags its lineage)",
+    )
     allow_pickle: bool = Field(
         False,
         description="Load base_model from pickle-based weights (pytorch_model.bin) when it has "
@@ -524,10 +627,15 @@ class Spec(_Strict):
     retrieval: RetrievalSpec = Field(default_factory=RetrievalSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     cpt: CptSpec = Field(default_factory=CptSpec)
+    align: AlignSpec = Field(default_factory=AlignSpec)
+    rewards: list[RewardSpec] = Field(
+        default_factory=list, description="grpo: the rewards, weighted and summed"
+    )
     forgetting: ForgettingSpec = Field(default_factory=ForgettingSpec)
 
     _source: Path | None = PrivateAttr(None)
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _lineage: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -542,6 +650,8 @@ class Spec(_Strict):
     @field_validator("base_model")
     @classmethod
     def _base_model(cls, value: str, info: ValidationInfo) -> str:
+        if registered_reference(value) is not None:  # raises ValueError when malformed
+            return value  # a registered version: resolved when the run starts
         base = (info.context or {}).get("base_dir")
         return normalize_reference(value, Path(base) if base is not None else None)
 
@@ -549,7 +659,11 @@ class Spec(_Strict):
     def _cross_checks(self) -> Spec:
         allowed = TASK_METRICS[self.task]
         if self.target.metric is None:
-            self.target.metric = allowed[0]
+            aligning = self.method in ALIGNMENT_METHODS and self.task in GENERATIVE_TASKS
+            rl = self.method == "grpo" and self.task in GENERATIVE_TASKS
+            self.target.metric = (
+                ALIGNMENT_METRICS[0] if aligning else RL_METRICS[0] if rl else allowed[0]
+            )
         elif self.target.metric not in allowed:
             raise ValueError(
                 f"target.metric '{self.target.metric}' does not apply to task '{self.task}'; "
@@ -590,7 +704,51 @@ class Spec(_Strict):
             )
         self._training_checks()
         self._family_checks()
+        self._alignment_checks()
         return self
+
+    def _alignment_checks(self) -> None:
+        """Preference methods against their data format, metric and base model."""
+        aligning = self.method in ALIGNMENT_METHODS
+        if self.target.metric in ALIGNMENT_METRICS and not aligning:
+            raise ValueError(
+                f"target.metric '{self.target.metric}' scores preference tuning; set method to "
+                f"one of {', '.join(ALIGNMENT_METHODS)}"
+            )
+        rl = self.method == "grpo"
+        if self.target.metric in RL_METRICS and not rl:
+            raise ValueError(f"target.metric '{self.target.metric}' scores method 'grpo'")
+        if rl and not self.rewards:
+            raise ValueError("method 'grpo' needs rewards (a list of {kind, weight, ...})")
+        if self.rewards and not rl:
+            raise ValueError(f"rewards apply to method 'grpo', not '{self.method}'")
+        if rl and self.train.batch_size % self.align.num_generations:
+            raise ValueError(
+                f"method 'grpo' samples align.num_generations {self.align.num_generations} "
+                f"answers per prompt: train.batch_size {self.train.batch_size} must be a "
+                "multiple of it"
+            )
+        if rl and self.data.format in ("preference", "kto"):
+            raise ValueError(
+                f"method 'grpo' trains on prompts (with reference answers for the checks); "
+                f"data.format '{self.data.format}' holds answers to prefer"
+            )
+        if not aligning and not rl:
+            return
+        family = known_family(self.base_model)
+        if family is not None and family != "decoder":
+            raise ValueError(
+                f"method '{self.method}' tunes a decoder (TRL's trainers); base model "
+                f"'{self.base_model}' is {'an' if family[0] == 'e' else 'a'} {family}"
+            )
+        if rl:
+            return
+        wanted = "kto" if self.method == "kto" else "preference"
+        if self.data.format not in (wanted, "auto"):
+            raise ValueError(
+                f"method '{self.method}' trains on {wanted} records; data.format is "
+                f"'{self.data.format}' (use '{wanted}' or 'auto')"
+            )
 
     def _training_checks(self) -> None:
         devices = self.train.devices
@@ -629,7 +787,7 @@ class Spec(_Strict):
 
     def _format_checks(self) -> None:
         data = self.data
-        if data.format not in ("alpaca", "messages"):
+        if data.format not in ("alpaca", "messages", "preference", "kto"):
             return
         if self.task not in GENERATIVE_TASKS:
             raise ValueError(
@@ -691,6 +849,22 @@ class Spec(_Strict):
         if self.target.metric is None:
             raise InvariantError("target.metric is set when the spec is validated")
         return self.target.metric
+
+    @property
+    def lineage(self) -> dict[str, str]:
+        """Tags naming the registered version this run starts from (empty for other bases)."""
+        return dict(self._lineage)
+
+    def with_base_folder(self, folder: Path, lineage: dict[str, str]) -> Spec:
+        """This spec starting from ``folder``, a registered base materialized by the run.
+
+        The spec hash stays that of the spec as written (naming ``models:/…``), and every
+        run and version of the pipeline is tagged with ``lineage`` (``provenance``).
+        """
+        pinned = self.model_copy(update={"base_model": str(folder)})
+        pinned._raw = self._raw or self.model_dump(mode="json")
+        pinned._lineage = dict(lineage)
+        return pinned
 
     def spec_hash(self) -> str:
         """A short, machine-independent hash of the spec as written."""

@@ -8,12 +8,13 @@ from typing import Any
 
 from prefect import flow
 
-from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS
+from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS, TRL_METHODS
 from adaptflow.settings import load_settings
 from adaptflow.spec import Spec, Target
 from flows.curate import curate
 from tasks.icl.knn import build_knn_classifier_task
 from tasks.tracking import log_stage
+from tasks.train.align import AlignOptions, train_aligned_task
 from tasks.train.cpt import CptResult, train_cpt_task
 from tasks.train.peft import Hyper, TrainResult, train_peft_classifier_task
 from tasks.train.sft import train_generator_task
@@ -115,6 +116,20 @@ def adapt(
     validation = Path(validation_file) if validation_file else None
     if spec.task in LM_TASKS:
         result = continue_pretraining(spec, Path(train_file), hyper, out, work, validation)
+    elif method in TRL_METHODS:  # preference tuning and RL through TRL (no validation stop)
+        result = train_aligned_task(
+            Path(train_file),
+            spec.base_model,
+            method,
+            hyper,
+            AlignOptions(**spec.align.model_dump(), max_new_tokens=spec.train.max_new_tokens),
+            out,
+            work / "checkpoints",
+            spec.task,
+            spec.allow_pickle,
+            [r.model_dump(exclude_none=True) for r in spec.rewards],
+            spec.source.parent if spec.source else None,
+        )
     elif spec.task in GENERATIVE_TASKS:
         base = spec.base_model
         if spec.cpt.corpus is not None:  # a sequential plan: CPT first, then fine-tune on it

@@ -36,6 +36,8 @@ def compare(
         ``baseline`` (metrics), ``baseline_method``, ``champion_version``, ``champion_metrics``.
     """
     train, held_out = Path(train_file), Path(eval_file)
+    rewards = [r.model_dump(exclude_none=True) for r in spec.rewards] or None
+    spec_dir = spec.source.parent if spec.source else None
     baseline = known_baseline
     if baseline is None and spec.task in LM_TASKS:
         baseline = base_lm_baseline_task(
@@ -48,6 +50,8 @@ def compare(
             spec.train.max_length,
             spec.train.max_new_tokens,
             spec.allow_pickle,
+            rewards,
+            spec_dir,
         )
     if baseline is None:
         baseline = (
@@ -60,5 +64,7 @@ def compare(
         "baseline": baseline["metrics"],
         "baseline_method": baseline["method"],
         "champion_version": champion_version,
-        "champion_metrics": score_champion(spec.name, champion_version, eval_file, spec.task),
+        "champion_metrics": score_champion(
+            spec.name, champion_version, eval_file, spec.task, rewards, spec_dir
+        ),
     }

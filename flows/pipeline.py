@@ -24,6 +24,7 @@ from flows.steps import (
     register_attempt,
     run_params,
     summary,
+    with_registered_base,
 )
 from tasks.advise import recommend_task
 from tasks.evaluate.gate import decide_promotion
@@ -55,6 +56,8 @@ def adapt_pipeline(
     load_secret_blocks()  # tokens kept in Prefect Secret blocks (ADAPTFLOW_SECRET_BLOCKS)
     spec = _the_spec(spec_path, spec)
     requested = method or spec.method
+    # a registered version (models:/NAME@ALIAS) becomes a local folder the whole run starts from
+    spec = with_registered_base(spec, requested)
     family = base_family(spec.base_model)  # an unresolvable base model fails before any work
     check_method(spec.task, requested, family)
     # a GPU feature this machine lacks fails here, before any work

@@ -11,14 +11,17 @@ from typing import Any
 
 from prefect.runtime import flow_run
 
+from adaptflow.catalogue import registered_reference
 from adaptflow.errors import InvariantError
 from adaptflow.hardware import training_precision
 from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS, UNTRAINED
 from adaptflow.provenance import git_commit
+from adaptflow.settings import load_settings
 from adaptflow.spec import LOWER_IS_BETTER, Spec
 from flows.adapt import adapt
 from flows.evaluate import evaluate
 from flows.register import register
+from registry.models import materialize_base
 from tasks.evaluate.forgetting import forgetting_check_task, forgetting_metrics
 from tasks.evaluate.gate import GateDecision
 from tasks.tracking import log_stage
@@ -79,7 +82,29 @@ def provenance(spec: Spec, method: str) -> dict[str, str]:
         "adaptflow.git_commit": git_commit(spec.source.parent if spec.source else Path.cwd()) or "",
         "adaptflow.flow_run_id": str(flow_run.id or ""),
         "adaptflow.method": method,
+        **spec.lineage,  # the registered version it starts from, if any (with_registered_base)
     }
+
+
+def with_registered_base(spec: Spec, method: str) -> Spec:
+    """The spec starting from its registered base, when ``base_model`` names one.
+
+    ``models:/NAME@ALIAS`` or ``models:/NAME/N`` is resolved and materialized as a plain model
+    folder under ``ADAPTFLOW_HOME/work/bases/NAME/VERSION`` (``registry.models``); the spec
+    returned names that folder, so training, the baseline (then the parent version itself) and
+    the package all start from it, and its runs and versions carry the lineage tags
+    ``adaptflow.parent`` (``NAME/VERSION``), ``adaptflow.parent_run_id`` and
+    ``adaptflow.base_model_uri`` (the URI as written). Any other spec is returned as it is.
+
+    Raises:
+        SpecError: No such model, alias or version, or not a generative version.
+        ServiceError: The registry could not be read.
+    """
+    if registered_reference(spec.base_model) is None:
+        return spec
+    base = materialize_base(spec.base_model, load_settings().work_dir / "bases", method)
+    lineage = base.lineage | {"adaptflow.base_model_uri": spec.base_model}
+    return spec.with_base_folder(base.folder, lineage)
 
 
 def log_curation(

@@ -17,10 +17,11 @@ really replaced.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
-from adaptflow.errors import RegistryError, ServiceError
+from adaptflow.errors import RegistryError, ServiceError, SpecError
 from adaptflow.settings import load_settings
 from registry.lease import promotion_lock, still_held
 from registry.tracking import client, mlflow_key, redact, redacted_copy, retrying
@@ -461,3 +462,184 @@ def download_package(model_uri: str, dst: Path) -> Path:
     if not (package / "adaptflow_model.json").is_file():
         raise RegistryError(f"'{model_uri}' holds no adaptflow model package")
     return package
+
+
+#: The record a materialized registered base keeps next to its weights (which version it is).
+BASE_RECORD = "adaptflow_base.json"
+#: Package kinds a registered base can be: the generative ones (``runtime.manifest.KINDS``).
+GENERATIVE_KINDS = ("causal-lm", "seq2seq-lm")
+
+
+@dataclass(frozen=True)
+class RegisteredBase:
+    """A registered version materialized as a plain Hugging Face model folder.
+
+    ``folder`` holds the model (an adapter merged into its base) and the package's tokenizer,
+    so ``from_pretrained`` loads it like any local base model.
+    """
+
+    folder: Path
+    name: str
+    version: str
+    run_id: str
+    kind: str
+    method: str
+
+    @property
+    def lineage(self) -> dict[str, str]:
+        """The tags a run started from this version carries (its parent and the parent's run)."""
+        return {
+            "adaptflow.parent": f"{self.name}/{self.version}",
+            "adaptflow.parent_run_id": self.run_id,
+        }
+
+
+def _registered_version(model_uri: str) -> tuple[str, str, str]:
+    """``(name, version, run_id)`` of ``models:/NAME@ALIAS`` or ``models:/NAME/N``.
+
+    Raises:
+        SpecError: A malformed URI, or no such model, alias or version (naming ``base_model``).
+        ServiceError: The registry could not be read.
+    """
+    from adaptflow.catalogue import registered_reference
+
+    try:
+        parsed = registered_reference(model_uri)
+    except ValueError as exc:
+        raise SpecError(f"base_model {exc}") from None
+    if parsed is None:
+        raise SpecError(f"base_model '{model_uri}' is not a registered version (models:/…)")
+    name, alias, version = parsed
+    try:
+        _require_model(name)
+        if alias is not None:
+            found = _read(
+                f"alias '{alias}' of '{name}'",
+                f"registered model '{name}' has no alias '{alias}'",
+                client().get_model_version_by_alias,
+                name,
+                alias,
+            )
+        else:
+            found = _get_version(name, str(version))
+    except RegistryError as exc:
+        raise SpecError(f"base_model {model_uri}: {exc}") from None
+    return name, str(found.version), str(found.run_id or "")
+
+
+def _same_version(record: dict[str, Any] | None, run_id: str) -> TypeGuard[dict[str, Any]]:
+    """Whether a materialized folder's record is of the version registered from ``run_id``."""
+    return (
+        record is not None and record.get("run_id") == run_id and {"kind", "method"} <= set(record)
+    )
+
+
+def _record(folder: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        record = json.loads((folder / BASE_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def materialize_base(model_uri: str, dest_root: Path, method: str | None = None) -> RegisteredBase:
+    """Resolve a registered version and write it as a plain model folder a run can start from.
+
+    The folder is ``dest_root/NAME/VERSION``: for an adapter package (LoRA, DoRA, IA3) the
+    adapter merged into its base (the package's bundled ``base/``, or the base its manifest
+    names), for a full-weights package its weights, each with the package's tokenizer. It is
+    written to a temporary folder and renamed into place, and reused while it holds the same
+    version (same run id): versions never change, so only the alias is read again.
+
+    Args:
+        model_uri: ``models:/NAME@ALIAS`` or ``models:/NAME/N``.
+        dest_root: Where materialized versions are kept (``ADAPTFLOW_HOME/work/bases``).
+        method: The method the run trains with, for the message when the version is not
+            generative.
+
+    Raises:
+        SpecError: A malformed URI; no such model, alias or version; a version that is not a
+            generative package, is int8-quantized or holds a virtual-token adapter.
+        ServiceError: The registry could not be read.
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    name, version, run_id = _registered_version(model_uri)
+    folder = dest_root / name / version
+    record = _record(folder)
+    if _same_version(record, run_id):
+        return RegisteredBase(folder, name, version, run_id, record["kind"], record["method"])
+    dest_root.mkdir(parents=True, exist_ok=True)
+    # the scratch folder sits on the same filesystem, so the rename below is atomic
+    with tempfile.TemporaryDirectory(prefix=f".{name}-{version}-", dir=dest_root) as scratch:
+        package = download_package(f"models:/{name}/{version}", Path(scratch) / "download")
+        kind, package_method = _base_kind(model_uri, package, method)
+        built = Path(scratch) / "model"
+        _write_base_folder(model_uri, package, built)
+        record = {"name": name, "version": version, "run_id": run_id}
+        record |= {"kind": kind, "method": package_method}
+        (built / BASE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        stale = Path(scratch) / "stale"
+        folder.parent.mkdir(exist_ok=True)
+        if not _same_version(_record(folder), run_id):  # else a concurrent run was first
+            if folder.exists():  # another registry's version under the same name: replaced
+                os.replace(folder, stale)
+            try:
+                os.replace(built, folder)
+            except OSError:  # a concurrent run put the same version in place meanwhile
+                if not _same_version(_record(folder), run_id):
+                    raise
+        shutil.rmtree(stale, ignore_errors=True)
+    return RegisteredBase(folder, name, version, run_id, kind, package_method)
+
+
+def _base_kind(model_uri: str, package: Path, method: str | None) -> tuple[str, str]:
+    """The package's kind and method, when it can be a base model.
+
+    Raises:
+        SpecError: A non-generative package, or an int8 one.
+    """
+    from runtime.manifest import read_raw
+
+    raw = read_raw(package)
+    kind, package_method = str(raw["kind"]), str(raw.get("method", "?"))
+    if kind not in GENERATIVE_KINDS:
+        article = "an" if kind[0] in "aeiou" else "a"
+        needs = f"method {method}" if method else "a registered base model"
+        raise SpecError(
+            f"base_model {model_uri} is {article} {kind} package (method {package_method}); "
+            f"{needs} needs a generative (decoder or encoder-decoder) version"
+        )
+    if (raw.get("options") or {}).get("quantize"):
+        raise SpecError(
+            f"base_model {model_uri} is an int8-quantized package; training starts from full "
+            "precision weights: name the version it was exported from"
+        )
+    return kind, package_method
+
+
+def _write_base_folder(model_uri: str, package: Path, out: Path) -> None:
+    """Write ``package`` as a plain model folder ``out``: merged or copied weights, tokenizer."""
+    import shutil
+
+    from runtime.loading import load_generator
+
+    if (package / "weights").is_dir():
+        shutil.copytree(package / "weights", out)
+    else:
+        model, _, _ = load_generator(package)  # base (bundled or referenced) + adapter
+        if model.active_peft_config.is_prompt_learning:
+            raise SpecError(
+                f"base_model {model_uri} holds a {model.active_peft_config.peft_type.value} "
+                "adapter, which adds virtual tokens rather than weight changes, so it cannot "
+                "be merged into a base model; name a lora, dora, ia3 or full-weights version"
+            )
+        merged = model.merge_and_unload()
+        merged.config.use_cache = True
+        merged.save_pretrained(str(out), safe_serialization=True)
+    shutil.copytree(package / "tokenizer", out, dirs_exist_ok=True)

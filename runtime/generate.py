@@ -145,6 +145,44 @@ def answer_nll(
     return total, tokens
 
 
+def answer_logps(
+    model: Any,
+    tokenizer: Any,
+    triples: list[tuple[str, str, list[dict[str, str]] | None]],
+    family: str,
+    max_length: int,
+    batch_size: int = 16,
+) -> list[float]:
+    """Log p(answer | prompt) of each (text, answer, context), summed over the answer's tokens.
+
+    The tokens scored are those training puts loss on (the answer and its EOS, prompt rendered
+    as ``encode_sft`` renders it), so preference metrics judge what preference tuning moved.
+    """
+    import torch
+
+    encode = encode_sft if family == "decoder" else encode_seq2seq
+    collate = collator(tokenizer, family, packing=False)
+    out: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(triples), batch_size):
+            items = [
+                encode(tokenizer, text, answer, max_length, context)
+                for text, answer, context in triples[start : start + batch_size]
+            ]
+            batch = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in items])
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            labels = batch["labels"]
+            if family == "decoder":
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            logits = logits[:, -labels.shape[1] :]  # prompt-learning methods prepend tokens
+            scored = labels != IGNORE
+            picked = torch.log_softmax(logits.float(), dim=-1).gather(
+                -1, labels.clamp(min=0).unsqueeze(-1)
+            )
+            out += (picked.squeeze(-1) * scored).sum(dim=1).tolist()
+    return out
+
+
 @dataclass(frozen=True)
 class TextScore:
     """How well a decoder predicts a set of texts: summed NLL (nats), tokens and top-1 hits."""

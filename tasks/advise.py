@@ -36,6 +36,8 @@ class DataFacts:
     corpus_tokens: int
     knowledge_tokens: int
     notes: tuple[str, ...]
+    pairs: int = 0
+    thumbs: int = 0
 
 
 class _TokenCounter:
@@ -79,7 +81,7 @@ def measure_data(spec: Spec) -> DataFacts:
     data = spec.data
     counter = _TokenCounter(spec.base_model)
     notes = [counter.note] if counter.note else []
-    labelled, labelled_tokens, corpus_tokens = 0, 0, 0
+    labelled, labelled_tokens, corpus_tokens, pairs, thumbs = 0, 0, 0, 0, 0
     if data.train is None:
         pass  # retrieval-qa: the knowledge folder is the data
     elif data.train.is_dir() and spec.task == "classification":
@@ -107,12 +109,23 @@ def measure_data(spec: Spec) -> DataFacts:
         else:
             usable = [r for r in records if r.label is not None or r.target is not None]
             labelled = len(usable)
-            labelled_tokens = counter.count([r.full_text + " " + (r.target or "") for r in usable])
+            # a pair's prompt is read twice in training: once with each answer
+            answers = [
+                r.full_text + " " + answer
+                for r in usable
+                for answer in (r.target or "", r.rejected)
+                if answer is not None
+            ]
+            labelled_tokens = counter.count(answers)
+            pairs = sum(r.rejected is not None for r in usable)
+            thumbs = sum(r.label in ("desirable", "undesirable") for r in usable)
     knowledge_tokens = counter.count(_folder_texts(data.knowledge)) if data.knowledge else 0
     if data.general is not None and data.general.is_dir():
         notes.append("data.general is used by the forgetting check, not counted as domain text")
     corpus_tokens = max(corpus_tokens, knowledge_tokens if spec.task == "language-modeling" else 0)
-    return DataFacts(labelled, labelled_tokens, corpus_tokens, knowledge_tokens, tuple(notes))
+    return DataFacts(
+        labelled, labelled_tokens, corpus_tokens, knowledge_tokens, tuple(notes), pairs, thumbs
+    )
 
 
 def spec_facts(spec: Spec) -> Facts:
@@ -140,6 +153,12 @@ def spec_facts(spec: Spec) -> Facts:
         batch_size=spec.train.batch_size,
         max_length=spec.train.max_length,
         lora_r=spec.train.lora_r,
+        pairs=data.pairs,
+        thumbs=data.thumbs,
+        rewards=len(spec.rewards),
+        tuned_base=bool(spec.lineage),
+        num_generations=spec.align.num_generations,
+        max_new_tokens=spec.train.max_new_tokens,
         notes=notes,
     )
 

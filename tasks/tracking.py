@@ -73,9 +73,17 @@ def current_champion(name: str) -> str | None:
 
 @task(name="score_champion", cache_policy=NO_CACHE)
 def score_champion(
-    name: str, version: str | None, eval_path: str, task: str = "classification"
+    name: str,
+    version: str | None,
+    eval_path: str,
+    task: str = "classification",
+    rewards: list[dict[str, Any]] | None = None,
+    rewards_dir: Path | None = None,
 ) -> dict[str, float] | None:
     """Re-score the champion on this run's eval set, so the gate compares like with like.
+
+    A generative champion is scored like the candidate (``score_generative``): on preference
+    rows with the preference metrics, and with the run's ``rewards`` (grpo) when given.
 
     For ``retrieval-qa`` the eval set is the curated questions and the champion's own retriever
     (its package's collection and settings) ranks them, as ``predict`` would.
@@ -84,6 +92,7 @@ def score_champion(
         return None
     import tempfile
 
+    from runtime.manifest import PackageManifest
     from runtime.predictor import open_predictor
     from tasks.curate.records import read_jsonl
 
@@ -92,6 +101,7 @@ def score_champion(
         # the registered package, through the predictor serving uses (runtime.predictor)
         package = models.download_package(f"models:/{name}/{version}", Path(tmp))
         predictor = open_predictor(package)
+        manifest = PackageManifest.read(package)
     if task == "retrieval-qa":
         from tasks.rag.score import score_retriever
 
@@ -102,9 +112,10 @@ def score_champion(
         texts = [row["text"] for row in rows]
         return lm_metrics(predictor.model, predictor.tokenizer, texts, predictor.max_length)
     if task in GENERATIVE_TASKS:
-        from runtime.generate import score_generator
+        from tasks.evaluate.generation import score_generative
 
-        return dict(score_generator(predictor, rows)["metrics"])
+        scored = score_generative(predictor, rows, manifest, rewards, rewards_dir)
+        return dict(scored["metrics"])
     from tasks.evaluate.classification import classification_metrics
 
     predicted = predictor.predict([row["text"] for row in rows])

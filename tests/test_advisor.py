@@ -17,7 +17,7 @@ from adaptflow.advisor import (
     estimate,
 )
 from adaptflow.errors import SpecError
-from adaptflow.methods import resolve_method
+from adaptflow.methods import resolve_method, runnable_methods
 
 REPO = Path(__file__).resolve().parents[1]
 MINILM = {"params": 22_713_216, "layers": 6, "hidden": 384, "heads": 12}
@@ -231,3 +231,60 @@ def test_the_advisor_assumes_the_spec_defaults_it_estimates() -> None:
     assert "mix in 20% general text" in " ".join(r.reason for r in advisor.RULES)
     train = TrainSpec().model_dump()
     assert {k: v for k, v in vars(Hyper()).items() if k in train} == train
+
+
+# --- preference tuning and RL ----------------------------------------------------------------
+
+_ALIGNMENT = {
+    "task": "instruction",
+    "family": "decoder",
+    **LLAMA_1B,
+    "labelled": 2_000,
+    "labelled_tokens": 800_000,
+    "mean_tokens": 400,
+    "hardware": "a100",
+    "gpu_hours": 10,
+}
+
+
+def test_preference_pairs_recommend_dpo_and_quote_the_count() -> None:
+    advice = advise(_facts(**_ALIGNMENT, pairs=2_000), runnable_methods("instruction"))
+    by = _by_method(advice)
+    assert advice.recommended == "dpo"
+    assert any("2,000 preference pairs" in r for r in by["dpo"].reasons)
+    assert not by["kto"].suitable and any("labelled good or bad" in r for r in by["kto"].reasons)
+    assert not by["grpo"].suitable and any("no rewards declared" in r for r in by["grpo"].reasons)
+    # one rung per family: the preference rung comes after the SFT rungs it costs more than
+    rungs = [a.method for a in advice.ladder()]
+    assert "dpo" in rungs and rungs.index("dpo") > rungs.index("lora")
+
+
+def test_thumbs_only_recommend_kto_and_block_the_paired_methods() -> None:
+    advice = advise(_facts(**_ALIGNMENT, thumbs=2_000))
+    by = _by_method(advice)
+    assert advice.recommended == "kto"
+    assert any("2,000 answers marked good or bad" in r for r in by["kto"].reasons)
+    for method in ("dpo", "orpo", "simpo"):
+        assert not by[method].suitable
+
+
+def test_rl_needs_rewards_and_a_fine_tuned_start() -> None:
+    untuned = _by_method(advise(_facts(**_ALIGNMENT, rewards=1)))["grpo"]
+    assert not untuned.suitable
+    assert any("RL needs SFT'd behaviour" in r for r in untuned.reasons)
+    tuned = advise(_facts(**_ALIGNMENT, rewards=2, tuned_base=True, num_generations=8))
+    assert tuned.recommended == "grpo"
+    assert any(
+        "2 reward(s)" in r and "samples 8 per prompt" in r
+        for r in _by_method(tuned)["grpo"].reasons
+    )
+
+
+def test_the_alignment_cost_formulas() -> None:
+    facts = _facts(**_ALIGNMENT, pairs=2_000, epochs=1.0, max_new_tokens=64, num_generations=4)
+    n, d = LLAMA_1B["params"], 800_000
+    assert estimate("dpo", facts).train_flops == pytest.approx(6 * n * d)  # policy + reference
+    assert estimate("orpo", facts).train_flops == pytest.approx(4 * n * d)  # no reference
+    rl = 4 * (800_000 + 2_000 * 64)  # G x (prompt and reference tokens + sampled answers)
+    assert estimate("grpo", facts).train_flops == pytest.approx(8 * n * rl)
+    assert METHODS[-5:] == ("dpo", "orpo", "simpo", "kto", "grpo")

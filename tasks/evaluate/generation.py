@@ -16,7 +16,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from runtime.generate import Generator, score_generator
+from runtime.manifest import PackageManifest
+from runtime.rewards import build_rewards, reward_metrics
 from tasks.curate.records import read_jsonl
+from tasks.evaluate.preference import answer_rows, is_preference, preference_metrics
+
+#: The implicit-reward scale of packages that record none (align.beta's default).
+DEFAULT_BETA = 0.1
 
 
 def _write_examples(path: Path, rows: list[dict[str, Any]], predictions: list[str]) -> Path:
@@ -28,6 +34,55 @@ def _write_examples(path: Path, rows: list[dict[str, Any]], predictions: list[st
     return path
 
 
+def score_generative(
+    generator: Generator,
+    rows: list[dict[str, Any]],
+    manifest: PackageManifest | None = None,
+    rewards: list[dict[str, Any]] | None = None,
+    rewards_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Every metric of a generative model on curated eval ``rows``.
+
+    The one scoring path of the candidate, its baseline and the champion.
+
+    Answers are scored against the good answers (all of them; of preference rows the chosen
+    ones, of KTO rows the desirable ones). Preference rows add ``preference_accuracy`` and
+    ``reward_margin`` (the reference: the package's base with its adapter disabled, the base
+    loaded again for a full-weight package, the model itself without a ``manifest``: margin 0).
+    ``rewards`` add ``reward_mean`` of the greedy answers.
+
+    Returns:
+        ``metrics``, ``predictions`` and the ``rows`` they answer.
+    """
+    answered = answer_rows(rows) if is_preference(rows) else rows
+    scored = score_generator(generator, answered)
+    metrics = dict(scored["metrics"])
+    if is_preference(rows):
+        reference = None
+        beta = DEFAULT_BETA
+        if manifest is not None:
+            beta = float(manifest.options.get("beta", DEFAULT_BETA))
+            if not hasattr(generator.model, "disable_adapter"):  # full weights: load the base
+                allow_pickle = bool(manifest.options.get("allow_pickle", False))
+                reference = Generator.from_base(
+                    manifest.base_model, generator.max_length, 1, allow_pickle
+                )
+        metrics |= preference_metrics(generator, rows, beta, reference)
+    if rewards:
+        prompts = [row["text"] for row in answered]
+        references = [row.get("target") for row in answered]
+        scorers = build_rewards(rewards, rewards_dir)
+        metrics |= reward_metrics(scorers, prompts, scored["predictions"], references)
+    return {"metrics": metrics, "predictions": scored["predictions"], "rows": answered}
+
+
+def package_rewards(manifest: PackageManifest) -> tuple[list[dict[str, Any]] | None, Path | None]:
+    """The rewards a grpo package was trained on (and the folder python rewards import from)."""
+    rewards = manifest.options.get("rewards")
+    folder = manifest.options.get("rewards_dir")
+    return rewards, Path(folder) if folder else None
+
+
 def evaluate_generator(package_dir: Path, eval_path: Path, out_dir: Path) -> dict[str, Any]:
     """Score a generative package on the curated eval split.
 
@@ -35,8 +90,12 @@ def evaluate_generator(package_dir: Path, eval_path: Path, out_dir: Path) -> dic
         ``metrics``, ``artifacts`` (the per-example answers, JSONL) and ``eval_examples``.
     """
     rows = read_jsonl(eval_path)
-    scored = score_generator(Generator.from_package(package_dir), rows)
-    answers = _write_examples(out_dir / "eval_answers.jsonl", rows, scored["predictions"])
+    manifest = PackageManifest.read(package_dir)
+    rewards, rewards_dir = package_rewards(manifest)
+    scored = score_generative(
+        Generator.from_package(package_dir), rows, manifest, rewards, rewards_dir
+    )
+    answers = _write_examples(out_dir / "eval_answers.jsonl", scored["rows"], scored["predictions"])
     return {"metrics": scored["metrics"], "artifacts": [str(answers)], "eval_examples": len(rows)}
 
 
@@ -46,10 +105,16 @@ def base_model_baseline(
     max_length: int,
     max_new_tokens: int,
     allow_pickle: bool = False,
+    rewards: list[dict[str, Any]] | None = None,
+    rewards_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The no-training baseline: the base model answering the same prompts, zero-shot."""
+    """The no-training baseline: the base model answering the same prompts, zero-shot.
+
+    With preference rows its ``reward_margin`` is 0 (it is its own reference); with
+    ``rewards`` (grpo) its greedy answers are scored by them.
+    """
     generator = Generator.from_base(base_model, max_length, max_new_tokens, allow_pickle)
-    scored = score_generator(generator, read_jsonl(eval_path))
+    scored = score_generative(generator, read_jsonl(eval_path), None, rewards, rewards_dir)
     return {"metrics": scored["metrics"], "method": f"base model '{base_model}', no training"}
 
 
