@@ -101,7 +101,8 @@ def score_champion(
         # the registered package, through the predictor serving uses (runtime.predictor)
         package = models.download_package(f"models:/{name}/{version}", Path(tmp))
         predictor = open_predictor(package)
-        manifest = PackageManifest.read(package)
+        # a generative package's manifest says how its preference metrics are scored
+        manifest = PackageManifest.read(package) if task in GENERATIVE_TASKS else None
     if task == "retrieval-qa":
         from tasks.rag.score import score_retriever
 

@@ -362,6 +362,7 @@ def test_up_deploy_trigger_retrain_down(tmp_path: Path) -> None:
             "adapt-pipeline/adapt-ladder",
             "scheduled-retrain/scheduled-retrain",
             "index-refresh/index-refresh",
+            "harvest-and-retrain/harvest-and-retrain",
         ]
         redeployed = json.loads(run_cli("deploy", "--json", env=env).stdout)
         assert redeployed["concurrency_limit"]["created"] is False

@@ -25,21 +25,34 @@ def test_dvc_pipeline_parses_and_uses_adaptflow_commands() -> None:
 
 def test_prefect_deployment_entrypoints_are_our_flows() -> None:
     from adaptflow.spec import Method
-    from flows import pipeline, rag, retrain
+    from flows import harvest, pipeline, rag, retrain
 
     config = yaml.safe_load((REPO / "prefect.yaml").read_text())
     names = [d["name"] for d in config["deployments"]]
-    assert names == ["adapt-pipeline", "adapt-ladder", "scheduled-retrain", "index-refresh"]
-    modules = {"flows/pipeline.py": pipeline, "flows/rag.py": rag, "flows/retrain.py": retrain}
+    assert names == [
+        "adapt-pipeline",
+        "adapt-ladder",
+        "scheduled-retrain",
+        "index-refresh",
+        "harvest-and-retrain",
+    ]
+    modules = {
+        "flows/pipeline.py": pipeline,
+        "flows/rag.py": rag,
+        "flows/retrain.py": retrain,
+        "flows/harvest.py": harvest,
+    }
     flow_names = {
         "adapt_pipeline": "adapt-pipeline",
         "index_refresh": "index-refresh",
         "scheduled_retrain": "scheduled-retrain",
+        "harvest_and_retrain": "harvest-and-retrain",
     }
     for deployment in config["deployments"]:
         module, attribute = deployment["entrypoint"].split(":")
         flow = getattr(modules[module], attribute)
         assert flow.name == flow_names[attribute]
         assert set(deployment["parameters"]) <= set(flow.parameters.properties)
-        assert (REPO / deployment["parameters"]["spec_path"]).is_file()
+        if "spec_path" in deployment["parameters"]:
+            assert (REPO / deployment["parameters"]["spec_path"]).is_file()
         assert deployment["parameters"].get("method", "auto") in Method.__args__
