@@ -24,6 +24,8 @@ Cost model (each number comes from one of these formulas; the constants are belo
   answers of a pair: the policy's forward and backward on an adapter (``4·N·D``) plus the
   reference's forward (``2·N·D``, the base with the adapter disabled); ``orpo`` and ``simpo``
   have no reference: ``4·N·D``.
+- ``reward`` (a reward model): ``4·N·D`` with D the tokens of prompt + answer for both
+  answers of a pair: the scalar model's forward and backward on an adapter, no reference.
 - ``grpo``: ``8·N·D`` with ``D = G·(prompt + max_new_tokens)·epochs``: sampling G answers
   per prompt (``2·N`` per token), the policy update (``4·N·D``) and the KL reference (``2·N·D``).
 - hours = FLOPs / (peak FLOP/s × utilisation) / 3600, for the hardware in ``HARDWARE``.
@@ -105,8 +107,10 @@ FINE_TUNING = (*PEFT, "freeze", "full")
 PAIRED = ("dpo", "orpo", "simpo")
 PREFERENCE = (*PAIRED, "kto")
 RL = ("grpo",)
-TRAINED = (*FINE_TUNING, "cpt", "pretrain", *PREFERENCE, *RL)
-METHODS = ("icl", "rag", *FINE_TUNING, "cpt", "pretrain", *PREFERENCE, *RL)
+#: A reward model: a scalar head trained on pairs (a judge, and GRPO's reward).
+REWARD = ("reward",)
+TRAINED = (*FINE_TUNING, "cpt", "pretrain", *PREFERENCE, *RL, *REWARD)
+METHODS = ("icl", "rag", *FINE_TUNING, "cpt", "pretrain", *PREFERENCE, *RL, *REWARD)
 #: Methods with a reference policy in the loss: one more forward pass per sequence.
 WITH_REFERENCE = ("dpo", "kto")
 
@@ -131,6 +135,7 @@ COST_RANK: dict[str, float] = {
     "kto": 3.5,
     "dpo": 3.6,
     "grpo": 4.5,  # G sampled answers per prompt: the costliest fine-tuning
+    "reward": 3.2,  # LoRA-priced on both answers of a pair; answers nothing itself
 }
 #: Which family a method belongs to (the ladder climbs one rung per family).
 FAMILY = (
@@ -144,7 +149,7 @@ FAMILY = (
         "pretrain": "pretrain",
     }
     | {m: "preference" for m in PREFERENCE}
-    | {"grpo": "rl"}
+    | {"grpo": "rl", "reward": "reward"}
 )
 
 
@@ -231,6 +236,7 @@ def _trainable(method: str, f: Facts) -> int | None:
         "cpt": f.params,
         "pretrain": f.params,
     } | {m: layers * LORA_MATRICES_PER_LAYER * f.lora_r * 2 * h for m in (*PREFERENCE, *RL)}
+    sizes["reward"] = sizes["lora"] + h  # the adapter and the new scalar head
     value = sizes.get(method)
     return None if value is None else int(value)
 
@@ -294,6 +300,10 @@ def estimate(method: str, f: Facts) -> Estimate:
             extra = 2.0 if method in WITH_REFERENCE else 0.0
             flops = (4.0 + extra) * n * d
             formula = "6·N·D (policy 4·N·D + reference 2·N·D)" if extra else "4·N·D (no reference)"
+            memory = 2 * n + 16 * (trainable or 0) + _activation_bytes(f)
+        elif method in REWARD:
+            # the scalar model's forward + backward on both answers of every pair (adapter)
+            flops, formula = 4.0 * n * d, "4·N·D, D = chosen + rejected tokens"
             memory = 2 * n + 16 * (trainable or 0) + _activation_bytes(f)
         elif method in RL:
             # sampling (2·N per token), the policy update (4·N·D) and the KL reference (2·N·D)
@@ -442,6 +452,13 @@ RULES: tuple[Rule, ...] = (
     Rule(RL, lambda f, e: f.rewards > 0 and f.tuned_base, 5.5,
          "{rewards} reward(s) score sampled answers of {labelled:,} prompts: GRPO samples "
          "{num_generations} per prompt and learns from the better ones"),
+    Rule(REWARD, lambda f, e: not f.generative or f.task == "language-modeling", BLOCK,
+         "task '{task}' has no answers to judge"),
+    Rule(REWARD, lambda f, e: f.pairs == 0, BLOCK,
+         "no preference pairs (prompt, chosen, rejected) to learn a reward from"),
+    Rule(REWARD, lambda f, e: f.pairs > 0, 2,
+         "{pairs:,} preference pairs teach a reward model: a judge of answers and GRPO's "
+         "reward (rewards: kind model); it changes no answer by itself"),
     # Cost and fit, from the estimate.
     Rule(TRAINED, _over_budget, BLOCK,
          "needs ~{hours} h on {hardware}; the budget is {budget} h"),

@@ -450,17 +450,29 @@ def predict(
         _prepare(check_prefect=False)
         from registry.models import load_model
 
-        # Classifiers give a label per input; RAG packages give ranked passages and a prompt.
+        # Classifiers give a label per input; RAG packages give ranked passages and a prompt;
+        # reward models a score (a number stays a number in --json)
         raw = list(load_model(model_uri).predict(inputs))
-        predictions = [p if isinstance(p, dict) else str(p) for p in raw]
+        predictions = [_prediction(p) for p in raw]
     if json_out:
         _emit({"model_uri": model_uri, "predictions": predictions})
         return
     table = Table("input", "prediction")
     for text, found in zip(inputs, predictions, strict=True):
-        shown = _passages(found) if isinstance(found, dict) else found
+        shown = _passages(found) if isinstance(found, dict) else str(found)
         table.add_row(text if len(text) < 80 else text[:77] + "...", shown)
     Console().print(table)
+
+
+def _prediction(value: Any) -> Any:
+    """A prediction as JSON shows it: a dict or a number as it is, anything else as text."""
+    from numbers import Real
+
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, Real) and not isinstance(value, bool):
+        return float(value)
+    return str(value)
 
 
 @app.command()

@@ -30,12 +30,15 @@ ALIGNMENT_METHODS = (*PAIRED_METHODS, "kto")
 #: Reinforcement learning from the spec's ``rewards`` (through TRL's GRPO trainer).
 RL_METHODS = ("grpo",)
 TRL_METHODS = ALIGNMENT_METHODS + RL_METHODS
+#: A reward model: a scalar head on a decoder or an encoder, trained on preference pairs
+#: (``tasks.train.reward``); a judge of answers and a reward for ``grpo``.
+REWARD_METHODS = ("reward",)
 RUNNABLE: dict[str, tuple[str, ...]] = {
     "classification": ("icl", "lora", "dora", "ia3"),
     "retrieval-qa": ("rag",),
-    "instruction": GENERATIVE + TRL_METHODS,
-    "qa": GENERATIVE + TRL_METHODS,
-    "summarization": GENERATIVE + TRL_METHODS,
+    "instruction": GENERATIVE + TRL_METHODS + REWARD_METHODS,
+    "qa": GENERATIVE + TRL_METHODS + REWARD_METHODS,
+    "summarization": GENERATIVE + TRL_METHODS + REWARD_METHODS,
     "language-modeling": ("cpt",),
 }
 #: Tasks whose candidates generate text (scored by ``tasks.evaluate.generation``).
@@ -61,6 +64,8 @@ def runnable_methods(task: str, family: str | None = None) -> tuple[str, ...]:
         family: The base model's family (``adaptflow.catalogue.base_family``), or None when
             unknown: then only the task decides.
     """
+    if family == "encoder" and task in GENERATIVE_TASKS:
+        return REWARD_METHODS  # an encoder cannot generate, but it can judge answers
     if family == "encoder" and task in NEEDS_A_GENERATOR:
         return ()
     return RUNNABLE.get(task, ())

@@ -29,7 +29,7 @@ from pydantic import (
 
 from adaptflow.catalogue import known_family, normalize_reference, registered_reference
 from adaptflow.errors import InvariantError, SpecError
-from adaptflow.methods import ALIGNMENT_METHODS, GENERATIVE_TASKS, LM_TASKS
+from adaptflow.methods import ALIGNMENT_METHODS, GENERATIVE_TASKS, LM_TASKS, REWARD_METHODS
 
 Task = Literal[
     "classification", "instruction", "qa", "summarization", "language-modeling", "retrieval-qa"
@@ -55,6 +55,7 @@ Method = Literal[
     "simpo",
     "kto",
     "grpo",
+    "reward",
 ]
 Hardware = Literal["cpu", "t4", "a10", "l4", "a100", "h100"]
 
@@ -520,7 +521,8 @@ class RewardSpec(_Strict):
     reference (SQuAD-normalised); ``regex`` scores 1 when ``pattern`` matches the answer;
     ``python`` calls ``function`` (``module:function``, importable from the spec's folder) as
     ``function(prompts=[...], completions=[...], references=[...])``, which returns one number
-    per completion. ``model`` names a registered reward model (not trainable in this version).
+    per completion. ``model`` names a reward model (method ``reward``): a registered version
+    (``models:/NAME@ALIAS``) or a package folder; it scores each answer to its prompt.
     """
 
     kind: Literal["exact_match", "contains", "regex", "token_f1", "model", "python"]
@@ -547,12 +549,8 @@ class RewardSpec(_Strict):
                 ) from None
         if self.function is not None and not _FUNCTION.match(self.function):
             raise ValueError(f"function must be 'module:function', got {self.function!r}")
-        if self.kind == "model":
-            raise ValueError(
-                "kind 'model' scores answers with a registered reward model (method reward), "
-                "which this version cannot train yet; use a check against the reference "
-                "(exact_match, contains, regex, token_f1) or a python function"
-            )
+        if self.model is not None:
+            registered_reference(self.model)  # a malformed models:/ URI fails here
         return self
 
 
@@ -659,7 +657,8 @@ class Spec(_Strict):
     def _cross_checks(self) -> Spec:
         allowed = TASK_METRICS[self.task]
         if self.target.metric is None:
-            aligning = self.method in ALIGNMENT_METHODS and self.task in GENERATIVE_TASKS
+            aligning = self.method in ALIGNMENT_METHODS + REWARD_METHODS
+            aligning = aligning and self.task in GENERATIVE_TASKS
             rl = self.method == "grpo" and self.task in GENERATIVE_TASKS
             self.target.metric = (
                 ALIGNMENT_METRICS[0] if aligning else RL_METRICS[0] if rl else allowed[0]
@@ -709,11 +708,11 @@ class Spec(_Strict):
 
     def _alignment_checks(self) -> None:
         """Preference methods against their data format, metric and base model."""
-        aligning = self.method in ALIGNMENT_METHODS
+        aligning = self.method in ALIGNMENT_METHODS + REWARD_METHODS
         if self.target.metric in ALIGNMENT_METRICS and not aligning:
             raise ValueError(
                 f"target.metric '{self.target.metric}' scores preference tuning; set method to "
-                f"one of {', '.join(ALIGNMENT_METHODS)}"
+                f"one of {', '.join(ALIGNMENT_METHODS + REWARD_METHODS)}"
             )
         rl = self.method == "grpo"
         if self.target.metric in RL_METRICS and not rl:
@@ -736,7 +735,12 @@ class Spec(_Strict):
         if not aligning and not rl:
             return
         family = known_family(self.base_model)
-        if family is not None and family != "decoder":
+        if self.method in REWARD_METHODS and family == "encoder-decoder":
+            raise ValueError(
+                f"method 'reward' puts a scalar head on a decoder or an encoder; base model "
+                f"'{self.base_model}' is an encoder-decoder"
+            )
+        if self.method not in REWARD_METHODS and family is not None and family != "decoder":
             raise ValueError(
                 f"method '{self.method}' tunes a decoder (TRL's trainers); base model "
                 f"'{self.base_model}' is {'an' if family[0] == 'e' else 'a'} {family}"
@@ -779,10 +783,10 @@ class Spec(_Strict):
             raise ValueError(
                 f"cpt.corpus adds a continued pre-training stage, which needs a decoder; {base}"
             )
-        if self.task in GENERATIVE_TASKS and family == "encoder":
+        if self.task in GENERATIVE_TASKS and family == "encoder" and self.method != "reward":
             raise ValueError(
                 f"task '{self.task}' generates text, which needs a decoder or an "
-                f"encoder-decoder; {base}"
+                f"encoder-decoder (an encoder can be a reward model: method reward); {base}"
             )
 
     def _format_checks(self) -> None:

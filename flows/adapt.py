@@ -17,6 +17,7 @@ from tasks.tracking import log_stage
 from tasks.train.align import AlignOptions, train_aligned_task
 from tasks.train.cpt import CptResult, train_cpt_task
 from tasks.train.peft import Hyper, TrainResult, train_peft_classifier_task
+from tasks.train.reward import train_reward_model_task
 from tasks.train.sft import train_generator_task
 
 
@@ -116,6 +117,15 @@ def adapt(
     validation = Path(validation_file) if validation_file else None
     if spec.task in LM_TASKS:
         result = continue_pretraining(spec, Path(train_file), hyper, out, work, validation)
+    elif method == "reward":  # a scalar head on preference pairs (TRL's RewardTrainer)
+        result = train_reward_model_task(
+            Path(train_file),
+            spec.base_model,
+            hyper,
+            AlignOptions(**spec.align.model_dump()),
+            out,
+            spec.allow_pickle,
+        )
     elif method in TRL_METHODS:  # preference tuning and RL through TRL (no validation stop)
         result = train_aligned_task(
             Path(train_file),

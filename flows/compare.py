@@ -11,6 +11,7 @@ from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS
 from adaptflow.spec import Spec
 from tasks.evaluate.forgetting import base_lm_baseline_task
 from tasks.evaluate.generation import base_model_baseline_task
+from tasks.evaluate.reward import reward_baseline_task
 from tasks.icl.knn import knn_baseline_task, majority_baseline_task
 from tasks.tracking import current_champion, score_champion
 
@@ -27,7 +28,8 @@ def compare(
 
     The baseline of a trained classifier is the in-context vote (the ICL method itself); the
     baseline of an ICL candidate is the majority class; the baseline of a generative candidate
-    is its base model answering the same prompts with no training; that of a CPT candidate is
+    is its base model answering the same prompts with no training; that of a reward model the
+    base with an untrained (seeded) scalar head; that of a CPT candidate is
     the base model's perplexity on the same domain holdout. ``known_baseline``
     (``metrics`` and ``method``) skips re-scoring one already measured on the same split (the
     ladder's ICL rung).
@@ -42,6 +44,10 @@ def compare(
     if baseline is None and spec.task in LM_TASKS:
         baseline = base_lm_baseline_task(
             spec.base_model, held_out, spec.train.max_length, spec.allow_pickle
+        )
+    if baseline is None and method == "reward":
+        baseline = reward_baseline_task(
+            spec.base_model, held_out, spec.train.max_length, spec.seed, spec.allow_pickle
         )
     if baseline is None and spec.task in GENERATIVE_TASKS:
         baseline = base_model_baseline_task(

@@ -8,9 +8,11 @@ from typing import Any
 from prefect import flow
 
 from runtime.manifest import KINDS, PackageManifest
+from runtime.reward_model import KIND as REWARD_KIND
 from tasks.evaluate.classification import evaluate_classifier_task
 from tasks.evaluate.forgetting import evaluate_lm_task
 from tasks.evaluate.generation import evaluate_generator_task
+from tasks.evaluate.reward import evaluate_reward_task
 
 
 @flow(name="evaluate")
@@ -20,6 +22,8 @@ def evaluate(package_dir: str, eval_file: str) -> dict[str, Any]:
     manifest = PackageManifest.read(package)
     if manifest.method == "cpt":
         return evaluate_lm_task(package, Path(eval_file))
+    if manifest.kind == REWARD_KIND:
+        return evaluate_reward_task(package, Path(eval_file), package.parent / "eval")
     if manifest.kind in KINDS.values():
         return evaluate_generator_task(package, Path(eval_file), package.parent / "eval")
     return evaluate_classifier_task(package, Path(eval_file), package.parent / "eval")

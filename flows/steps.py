@@ -24,6 +24,7 @@ from flows.register import register
 from registry.models import materialize_base
 from tasks.evaluate.forgetting import forgetting_check_task, forgetting_metrics
 from tasks.evaluate.gate import GateDecision
+from tasks.rewards import fetch_reward_models
 from tasks.tracking import log_stage
 from tasks.train.tune import keys_to_choose
 
@@ -95,11 +96,15 @@ def with_registered_base(spec: Spec, method: str) -> Spec:
     the package all start from it, and its runs and versions carry the lineage tags
     ``adaptflow.parent`` (``NAME/VERSION``), ``adaptflow.parent_run_id`` and
     ``adaptflow.base_model_uri`` (the URI as written). Any other spec is returned as it is.
+    Registered reward models the spec's ``rewards`` name are fetched here too, so a wrong one
+    fails before any work.
 
     Raises:
         SpecError: No such model, alias or version, or not a generative version.
         ServiceError: The registry could not be read.
     """
+    # a reward model that does not exist or is no reward model fails now, before any work
+    fetch_reward_models([r.model_dump(exclude_none=True) for r in spec.rewards])
     if registered_reference(spec.base_model) is None:
         return spec
     base = materialize_base(spec.base_model, load_settings().work_dir / "bases", method)

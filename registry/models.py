@@ -77,6 +77,7 @@ SERVING = {
     "rag-retriever": "rag_retriever.py",
     "causal-lm": "generator.py",
     "seq2seq-lm": "generator.py",
+    "reward-model": "reward_model.py",
 }
 
 
@@ -494,11 +495,11 @@ class RegisteredBase:
         }
 
 
-def _registered_version(model_uri: str) -> tuple[str, str, str]:
+def _registered_version(model_uri: str, field: str = "base_model") -> tuple[str, str, str]:
     """``(name, version, run_id)`` of ``models:/NAME@ALIAS`` or ``models:/NAME/N``.
 
     Raises:
-        SpecError: A malformed URI, or no such model, alias or version (naming ``base_model``).
+        SpecError: A malformed URI, or no such model, alias or version (naming ``field``).
         ServiceError: The registry could not be read.
     """
     from adaptflow.catalogue import registered_reference
@@ -506,9 +507,9 @@ def _registered_version(model_uri: str) -> tuple[str, str, str]:
     try:
         parsed = registered_reference(model_uri)
     except ValueError as exc:
-        raise SpecError(f"base_model {exc}") from None
+        raise SpecError(f"{field} {exc}") from None
     if parsed is None:
-        raise SpecError(f"base_model '{model_uri}' is not a registered version (models:/…)")
+        raise SpecError(f"{field} '{model_uri}' is not a registered version (models:/…)")
     name, alias, version = parsed
     try:
         _require_model(name)
@@ -523,8 +524,56 @@ def _registered_version(model_uri: str) -> tuple[str, str, str]:
         else:
             found = _get_version(name, str(version))
     except RegistryError as exc:
-        raise SpecError(f"base_model {model_uri}: {exc}") from None
+        raise SpecError(f"{field} {model_uri}: {exc}") from None
     return name, str(found.version), str(found.run_id or "")
+
+
+def reward_package(model_uri: str, dest_root: Path, field: str = "rewards") -> Path:
+    """The package of a registered reward model (method ``reward``), downloaded once.
+
+    Kept under ``dest_root/NAME/VERSION`` while it holds the same version (same run id), as
+    ``materialize_base`` keeps bases: GRPO scores every sampled answer with it, so it is read
+    from disk, not downloaded per use.
+
+    Raises:
+        SpecError: A malformed URI; no such model, alias or version; not a reward model.
+        ServiceError: The registry could not be read.
+    """
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from runtime.manifest import read_raw
+
+    name, version, run_id = _registered_version(model_uri, field)
+    folder = dest_root / name / version
+    record = _record(folder)
+    if _same_version(record, run_id):
+        return folder
+    dest_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}-{version}-", dir=dest_root) as scratch:
+        package = download_package(f"models:/{name}/{version}", Path(scratch) / "download")
+        raw = read_raw(package)
+        if raw["kind"] != "reward-model":
+            raise SpecError(
+                f"{field}: '{model_uri}' is version {version} of '{name}', a '{raw['kind']}' "
+                f"(method {raw.get('method')}); kind model needs a reward model (method reward)"
+            )
+        record = {"name": name, "version": version, "run_id": run_id}
+        record |= {"kind": raw["kind"], "method": raw.get("method")}
+        (package / BASE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        folder.parent.mkdir(exist_ok=True)
+        stale = Path(scratch) / "stale"
+        if folder.exists():
+            os.replace(folder, stale)
+        try:
+            os.replace(package, folder)
+        except OSError:  # a concurrent run put the same version in place meanwhile
+            if not _same_version(_record(folder), run_id):
+                raise
+        shutil.rmtree(stale, ignore_errors=True)
+    return folder
 
 
 def _same_version(record: dict[str, Any] | None, run_id: str) -> TypeGuard[dict[str, Any]]:

@@ -314,14 +314,19 @@ class Generator:
 def score_generator(generator: Generator, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Answer every row's ``text`` and compare with its ``target``.
 
+    Rows without a ``target`` (GRPO's prompts judged by a reward model) are answered only: no
+    answer metrics then.
+
     Returns:
         ``metrics`` (exact_match, token_f1, rouge1/2/L, perplexity of the targets) and
         ``predictions``.
     """
     texts = [row["text"] for row in rows]
-    targets = [row["target"] for row in rows]
     contexts = [row.get("context") for row in rows]
     predictions = generator.predict(texts, contexts)
+    if any(row.get("target") is None for row in rows):
+        return {"metrics": {}, "predictions": predictions}
+    targets = [row["target"] for row in rows]
     metrics = generation_metrics(predictions, targets)
     nll, tokens = answer_nll(
         generator.model,

@@ -62,7 +62,13 @@ class PackageManifest:
 
 
 #: Kinds whose manifest is a ``PackageManifest`` (a RAG package's is ``runtime.rag``'s).
-TRAINED_KINDS = ("encoder-classifier", "knn-classifier", "causal-lm", "seq2seq-lm")
+TRAINED_KINDS = (
+    "encoder-classifier",
+    "knn-classifier",
+    "causal-lm",
+    "seq2seq-lm",
+    "reward-model",
+)
 
 
 def read_raw(folder: Path) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """One public entry to a registered version's predictor, whatever the package kind.
 
 ``open_predictor(folder)`` returns the object that answers for a package: ``Classifier``
-(``encoder-classifier``), ``KnnClassifier`` (``knn-classifier``), ``Generator`` (``causal-lm``,
-``seq2seq-lm``) or ``RagRetriever`` (``rag-retriever``); each has ``predict(list of texts)``.
+(``encoder-classifier``), ``KnnClassifier`` (``knn-classifier``), ``RewardModel``
+(``reward-model``: a score per answer), ``Generator`` (``causal-lm``, ``seq2seq-lm``) or
+``RagRetriever`` (``rag-retriever``); each has ``predict(list of texts)``.
 The MLflow serving wrappers (``registry/serving``) and the gate's re-scoring of the champion
 both go through it, so a served version answers exactly as it was scored.
 """
@@ -43,6 +44,10 @@ def open_predictor(folder: Path) -> Any:
         from runtime.generate import Generator
 
         return Generator.from_package(folder)
+    if kind == "reward-model":
+        from runtime.reward_model import RewardModel
+
+        return RewardModel.from_package(folder)
     if kind == "rag-retriever":
         from runtime.rag import RagRetriever
 

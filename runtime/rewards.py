@@ -10,6 +10,11 @@ functions (``reward_metrics``), so the number the gate compares is the number RL
 - ``python``: ``module:function``, imported with the spec's folder on ``sys.path`` and called as
   ``function(prompts=[...], completions=[...], references=[...])``; it returns one real number
   per completion. Anything else is an error naming the function and the first bad value.
+- ``model``: a reward model package (method ``reward``, ``runtime.reward_model``) scores each
+  answer to its prompt. ``models:/NAME@ALIAS`` arrives resolved to a local folder (the
+  pipeline downloads it; the runtime does not talk to the registry); a folder path is used as is.
+
+Prompts are the user's text (not the rendered template), in training and evaluation alike.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ def _reference_check(kind: str, check: Callable[[str, str], float]) -> Scorer:
                 f"reward '{kind}' compares answers with the record's reference answer; "
                 f"{len(missing)} record(s) have none (give every record a target)"
             )
-        return [check(c, r) for c, r in zip(completions, refs, strict=True) if r is not None]
+        return [check(c, str(r)) for c, r in zip(completions, refs, strict=True)]  # none is None
 
     return score
 
@@ -115,11 +120,31 @@ def checked_scores(values: Any, expected: int, who: str) -> list[float]:
     return [float(v) for v in values]
 
 
-def build_rewards(specs: list[dict[str, Any]], base_dir: Path | None = None) -> list[Reward]:
+def _model(folder: Path) -> Scorer:
+    from runtime.reward_model import RewardModel
+
+    judge = RewardModel.from_package(folder)
+
+    def score(prompts: list[str], completions: list[str], refs: list[str | None]) -> list[float]:
+        return judge.score(prompts, completions)
+
+    return score
+
+
+def build_rewards(
+    specs: list[dict[str, Any]],
+    base_dir: Path | None = None,
+    models: dict[str, Path] | None = None,
+) -> list[Reward]:
     """The spec's ``rewards`` (as dicts) as scorers, named ``kind`` (``kind_2``... on repeats).
 
+    Args:
+        specs: The rewards (``RewardSpec`` dicts).
+        base_dir: The spec's folder (python rewards import from it, model paths resolve in it).
+        models: Local package folders of the ``model`` rewards' registered versions.
+
     Raises:
-        SpecError: When a python reward does not import.
+        SpecError: When a python reward does not import, or a model reward has no package.
     """
     rewards: list[Reward] = []
     seen: dict[str, int] = {}
@@ -140,10 +165,28 @@ def build_rewards(specs: list[dict[str, Any]], base_dir: Path | None = None) -> 
         elif kind == "python":
             function = import_function(spec["function"], base_dir, where)
             scorer = _python(function, spec["function"], where)
+        elif kind == "model":
+            scorer = _model(_model_folder(spec["model"], base_dir, models or {}, where))
         else:
             raise SpecError(f"{where}: reward kind '{kind}' is not available in this version")
         rewards.append(Reward(name, float(spec.get("weight", 1.0)), scorer))
     return rewards
+
+
+def _model_folder(
+    reference: str, base_dir: Path | None, models: dict[str, Path], where: str
+) -> Path:
+    if reference in models:
+        return models[reference]
+    folder = Path(reference)
+    if not folder.is_absolute() and base_dir is not None:
+        folder = base_dir / folder
+    if not (folder / "adaptflow_model.json").is_file():
+        raise SpecError(
+            f"{where}: model '{reference}' is neither a registered reward model "
+            "(models:/NAME@ALIAS) nor a reward model package folder"
+        )
+    return folder
 
 
 def reward_metrics(

@@ -44,7 +44,7 @@ from serve.schemas import (
 log = logging.getLogger("adaptflow.serve")
 VERSION_HEADER = "X-Adaptflow-Version"
 ID_HEADER = "X-Adaptflow-Interaction-Id"
-CLASSIFIERS = ("encoder-classifier", "knn-classifier")
+CLASSIFIERS = ("encoder-classifier", "knn-classifier", "reward-model")
 
 
 @dataclass(frozen=True)
@@ -237,6 +237,16 @@ def create_app(
         if not texts or len(texts) > config.max_inputs:
             raise ApiError(400, f"{param} must hold 1 to {config.max_inputs} texts", param=param)
         return texts
+
+    def prompts_for(value: str | list[str] | None, count: int) -> list[str] | None:
+        """A reward model's prompts: none, one for every input, or one per input."""
+        if value is None or isinstance(value, str):
+            return None if value is None else [value] * count
+        if len(value) != count:
+            raise ApiError(
+                400, f"prompt holds {len(value)} texts for {count} inputs", param="prompt"
+            )
+        return value
 
     def version_of(requested: str | None) -> Loaded:
         """The version answering now, if ``requested`` names this server's model."""
@@ -562,8 +572,17 @@ def create_app(
                 "use POST /v1/chat/completions",
                 param="model",
             )
+        if req.prompt is not None and loaded.kind != "reward-model":
+            raise ApiError(
+                400,
+                f"'{loaded.label}' is a {loaded.kind}: 'prompt' applies to reward models only",
+                param="prompt",
+            )
         with loaded.lock:
-            results = loaded.predictor.classify(texts)
+            if loaded.kind == "reward-model":  # scores each input as an answer to its prompt
+                results = loaded.predictor.classify(texts, prompts_for(req.prompt, len(texts)))
+            else:
+                results = loaded.predictor.classify(texts)
         interaction = f"clf-{uuid.uuid4().hex}"
         body = {
             "id": interaction,

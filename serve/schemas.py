@@ -74,6 +74,8 @@ class ClassifyRequest(_Lenient):
 
     model: str | None = None
     input: str | list[str]
+    #: A reward model's only: the prompt each input answers (one, or one per input)
+    prompt: str | list[str] | None = None
 
 
 class FeedbackRequest(BaseModel):

@@ -112,6 +112,10 @@ def score_champion(
 
         texts = [row["text"] for row in rows]
         return lm_metrics(predictor.model, predictor.tokenizer, texts, predictor.max_length)
+    if manifest is not None and manifest.kind == "reward-model":
+        from tasks.evaluate.reward import score_reward_model
+
+        return dict(score_reward_model(predictor, rows)["metrics"])
     if task in GENERATIVE_TASKS:
         from tasks.evaluate.generation import score_generative
 

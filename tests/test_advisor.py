@@ -287,4 +287,14 @@ def test_the_alignment_cost_formulas() -> None:
     assert estimate("orpo", facts).train_flops == pytest.approx(4 * n * d)  # no reference
     rl = 4 * (800_000 + 2_000 * 64)  # G x (prompt and reference tokens + sampled answers)
     assert estimate("grpo", facts).train_flops == pytest.approx(8 * n * rl)
-    assert METHODS[-5:] == ("dpo", "orpo", "simpo", "kto", "grpo")
+    # a reward model: its forward and backward on both answers, no reference
+    assert estimate("reward", facts).train_flops == pytest.approx(4 * n * d)
+    assert METHODS[-6:] == ("dpo", "orpo", "simpo", "kto", "grpo", "reward")
+
+
+def test_pairs_make_a_reward_model_suitable_but_not_first() -> None:
+    advice = advise(_facts(**_ALIGNMENT, pairs=2_000))
+    reward = _by_method(advice)["reward"]
+    assert reward.suitable and advice.recommended == "dpo"
+    assert any("2,000 preference pairs teach a reward model" in r for r in reward.reasons)
+    assert not _by_method(advise(_facts(**_ALIGNMENT)))["reward"].suitable  # no pairs

@@ -115,8 +115,8 @@ def _spec(tmp_path: Path, **fields: object) -> dict[str, object]:
         ),
         ({"method": "lora", "target": {"metric": "reward_mean"}}, "scores method 'grpo'"),
         (
-            {"method": "grpo", "rewards": [{"kind": "model", "model": "models:/judge@champion"}]},
-            "cannot train yet",
+            {"method": "grpo", "rewards": [{"kind": "model", "model": "models:/judge@"}]},
+            "names no registered model version",
         ),
     ],
 )

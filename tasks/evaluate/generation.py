@@ -17,9 +17,10 @@ from prefect.cache_policies import NO_CACHE
 
 from runtime.generate import Generator, score_generator
 from runtime.manifest import PackageManifest
-from runtime.rewards import build_rewards, reward_metrics
+from runtime.rewards import reward_metrics
 from tasks.curate.records import read_jsonl
 from tasks.evaluate.preference import answer_rows, is_preference, preference_metrics
+from tasks.rewards import reward_scorers
 
 #: The implicit-reward scale of packages that record none (align.beta's default).
 DEFAULT_BETA = 0.1
@@ -29,7 +30,7 @@ def _write_examples(path: Path, rows: list[dict[str, Any]], predictions: list[st
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
         for row, prediction in zip(rows, predictions, strict=True):
-            record = {"id": row["id"], "text": row["text"], "target": row["target"]}
+            record = {"id": row["id"], "text": row["text"], "target": row.get("target")}
             handle.write(json.dumps(record | {"prediction": prediction}) + "\n")
     return path
 
@@ -71,7 +72,7 @@ def score_generative(
     if rewards:
         prompts = [row["text"] for row in answered]
         references = [row.get("target") for row in answered]
-        scorers = build_rewards(rewards, rewards_dir)
+        scorers = reward_scorers(rewards, rewards_dir)
         metrics |= reward_metrics(scorers, prompts, scored["predictions"], references)
     return {"metrics": metrics, "predictions": scored["predictions"], "rows": answered}
 

@@ -107,3 +107,27 @@ def preference_metrics(
         accuracy = sum(_ties_half(s * m) for s, m in zip(signs, moved, strict=True)) / len(rows)
         margin = beta * sum(s * m for s, m in zip(signs, moved, strict=True)) / len(rows)
     return {"preference_accuracy": accuracy, "reward_margin": margin}
+
+
+def score_metrics(scores: list[float], rows: list[dict[str, Any]]) -> dict[str, float]:
+    """``preference_accuracy`` and ``reward_margin`` of a reward model's ``scores``.
+
+    ``scores`` are one per answer of ``rows`` (chosen then rejected per pair; each KTO row's
+    answer): the accuracy is the share of (good, bad) answer pairs the scores rank right (a tie
+    counts half), the margin the mean score gap. KTO rows with no prompt holding both kinds
+    of answer: the share of answers whose score has their label's sign, and the mean signed score.
+    """
+    pairs = _pairs(rows)
+    if pairs:
+        accuracy = sum(_ties_half(scores[g] - scores[b]) for g, b in pairs) / len(pairs)
+        margin = sum(scores[g] - scores[b] for g, b in pairs) / len(pairs)
+    else:
+        signs = [1.0 if row["label"] == "desirable" else -1.0 for row in rows]
+        accuracy = sum(_ties_half(s * v) for s, v in zip(signs, scores, strict=True)) / len(rows)
+        margin = sum(s * v for s, v in zip(signs, scores, strict=True)) / len(rows)
+    return {"preference_accuracy": accuracy, "reward_margin": margin}
+
+
+def answers_of(rows: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    """(prompt, answer, context) of every answer ``score_metrics`` expects a score for."""
+    return _answers(rows)

@@ -34,8 +34,9 @@ from adaptflow.hardware import precision_arguments
 from runtime.loading import load_base, load_base_tokenizer
 from runtime.manifest import KINDS, PackageManifest, family_of
 from runtime.prompts import render_prompt
-from runtime.rewards import Reward, build_rewards
+from runtime.rewards import Reward
 from tasks.curate.records import read_jsonl
+from tasks.rewards import reward_scorers
 from tasks.train.methods import peft_config, trainable_parameters, uses_conv1d
 from tasks.train.peft import Hyper
 from tasks.train.sft import (
@@ -79,8 +80,8 @@ def preference_rows(
     out = []
     for row in rows:
         prompt = render_prompt(tokenizer, row["text"], row.get("context"))
-        if method == "grpo":  # prompts, and the reference answer the checks compare with
-            out.append({"prompt": prompt, "reference": row.get("target")})
+        if method == "grpo":  # prompts, the user's text and the reference answer
+            out.append({"prompt": prompt, "question": row["text"], "reference": row.get("target")})
         elif method == "kto":
             if row.get("label") not in ("desirable", "undesirable"):
                 raise SpecError(
@@ -127,7 +128,8 @@ def _reward_function(reward: Reward) -> Any:
     """``reward`` as a TRL reward function (named, for TRL's per-reward logs)."""
 
     def score(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
-        return reward.score(prompts, completions, list(columns["reference"]))
+        # the user's text, not the rendered prompt: what evaluation hands the rewards too
+        return reward.score(list(columns["question"]), completions, list(columns["reference"]))
 
     score.__name__ = reward.name
     return score
@@ -357,7 +359,7 @@ def train_aligned(
         spec_dir: The spec's folder (python rewards import from it).
     """
     rows = read_jsonl(train_path)
-    scorers = build_rewards(rewards or [], spec_dir) if method == "grpo" else None
+    scorers = reward_scorers(rewards or [], spec_dir) if method == "grpo" else None
     checkpoints = checkpoint_root / run_key(
         train_path, base_model, f"{method}:{align}", hyper, task
     )
