@@ -68,6 +68,9 @@ ALIGNMENT_METRICS = ("preference_accuracy", "reward_margin")
 #: Metrics of ``grpo``: the mean of the spec's weighted rewards over the held-out prompts'
 #: greedy answers (each reward also gets ``reward_mean.<kind>``).
 RL_METRICS = ("reward_mean",)
+#: Metrics judged by a reward model (``align.judge``): how often it prefers the candidate's
+#: answers to the starting model's (``tasks.evaluate.win_rate``); any generative method.
+JUDGED_METRICS = ("win_rate",)
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("f1_macro", "accuracy", "precision_macro", "recall_macro"),
     "instruction": (
@@ -77,9 +80,17 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
         "perplexity",
         *ALIGNMENT_METRICS,
         *RL_METRICS,
+        *JUDGED_METRICS,
     ),
-    "qa": ("token_f1", "exact_match", "rougeL", *ALIGNMENT_METRICS, *RL_METRICS),
-    "summarization": ("rougeL", "rouge1", "rouge2", *ALIGNMENT_METRICS, *RL_METRICS),
+    "qa": ("token_f1", "exact_match", "rougeL", *ALIGNMENT_METRICS, *RL_METRICS, *JUDGED_METRICS),
+    "summarization": (
+        "rougeL",
+        "rouge1",
+        "rouge2",
+        *ALIGNMENT_METRICS,
+        *RL_METRICS,
+        *JUDGED_METRICS,
+    ),
     "language-modeling": ("perplexity",),
     "retrieval-qa": ("recall@5", "recall@1", "recall@10", "mrr", "ndcg@10", *ANSWER_METRICS),
 }
@@ -579,8 +590,21 @@ class AlignSpec(_Strict):
         4, ge=2, le=64, description="GRPO: answers sampled per prompt (the group G)"
     )
     temperature: float = Field(1.0, gt=0, le=2, description="GRPO: sampling temperature")
+    judge: str | None = Field(
+        None,
+        description="A reward model (models:/NAME@ALIAS, or a package folder) that judges the "
+        "candidate's answers against the starting model's: adds win_rate (any generative "
+        "method)",
+    )
     desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of good answers")
     undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of bad answers")
+
+    @field_validator("judge")
+    @classmethod
+    def _judge(cls, value: str | None) -> str | None:
+        if value is not None:
+            registered_reference(value)  # a malformed models:/ URI fails here
+        return value
 
 
 class ForgettingSpec(_Strict):
@@ -713,6 +737,19 @@ class Spec(_Strict):
             raise ValueError(
                 f"target.metric '{self.target.metric}' scores preference tuning; set method to "
                 f"one of {', '.join(ALIGNMENT_METHODS + REWARD_METHODS)}"
+            )
+        if self.target.metric in JUDGED_METRICS and self.align.judge is None:
+            raise ValueError(
+                f"target.metric '{self.target.metric}' is judged by a reward model: set "
+                "align.judge (models:/NAME@ALIAS of a method: reward version)"
+            )
+        if self.align.judge is not None and (
+            self.task not in GENERATIVE_TASKS or self.method in ("ladder", "reward")
+        ):
+            raise ValueError(
+                f"align.judge compares generated answers: for tasks {', '.join(GENERATIVE_TASKS)}"
+                f" and any method but ladder and reward (task '{self.task}', method "
+                f"'{self.method}')"
             )
         rl = self.method == "grpo"
         if self.target.metric in RL_METRICS and not rl:

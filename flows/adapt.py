@@ -122,7 +122,7 @@ def adapt(
             Path(train_file),
             spec.base_model,
             hyper,
-            AlignOptions(**spec.align.model_dump()),
+            AlignOptions(**spec.align.model_dump(exclude={"judge"})),
             out,
             spec.allow_pickle,
         )
@@ -132,7 +132,9 @@ def adapt(
             spec.base_model,
             method,
             hyper,
-            AlignOptions(**spec.align.model_dump(), max_new_tokens=spec.train.max_new_tokens),
+            AlignOptions(
+                **spec.align.model_dump(exclude={"judge"}), max_new_tokens=spec.train.max_new_tokens
+            ),
             out,
             work / "checkpoints",
             spec.task,

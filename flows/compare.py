@@ -12,6 +12,7 @@ from adaptflow.spec import Spec
 from tasks.evaluate.forgetting import base_lm_baseline_task
 from tasks.evaluate.generation import base_model_baseline_task
 from tasks.evaluate.reward import reward_baseline_task
+from tasks.evaluate.win_rate import load_judge
 from tasks.icl.knn import knn_baseline_task, majority_baseline_task
 from tasks.tracking import current_champion, score_champion
 
@@ -34,8 +35,12 @@ def compare(
     (``metrics`` and ``method``) skips re-scoring one already measured on the same split (the
     ladder's ICL rung).
 
+    With ``align.judge`` the baseline's answers come back too (``baseline_answers``), and the
+    champion's ``win_rate`` is against them.
+
     Returns:
-        ``baseline`` (metrics), ``baseline_method``, ``champion_version``, ``champion_metrics``.
+        ``baseline`` (metrics), ``baseline_method``, ``baseline_answers`` (a generative
+        baseline's, else None), ``champion_version``, ``champion_metrics``.
     """
     train, held_out = Path(train_file), Path(eval_file)
     rewards = [r.model_dump(exclude_none=True) for r in spec.rewards] or None
@@ -58,6 +63,7 @@ def compare(
             spec.allow_pickle,
             rewards,
             spec_dir,
+            spec.align.judge is not None,
         )
     if baseline is None:
         baseline = (
@@ -66,11 +72,15 @@ def compare(
             else knn_baseline_task(train, held_out, spec.base_model, spec.metric, spec.allow_pickle)
         )
     champion_version = current_champion(spec.name)
+    versus = None
+    if spec.align.judge is not None and "predictions" in baseline:
+        versus = (load_judge(spec.align.judge, spec_dir), baseline["predictions"])
     return {
         "baseline": baseline["metrics"],
         "baseline_method": baseline["method"],
+        "baseline_answers": baseline.get("predictions"),
         "champion_version": champion_version,
         "champion_metrics": score_champion(
-            spec.name, champion_version, eval_file, spec.task, rewards, spec_dir
+            spec.name, champion_version, eval_file, spec.task, rewards, spec_dir, versus
         ),
     }

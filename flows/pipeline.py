@@ -28,6 +28,7 @@ from flows.steps import (
 )
 from tasks.advise import recommend_task
 from tasks.evaluate.gate import decide_promotion
+from tasks.evaluate.win_rate import candidate_win_rate
 from tasks.tracking import close_run, log_stage, open_run
 
 
@@ -82,6 +83,17 @@ def adapt_pipeline(
         metrics = candidate["evaluation"]["metrics"]
         refs = compare(spec, chosen, curation["train_file"], curation["eval_file"])
         log_stage(run_id, refs["baseline"], prefix="baseline.")
+        if (
+            spec.align.judge is not None
+        ):  # the judge compares the candidate's answers with the base's
+            judged = candidate_win_rate(
+                spec.align.judge,
+                spec.source.parent if spec.source else None,
+                candidate["evaluation"]["artifacts"],
+                refs["baseline_answers"] or [],
+            )
+            metrics |= judged
+            log_stage(run_id, judged)
         gate = decide_promotion(
             spec.metric,
             metrics,

@@ -104,7 +104,8 @@ def with_registered_base(spec: Spec, method: str) -> Spec:
         ServiceError: The registry could not be read.
     """
     # a reward model that does not exist or is no reward model fails now, before any work
-    fetch_reward_models([r.model_dump(exclude_none=True) for r in spec.rewards])
+    judge = [{"kind": "model", "model": spec.align.judge}] if spec.align.judge else []
+    fetch_reward_models([r.model_dump(exclude_none=True) for r in spec.rewards] + judge)
     if registered_reference(spec.base_model) is None:
         return spec
     base = materialize_base(spec.base_model, load_settings().work_dir / "bases", method)

@@ -79,11 +79,13 @@ def score_champion(
     task: str = "classification",
     rewards: list[dict[str, Any]] | None = None,
     rewards_dir: Path | None = None,
+    versus: tuple[Any, list[str]] | None = None,
 ) -> dict[str, float] | None:
     """Re-score the champion on this run's eval set, so the gate compares like with like.
 
     A generative champion is scored like the candidate (``score_generative``): on preference
-    rows with the preference metrics, and with the run's ``rewards`` (grpo) when given.
+    rows with the preference metrics, with the run's ``rewards`` (grpo) when given, and with
+    ``versus`` (the judge and the base's answers) its ``win_rate``.
 
     For ``retrieval-qa`` the eval set is the curated questions and the champion's own retriever
     (its package's collection and settings) ranks them, as ``predict`` would.
@@ -119,7 +121,7 @@ def score_champion(
     if task in GENERATIVE_TASKS:
         from tasks.evaluate.generation import score_generative
 
-        scored = score_generative(predictor, rows, manifest, rewards, rewards_dir)
+        scored = score_generative(predictor, rows, manifest, rewards, rewards_dir, versus)
         return dict(scored["metrics"])
     from tasks.evaluate.classification import classification_metrics
 

@@ -37,6 +37,12 @@ def base() -> str:
     return resolve_base_model("tiny-gpt")
 
 
+def base_model_folder() -> str:
+    from adaptflow.catalogue import resolve_base_model
+
+    return resolve_base_model("tiny-gpt")
+
+
 def test_a_decoder_reward_model_ranks_held_out_pairs(base: str, tmp_path: Path) -> None:
     train = write(tmp_path / "train.jsonl", pairs(TRAIN_WORDS, 2))
     held = write(tmp_path / "held.jsonl", pairs(HELD_OUT_WORDS))
@@ -89,6 +95,15 @@ def test_reward_specs_are_checked_before_any_work(tmp_path: Path) -> None:
         Spec.model_validate(common | {"data": {"train": data, "format": "kto"}})
     with pytest.raises(ValueError, match="generates text"):  # other methods still need a decoder
         Spec.model_validate(common | {"method": "dpo", "base_model": "minilm"})
+    with pytest.raises(ValueError, match="set align.judge"):
+        Spec.model_validate(
+            common | {"method": "lora", "base_model": "tiny-gpt", "target": {"metric": "win_rate"}}
+        )
+    with pytest.raises(ValueError, match="any method but ladder and reward"):
+        Spec.model_validate(common | {"align": {"judge": "models:/j@champion"}})
+    judged = common | {"method": "lora", "base_model": "tiny-gpt"}
+    judged |= {"align": {"judge": "models:/j@champion"}, "target": {"metric": "win_rate"}}
+    assert Spec.model_validate(judged).align.judge == "models:/j@champion"
     reward = {"kind": "model", "model": "models:/judge"}
     with pytest.raises(ValueError, match="names no registered model version"):
         Spec.model_validate(
@@ -185,20 +200,39 @@ def test_grpo_takes_its_reward_from_the_registered_reward_model(
         "base_model": "tiny-gpt",
         "data": {"train": str(data)},
         "rewards": [{"kind": "model", "model": f"models:/{JUDGE}@champion"}],
-        "align": {"num_generations": 4},
-        "train": {"epochs": 1, "batch_size": 4, "max_new_tokens": 8, "learning_rate": 0.001},
+        # the same judge compares its answers with the starting model's: win_rate
+        "align": {"num_generations": 4, "judge": f"models:/{JUDGE}@champion"},
+        "target": {"metric": "win_rate"},
+        "train": {
+            "epochs": 1,
+            "batch_size": 4,
+            "max_new_tokens": 8,
+            "max_length": 64,
+            "learning_rate": 0.001,
+        },
         "seed": 7,
     }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     result = adapt_pipeline(str(tmp_path / "spec.yaml"))
     metrics = result["metrics"]
-    assert metrics["reward_mean"] == pytest.approx(metrics["reward_mean.model"])
-    assert "reward_mean.model" in result["baseline"]
     # the judge's package was fetched once, to the pipeline's cache of reward models
     from adaptflow.settings import load_settings
 
     cached = load_settings().work_dir / "reward-models" / JUDGE / "1"
     assert (cached / "adaptflow_model.json").is_file()
+    assert metrics["reward_mean"] == pytest.approx(metrics["reward_mean.model"])
+    assert "reward_mean.model" in result["baseline"]
+    # win_rate: the judge's verdict on the candidate's answers against the base's, recomputed
+    assert result["baseline"]["win_rate"] == 0.5  # its own answers: all ties
+    from runtime.generate import Generator
+    from tasks.evaluate.win_rate import answers_file, win_rate
+
+    answers = Path(result["train"]["package_dir"]).parent / "eval" / "eval_answers.jsonl"
+    prompts, ours = answers_file(answers)
+    base_answers = Generator.from_base(base_model_folder(), 64, 8).predict(prompts)
+    judge_model = RewardModel.from_package(cached)
+    assert metrics["win_rate"] == pytest.approx(win_rate(judge_model, prompts, ours, base_answers))
+    assert result["promoted"] == (metrics["win_rate"] > 0.5)
     # the version keeps its reward, so it is re-scored by the same judge as a champion
     package = download_package(f"models:/calm-policy/{result['model_version']}", tmp_path / "v")
     options = json.loads((package / "adaptflow_model.json").read_text())["options"]

@@ -17,9 +17,11 @@ from prefect.cache_policies import NO_CACHE
 
 from runtime.generate import Generator, score_generator
 from runtime.manifest import PackageManifest
+from runtime.reward_model import RewardModel
 from runtime.rewards import reward_metrics
 from tasks.curate.records import read_jsonl
 from tasks.evaluate.preference import answer_rows, is_preference, preference_metrics
+from tasks.evaluate.win_rate import win_rate
 from tasks.rewards import reward_scorers
 
 #: The implicit-reward scale of packages that record none (align.beta's default).
@@ -41,6 +43,7 @@ def score_generative(
     manifest: PackageManifest | None = None,
     rewards: list[dict[str, Any]] | None = None,
     rewards_dir: Path | None = None,
+    versus: tuple[RewardModel, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Every metric of a generative model on curated eval ``rows``.
 
@@ -50,7 +53,8 @@ def score_generative(
     ones, of KTO rows the desirable ones). Preference rows add ``preference_accuracy`` and
     ``reward_margin`` (the reference: the package's base with its adapter disabled, the base
     loaded again for a full-weight package, the model itself without a ``manifest``: margin 0).
-    ``rewards`` add ``reward_mean`` of the greedy answers.
+    ``rewards`` add ``reward_mean`` of the greedy answers; ``versus`` (a judge and the base's
+    answers to the same rows) adds ``win_rate`` (``tasks.evaluate.win_rate``).
 
     Returns:
         ``metrics``, ``predictions`` and the ``rows`` they answer.
@@ -74,6 +78,10 @@ def score_generative(
         references = [row.get("target") for row in answered]
         scorers = reward_scorers(rewards, rewards_dir)
         metrics |= reward_metrics(scorers, prompts, scored["predictions"], references)
+    if versus is not None:
+        judge, opponent = versus
+        prompts = [row["text"] for row in answered]
+        metrics["win_rate"] = win_rate(judge, prompts, scored["predictions"], opponent)
     return {"metrics": metrics, "predictions": scored["predictions"], "rows": answered}
 
 
@@ -108,15 +116,25 @@ def base_model_baseline(
     allow_pickle: bool = False,
     rewards: list[dict[str, Any]] | None = None,
     rewards_dir: Path | None = None,
+    judged: bool = False,
 ) -> dict[str, Any]:
     """The no-training baseline: the base model answering the same prompts, zero-shot.
 
     With preference rows its ``reward_margin`` is 0 (it is its own reference); with
-    ``rewards`` (grpo) its greedy answers are scored by them.
+    ``rewards`` (grpo) its greedy answers are scored by them; ``judged`` (``align.judge`` is
+    set) adds its ``win_rate``, 0.5: against its own answers every comparison is a tie.
+
+    Returns:
+        ``metrics``, ``method`` and ``predictions`` (the answers ``win_rate`` compares with).
     """
     generator = Generator.from_base(base_model, max_length, max_new_tokens, allow_pickle)
     scored = score_generative(generator, read_jsonl(eval_path), None, rewards, rewards_dir)
-    return {"metrics": scored["metrics"], "method": f"base model '{base_model}', no training"}
+    metrics = scored["metrics"] | ({"win_rate": 0.5} if judged else {})
+    return {
+        "metrics": metrics,
+        "method": f"base model '{base_model}', no training",
+        "predictions": scored["predictions"],
+    }
 
 
 evaluate_generator_task = task(name="evaluate_generator", cache_policy=NO_CACHE)(evaluate_generator)
