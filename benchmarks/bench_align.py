@@ -51,6 +51,10 @@ own docstring, the rejected one another member's. ``max_length`` truncates nothi
    alternating, medians of ``--repeat`` runs each. Samples/s: completions generated and scored
    per second of ``trainer.train()``.
 
+4. **The advisor's estimate, checked** (no target): ``adaptflow recommend``'s DPO estimate for
+   the same pairs (its D in tokens, and its hours on ``budget.hardware: cpu``) next to the
+   recipe's run (TRL's token count, the seconds inside ``trainer.train()``).
+
 A table, then one JSON line with every number (also written to ``--results``). Exits 1 when a
 DPO ratio misses its target. Numbers move when other work shares the machine's cores: the
 load average before and after is printed with them.
@@ -427,6 +431,58 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def advisor_check(
+    base: str,
+    rows: list[dict[str, Any]],
+    hyper: dict[str, Any],
+    measured: dict[str, Any],
+    scratch: Path,
+) -> dict[str, Any]:
+    """The advisor's DPO estimate for this very data (``adaptflow recommend``) vs the run.
+
+    The same pairs as a spec's ``data.train`` (TRL's preference shape), so the advisor measures
+    them as it would for a user; its D (tokens) is set beside TRL's logged count, its hours on
+    ``budget.hardware: cpu`` beside the seconds inside ``trainer.train()``.
+    """
+    from adaptflow.advisor import HARDWARE, estimate
+    from adaptflow.spec import Spec
+    from tasks.advise import spec_facts
+
+    path = scratch / "pairs-trl.jsonl"
+    trl_rows = [
+        {"prompt": r["text"], "chosen": r["target"], "rejected": r["rejected"]} for r in rows
+    ]
+    write_rows(path, trl_rows)
+    train = {k: hyper[k] for k in ("epochs", "learning_rate", "batch_size", "max_length")}
+    spec = Spec.model_validate(
+        {
+            "name": "bench-dpo",
+            "task": "instruction",
+            "base_model": base,
+            "method": "dpo",
+            "data": {"train": str(path), "format": "preference"},
+            "budget": {"hardware": "cpu"},
+            "train": train | {"lora_r": hyper["lora_r"]},
+        }
+    )
+    facts = spec_facts(spec)
+    guess = estimate("dpo", facts)
+    tokens = facts.labelled_tokens * facts.epochs
+    seconds = (guess.train_hours or 0.0) * 3600
+    achieved = (guess.train_flops or 0.0) / measured["train_seconds"]
+    return {
+        "formula": guess.formula,
+        "estimated_tokens": tokens,
+        "measured_tokens": measured["train_tokens"],
+        "tokens_estimated_over_measured": tokens / measured["train_tokens"],
+        "estimated_train_seconds": seconds,
+        "measured_train_seconds": measured["train_seconds"],
+        "seconds_estimated_over_measured": seconds / measured["train_seconds"],
+        "achieved_flops_per_second": achieved,
+        "assumed_flops_per_second": HARDWARE["cpu"].peak_flops * HARDWARE["cpu"].utilisation,
+    }
+
+
 def answer_lengths(tokenizer: Any, rows: list[dict[str, Any]]) -> dict[str, float]:
     lengths = sorted(
         len(tokenizer(r[k])["input_ids"]) for r in rows for k in ("target", "rejected")
@@ -648,6 +704,15 @@ def print_report(result: dict[str, Any]) -> None:
     )
     for warning in c["warnings"]:
         print(f"warning: {warning}")
+    e = c["estimate"]
+    print(
+        f"\nAdvisor's DPO estimate for these pairs ({e['formula']}, budget.hardware cpu) vs the "
+        f"run: tokens {e['estimated_tokens']:,.0f} estimated / {e['measured_tokens']:,} "
+        f"measured = {e['tokens_estimated_over_measured']:.3f}; train time "
+        f"{e['estimated_train_seconds']:.1f} s estimated / {e['measured_train_seconds']:.1f} s "
+        f"measured = {e['seconds_estimated_over_measured']:.2f} (FLOP/s achieved "
+        f"{e['achieved_flops_per_second']:.3g}, assumed {e['assumed_flops_per_second']:.3g})"
+    )
     m = result.get("memory")
     if m:
         mh = m["hyper"]
@@ -754,6 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         dpo = compare("tiny-gpt", cfg, args.repeat, scratch)
         dpo["pairs"] = args.pairs
         dpo["answer_tokens"] = answer_lengths(tokenizer, rows[: args.pairs])
+        dpo["estimate"] = advisor_check(tiny, rows[: args.pairs], hyper, dpo["ours"], scratch)
         result: dict[str, Any] = {
             "config": {"repeat": args.repeat, "checkpoint_steps": CHECKPOINT_STEPS},
             "dpo": dpo,
