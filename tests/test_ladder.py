@@ -108,6 +108,12 @@ def test_no_rung_meets_the_target_registers_a_challenger_and_exits_4(tmp_path: P
     # a search space runs on each trainable rung (here: one trial, the default rate)
     space = {"space": {"learning_rate": [0.001]}, "max_trials": 1}
     spec = _spec(tmp_path, "stdlib-topics", "ladder-miss", 0.99, train__epochs=1, search=space)
+    # every third docstring: the same verdicts, a third of the training time
+    topics = (EXAMPLES / "stdlib-topics" / "data" / "topics.jsonl").read_text()
+    (tmp_path / "topics.jsonl").write_text("".join(topics.splitlines(True)[::3]))
+    raw = yaml.safe_load(spec.read_text())
+    raw["data"]["train"] = str(tmp_path / "topics.jsonl")
+    spec.write_text(yaml.safe_dump(raw))
     result = run_cli("run", str(spec), "--ladder", "--json")
     assert result.returncode == 4, result.stderr[-2000:]
     summary = json.loads(result.stdout)

@@ -239,8 +239,17 @@ def test_grpo_takes_its_reward_from_the_registered_reward_model(
     assert options["rewards"] == [
         {"kind": "model", "weight": 1.0, "model": f"models:/{JUDGE}@champion"}
     ]
-    # a judge that is not a reward model, or does not exist: exit 2, naming the reward
-    spec["rewards"] = [{"kind": "model", "model": "models:/calm-policy/1"}]
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
-    done = run_cli("run", str(tmp_path / "bad.yaml"), "--json")
-    assert done.returncode == 2 and "rewards[0]" in done.stderr and "reward model" in done.stderr
+    # a judge that is not a reward model, or does not exist: refused before any work, naming
+    # the reward (a SpecError: exit 2 from the command)
+    from adaptflow.spec import load_spec
+    from flows.steps import with_registered_base
+
+    for judge, expected in (
+        ("models:/calm-policy/1", "needs a reward model (method reward)"),
+        ("models:/no-such-judge@champion", "no registered model named 'no-such-judge'"),
+    ):
+        spec["rewards"] = [{"kind": "model", "model": judge}]
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
+        with pytest.raises(SpecError, match=r"rewards\[0\]") as raised:
+            with_registered_base(load_spec(tmp_path / "bad.yaml"), "grpo")
+        assert expected in str(raised.value)
