@@ -842,6 +842,61 @@ def deploy(json_out: JsonFlag = False) -> None:
     err.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
 
 
+data_app = typer.Typer(help="The curated data behind registered versions (DVC).")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("pull")
+def data_pull(
+    model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS or models:/NAME/VERSION.")],
+    dest: Annotated[
+        Path | None,
+        typer.Argument(help="An empty or new folder (default: ./NAME-vVERSION-data)."),
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Fetch the exact curated data a registered version was trained and judged on.
+
+    Reads the version's DVC hash (tag adaptflow.data_hash) and pulls that folder (train, eval,
+    dropped and quarantined records) from the DVC remote ADAPTFLOW_DVC_REMOTE, every file's
+    md5 checked; works from any machine that reaches the registry and the remote.
+    """
+    with _guard(json_out):
+        from adaptflow.errors import DataError, SettingsError
+
+        settings = _prepare(check_prefect=False)
+        if not settings.dvc_remote:
+            raise SettingsError(
+                "ADAPTFLOW_DVC_REMOTE is not set: it names the DVC remote the data was pushed "
+                "to (a folder, s3://, gs://, azure://, ssh://)"
+            )
+        from registry.models import data_hash_of
+        from tasks.curate.version import pull_dataset
+
+        name, version, data_hash = data_hash_of(model_uri)
+        if not data_hash:
+            raise DataError(f"{model_uri} (version {version} of '{name}') has no data hash tag")
+        folder = (dest or Path(f"{name}-v{version}-data")).resolve()
+        files = pull_dataset(data_hash, folder, settings.dvc_remote, settings.work_dir / "pulls")
+        result = {
+            "model_uri": model_uri,
+            "name": name,
+            "version": version,
+            "data_hash": data_hash,
+            "remote": settings.dvc_remote,
+            "dest": str(folder),
+            "files": [str(f.relative_to(folder)) for f in files],
+        }
+    if json_out:
+        _emit(result)
+        return
+    err.print(
+        f"{name} version {version}: data {data_hash} from {settings.dvc_remote} -> {folder} "
+        f"({', '.join(result['files'])})",
+        highlight=False,
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

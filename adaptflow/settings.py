@@ -3,7 +3,8 @@
 The embedded default keeps everything under ``ADAPTFLOW_HOME`` (default ``./.adaptflow``):
 Prefect's home with its ephemeral SQLite server, the MLflow SQLite store and artifacts, the
 Chroma persistent store, curated datasets and the DVC cache. The usual variables switch to real
-servers with no code change: ``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL``, ``ADAPTFLOW_CHROMA_URL``.
+servers with no code change: ``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL``, ``ADAPTFLOW_CHROMA_URL``;
+``ADAPTFLOW_DVC_REMOTE`` (any URL DVC supports) shares every versioned dataset through a remote.
 Tiny base models built here live in ``ADAPTFLOW_HOME/models`` (or ``ADAPTFLOW_MODELS_DIR``).
 Curation shards run on a local Dask cluster of ``ADAPTFLOW_CURATION_WORKERS`` processes (default:
 one per core) when there are several, or on the cluster at ``ADAPTFLOW_DASK_ADDRESS``.
@@ -31,6 +32,7 @@ class Settings:
     curation_workers: int = 1  # local Dask workers for curation when there are several shards
     models_dir_override: Path | None = None  # ADAPTFLOW_MODELS_DIR
     interactions_url_override: str | None = None  # ADAPTFLOW_INTERACTIONS_URL
+    dvc_remote: str | None = None  # ADAPTFLOW_DVC_REMOTE: where versioned data is pushed
 
     @property
     def interactions_url(self) -> str:
@@ -113,6 +115,7 @@ def load_settings(env: MutableMapping[str, str] | None = None) -> Settings:
         if env.get("ADAPTFLOW_MODELS_DIR")
         else None,
         interactions_url_override=env.get("ADAPTFLOW_INTERACTIONS_URL") or None,
+        dvc_remote=env.get("ADAPTFLOW_DVC_REMOTE") or None,
     )
 
 

@@ -97,7 +97,9 @@ def render_model_card(facts: dict[str, Any]) -> str:
         "## Data provenance",
         f"- Training source: `{facts['data'].get('train')}`",
         f"- Eval source: `{facts['data'].get('eval') or 'held-out split of the training source'}`",
-        f"- Curated data DVC hash: `{cur['data_hash']}`",
+        f"- Curated data DVC hash: `{cur['data_hash']}`; fetch these exact files with "
+        f"`adaptflow data pull models:/{facts['name']}/VERSION` (this version's number; from "
+        "the DVC remote `ADAPTFLOW_DVC_REMOTE` they were pushed to)",
         f"- Records: input {cur['input']}, kept {cur['kept']} (train {cur['train_examples']}, "
         f"eval {cur['eval_examples']}), dropped {sum(cur.get('dropped', {}).values())} "
         f"({', '.join(f'{k}: {v}' for k, v in cur.get('dropped', {}).items()) or 'none'}), "

@@ -528,6 +528,17 @@ def _registered_version(model_uri: str, field: str = "base_model") -> tuple[str,
     return name, str(found.version), str(found.run_id or "")
 
 
+def data_hash_of(model_uri: str) -> tuple[str, str, str | None]:
+    """``(name, version, curated data hash)`` of a registered version (hash None: untagged).
+
+    Raises:
+        SpecError: A malformed URI, or no such model, alias or version.
+        ServiceError: The registry could not be read.
+    """
+    name, version, _ = _registered_version(model_uri, "MODEL_URI")
+    return name, version, version_tags(name, version).get(DATA_HASH_TAG)
+
+
 def reward_package(model_uri: str, dest_root: Path, field: str = "rewards") -> Path:
     """The package of a registered reward model (method ``reward``), downloaded once.
 

@@ -1,0 +1,103 @@
+"""DVC for a team: every curated version pushed to ``ADAPTFLOW_DVC_REMOTE``, and pulled back.
+
+A local-folder remote (the same code path as S3, GCS, Azure or SSH: DVC's remote filesystem).
+A registered version is made from this session's home; a second, empty home (another machine
+that shares only the MLflow registry and the remote) pulls the version's exact curated files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import REPO
+
+from adaptflow.errors import DataError, ServiceError
+from adaptflow.samples import write_tiny_icl_spec
+from tasks.curate.version import pull_dataset, version_with_dvc
+
+
+def _files(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
+
+
+def test_a_version_pushed_to_a_folder_remote_pulls_back_byte_identical(tmp_path: Path) -> None:
+    repo, remote = tmp_path / "home", tmp_path / "remote"
+    data = repo / "curated" / "x"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").write_text('{"id": "1", "text": "a"}\n')
+    (data / "eval.jsonl").write_text('{"id": "2", "text": "b"}\n')
+    (data / "report.md").write_text("derived: not part of the version\n")
+    digest = version_with_dvc(data, repo, remote=str(remote))
+    assert digest.endswith(".dir") and any(remote.rglob("*"))
+    pulled = pull_dataset(digest, tmp_path / "pulled", str(remote), tmp_path / "scratch")
+    assert [p.name for p in pulled] == ["eval.jsonl", "train.jsonl"]
+    assert _files(tmp_path / "pulled") == _files(data, skip=("report.md",))
+    # a hash the remote never received; a destination that holds files
+    with pytest.raises(DataError, match="does not hold the data of DVC hash 0+.dir"):
+        pull_dataset("0" * 32 + ".dir", tmp_path / "p2", str(remote), tmp_path / "scratch")
+    with pytest.raises(DataError, match="is not an empty folder"):
+        pull_dataset(digest, tmp_path / "pulled", str(remote), tmp_path / "scratch")
+
+
+def test_a_push_that_fails_is_an_error_naming_the_remote(tmp_path: Path) -> None:
+    data = tmp_path / "home" / "curated" / "y"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").write_text("{}\n")
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the remote's folder should be")
+    with pytest.raises(ServiceError, match=r"ADAPTFLOW_DVC_REMOTE=.*blocked/remote") as raised:
+        version_with_dvc(data, tmp_path / "home", remote=str(blocked / "remote"))
+    assert "local cache only" in str(raised.value)
+
+
+@pytest.mark.integration
+def test_another_home_pulls_the_exact_data_of_a_registered_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adaptflow.settings import load_settings
+    from flows.pipeline import adapt_pipeline
+
+    remote = tmp_path / "remote"
+    monkeypatch.setenv("ADAPTFLOW_DVC_REMOTE", str(remote))
+    spec = write_tiny_icl_spec(tmp_path / "spec", "team-data")
+    result = adapt_pipeline(str(spec))
+    version = result["model_version"]
+    curated = Path(result["curation"]["train_file"]).parent
+    # the other machine: its own empty home, the shared registry and the remote
+    env = os.environ.copy() | {
+        "ADAPTFLOW_HOME": str(tmp_path / "other-home"),
+        "MLFLOW_TRACKING_URI": load_settings().mlflow_tracking_uri,
+        "ADAPTFLOW_DVC_REMOTE": str(remote),
+    }
+    dest = tmp_path / "pulled"
+    done = _cli(env, "data", "pull", f"models:/team-data/{version}", str(dest), "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert out["data_hash"] == result["curation"]["data_hash"] and out["version"] == version
+    assert set(out["files"]) >= {"train.jsonl", "eval.jsonl", "dropped.jsonl", "quarantine.jsonl"}
+    assert _files(dest) == _files(curated, skip=("report.md", "funnel.png"))
+    assert not any((tmp_path / "other-home" / "curated").rglob("*"))  # nothing curated there
+    # without a remote configured: one clear message, exit 2
+    unset = {k: v for k, v in env.items() if k != "ADAPTFLOW_DVC_REMOTE"}
+    done = _cli(unset, "data", "pull", f"models:/team-data/{version}", str(tmp_path / "again"))
+    assert done.returncode == 2 and "ADAPTFLOW_DVC_REMOTE is not set" in done.stderr
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "adaptflow", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=REPO,
+    )
