@@ -1,4 +1,4 @@
-"""Facts that tie a run to its code: the git commit."""
+"""Facts that tie a run to its code and its inputs: git commits, DVC hashes."""
 
 from __future__ import annotations
 
@@ -21,3 +21,85 @@ def git_commit(folder: Path | None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(folder), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _dvc_record(path: Path) -> str | None:
+    """The md5 DVC recorded for ``path``: its ``.dvc`` file, or a ``dvc.lock`` output above it."""
+    import yaml
+
+    sidecar = path.with_name(path.name + ".dvc")
+    try:
+        if sidecar.is_file():
+            outs = (yaml.safe_load(sidecar.read_text(encoding="utf-8")) or {}).get("outs") or []
+            return next((str(o["md5"]) for o in outs if o.get("path") == path.name), None)
+        for folder in path.resolve().parents:
+            lock = folder / "dvc.lock"
+            if lock.is_file():
+                stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages")
+                relative = path.resolve().relative_to(folder.resolve()).as_posix()
+                for stage in (stages or {}).values():
+                    for out in stage.get("outs") or []:
+                        if out.get("path") == relative and "md5" in out:
+                            return str(out["md5"])
+            if (folder / ".dvc").is_dir():  # the DVC repository's root: look no higher
+                break
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        return None
+    return None
+
+
+def _md5(path: Path) -> str | None:
+    import hashlib
+
+    if not path.is_file():
+        return None  # a folder's DVC hash is of its manifest: compared by DVC, not here
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_lineage(key: str, path: Path | None) -> dict[str, str]:
+    """Tags that say which revision of an input file a run read, when git or DVC tracks it.
+
+    - git: ``adaptflow.input.KEY.git_commit`` (the last commit that changed the file) and
+      ``adaptflow.input.KEY.git_clean`` (``false`` when the working copy differs from it).
+    - DVC (a ``PATH.dvc`` file, or a ``dvc.lock`` stage output): ``adaptflow.input.KEY.dvc_md5``
+      and, for a file, ``adaptflow.input.KEY.dvc_matches`` (whether the file read has that md5).
+
+    Untracked inputs get no tags.
+    """
+    if path is None or not path.exists():
+        return {}
+    prefix = f"adaptflow.input.{key}."
+    tags: dict[str, str] = {}
+    folder = path.parent if path.is_file() else path
+    name = path.name if path.is_file() else "."
+    if _git(folder, "ls-files", "--error-unmatch", "--", name) is not None:
+        commit = _git(folder, "log", "-1", "--format=%H", "--", name)
+        if commit:
+            tags[prefix + "git_commit"] = commit
+            changed = _git(folder, "status", "--porcelain", "--", name)
+            tags[prefix + "git_clean"] = "true" if changed == "" else "false"
+    recorded = _dvc_record(path)
+    if recorded is not None:
+        tags[prefix + "dvc_md5"] = recorded
+        actual = _md5(path)
+        if actual is not None:
+            tags[prefix + "dvc_matches"] = "true" if actual == recorded else "false"
+    return tags

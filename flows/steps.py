@@ -15,7 +15,7 @@ from adaptflow.catalogue import registered_reference
 from adaptflow.errors import InvariantError
 from adaptflow.hardware import training_precision
 from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS, UNTRAINED
-from adaptflow.provenance import git_commit
+from adaptflow.provenance import git_commit, input_lineage
 from adaptflow.settings import load_settings
 from adaptflow.spec import LOWER_IS_BETTER, Spec
 from flows.adapt import adapt
@@ -84,6 +84,9 @@ def provenance(spec: Spec, method: str) -> dict[str, str]:
         "adaptflow.flow_run_id": str(flow_run.id or ""),
         "adaptflow.method": method,
         **spec.lineage,  # the registered version it starts from, if any (with_registered_base)
+        # which revision of each input file the run read, where git or DVC tracks it
+        **input_lineage("train", spec.data.train),
+        **input_lineage("eval", spec.data.eval),
     }
 
 

@@ -101,3 +101,57 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         cwd=REPO,
     )
+
+
+def test_input_lineage_tags_for_git_and_dvc_tracked_inputs(tmp_path: Path) -> None:
+    import hashlib
+
+    from dvc.repo import Repo
+
+    from adaptflow.provenance import input_lineage
+    from adaptflow.spec import Spec
+    from flows.steps import provenance
+
+    repo = tmp_path / "git"
+    repo.mkdir()
+    data = repo / "train.jsonl"
+    data.write_text('{"text": "a", "label": "x"}\n')
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    git("init", "-q")
+    git("-c", "user.email=t@example.com", "-c", "user.name=t", "add", "train.jsonl")
+    git("-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "data")
+    head = git("rev-parse", "HEAD")
+    assert input_lineage("train", data) == {
+        "adaptflow.input.train.git_commit": head,
+        "adaptflow.input.train.git_clean": "true",
+    }
+    spec = Spec.model_validate(
+        {"name": "lineage", "task": "classification", "method": "icl",
+         "data": {"train": str(data), "label_field": "label"}}
+    )  # fmt: skip
+    assert provenance(spec, "icl")["adaptflow.input.train.git_commit"] == head
+    data.write_text('{"text": "b", "label": "x"}\n')  # edited after the commit
+    assert input_lineage("train", data)["adaptflow.input.train.git_clean"] == "false"
+
+    dvc_repo = tmp_path / "dvc"
+    dvc_repo.mkdir()
+    tracked = dvc_repo / "pairs.jsonl"
+    tracked.write_text('{"text": "c"}\n')
+    Repo.init(str(dvc_repo), no_scm=True)
+    with Repo(str(dvc_repo)) as dvc:
+        dvc.add(str(tracked))
+    md5 = hashlib.md5(tracked.read_bytes()).hexdigest()
+    assert input_lineage("eval", tracked) == {
+        "adaptflow.input.eval.dvc_md5": md5,
+        "adaptflow.input.eval.dvc_matches": "true",
+    }
+    tracked.write_text('{"text": "d"}\n')  # changed since `dvc add`: the tag says so
+    assert input_lineage("eval", tracked)["adaptflow.input.eval.dvc_matches"] == "false"
+    loose = tmp_path / "loose.jsonl"
+    loose.write_text("{}\n")
+    assert input_lineage("train", loose) == {}
