@@ -32,6 +32,14 @@ demo: setup
 	$(BIN)/adaptflow predict "models:/unicode-lowercase@champion" \
 		"Name the lowercase form of: GREEK CAPITAL LETTER PI" \
 		"Name the lowercase form of: LATIN CAPITAL LETTER E WITH ACUTE"
+	$(BIN)/adaptflow run examples/unicode-lowercase/grpo.yaml
+	$(BIN)/adaptflow predict "models:/unicode-lowercase-grpo@champion" \
+		"Name the lowercase form of: GREEK CAPITAL LETTER PI" \
+		"Name the lowercase form of: LATIN CAPITAL LETTER E WITH ACUTE" \
+	|| { echo "GRPO not promoted (no @champion): predicting with @challenger"; \
+	$(BIN)/adaptflow predict "models:/unicode-lowercase-grpo@challenger" \
+		"Name the lowercase form of: GREEK CAPITAL LETTER PI" \
+		"Name the lowercase form of: LATIN CAPITAL LETTER E WITH ACUTE"; }
 
 test: setup
 	$(BIN)/pytest -q
