@@ -96,7 +96,7 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 }
 # Metrics where smaller is better; the promotion gate flips its comparison for these.
 LOWER_IS_BETTER = frozenset({"perplexity"})
-DATA_SUFFIXES = (".jsonl", ".csv", ".parquet")
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 def data_suffix(path: Path) -> str:
@@ -129,7 +129,8 @@ class DataSpec(_Strict):
 
     train: Path | None = Field(
         None,
-        description="Training data: .jsonl, .csv, .parquet, or a folder of text "
+        description="Training data: .jsonl, .json (one array of records), .csv, .parquet, or a "
+        "folder of text "
         "(required for every task but retrieval-qa)",
     )
     eval: Path | None = Field(None, description="Optional eval data; else a held-out split")
@@ -845,12 +846,12 @@ class Spec(_Strict):
             path = getattr(data, key)
             if path is not None and path.is_file() and path.suffix.lower() == ".csv":
                 raise ValueError(
-                    f"data.format '{data.format}' reads .jsonl or .parquet files, but "
+                    f"data.format '{data.format}' reads .jsonl, .json or .parquet files, but "
                     f"data.{key} is a .csv file: {path}"
                 )
             if path is not None and path.is_dir():
                 raise ValueError(
-                    f"data.format '{data.format}' reads .jsonl or .parquet files, but "
+                    f"data.format '{data.format}' reads .jsonl, .json or .parquet files, but "
                     f"data.{key} is a folder: {path}"
                 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -188,7 +189,7 @@ def test_parquet_messages_are_read_like_jsonl(tmp_path: Path) -> None:
 def test_shaped_formats_refuse_csv(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_text("instruction,output\nQ,A\n")
-    with pytest.raises(DataError, match=r"data.format 'alpaca' reads .jsonl or .parquet"):
+    with pytest.raises(DataError, match=r"data.format 'alpaca' reads .jsonl, .json or .parquet"):
         read_records(path, Fields(format="alpaca"))
     # auto reads a CSV file by field names, whatever its columns are called
     result = read_records(
@@ -447,7 +448,7 @@ def test_spec_format_defaults_to_auto_and_is_fields_for_other_tasks(tmp_path: Pa
         (
             "summarization",
             {"format": "messages", "train": "train.csv"},
-            "data.format 'messages' reads .jsonl or .parquet files, but data.train is a .csv",
+            "data.format 'messages' reads .jsonl, .json or .parquet files, but data.train is a",
         ),
         ("instruction", {"format": "sharegpt"}, "data.format: Input should be 'auto'"),
     ],
@@ -490,3 +491,77 @@ def test_training_rows_and_eval_scoring_pass_the_earlier_turns(monkeypatch) -> N
     assert len(scored["predictions"]) == 2
     # generation, then perplexity scoring: both see each row's own earlier turns
     assert seen == [("And 3+3?", TWO_TURNS), ("hi", None)] * 2
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_a_json_array_file_is_read_record_by_record(
+    tmp_path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.curate.records as records
+
+    monkeypatch.setattr(records, "JSON_CHUNK", chunk)  # 7: every element crosses a chunk
+    rows: list[object] = [{"instruction": f"Say {i}\nplease", "output": f"{i}"} for i in range(4)]
+    rows += [5, {"instruction": "no output"}, {"instruction": "Say 9", "output": "9", "input": ""}]
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps(rows, indent=2))
+    read = read_records(path, Fields(format="auto", label=None))
+    # ids default to the line each record starts on (as JSONL's are its line numbers)
+    assert [(r.id, r.text, r.target) for r in read.records] == [
+        ("2", "Say 0\nplease", "0"),
+        ("6", "Say 1\nplease", "1"),
+        ("10", "Say 2\nplease", "2"),
+        ("14", "Say 3\nplease", "3"),
+        ("22", "Say 9", "9"),
+    ]
+    assert _reasons(read.quarantined) == [
+        (18, "expected an object, got int"),
+        (19, "missing field 'output'"),
+    ]
+    assert all(q.file == str(path) for q in read.quarantined)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "must hold one array of records"),
+        ('{"text": "a"}', "must hold one array of records ([{...}, ...]), not '{'"),
+        ('[{"text": "a"},\n', "line 2: the array is not closed"),
+        ('[{"text": "a"},]', "line 1: a ',' with no record after it before ']'"),
+        ('[{"text": "a"} {"text": "b"}]', "line 1: expected ',' or ']' between records"),
+        ('[{"text": "a"}] []', "text after the array's closing ']'"),
+        ('[\n{"text": "a"},\n{"text": "b",}]', "line 3: invalid JSON in a record"),
+    ],
+)
+def test_a_json_file_that_is_not_one_array_is_one_clear_error(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=re.escape(message)) as raised:
+        read_records(path, Fields(format="auto", label=None))
+    assert str(raised.value).startswith(str(path))
+
+
+def test_a_large_json_array_streams_in_bounded_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from tasks.curate.records import iter_records
+
+    path = tmp_path / "big.json"
+    answer = "x" * 4000
+    with path.open("w") as handle:  # ~12 MB
+        handle.write("[")
+        handle.write(
+            ",".join(json.dumps({"text": f"q{i}", "target": answer}) for i in range(3_000))
+        )
+        handle.write("]")
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        count = sum(1 for item in iter_records(path, Fields(target="target", label=None)) if item)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 3_000
+    # the file is never held whole: a chunk of read-ahead and the ids seen, well under its size
+    assert peak < size / 2, (peak, size)

@@ -42,7 +42,7 @@ LABEL_TYPES = (str, int, bool)
 FORMATS = ("auto", "fields", "alpaca", "messages", "preference", "kto")
 #: Formats that carry a record's fields themselves, and the file types they are read from.
 SHAPED_FORMATS = ("alpaca", "messages", "preference", "kto")
-SHAPED_SUFFIXES = (".jsonl", ".parquet")
+SHAPED_SUFFIXES = (".jsonl", ".json", ".parquet")
 ROLES = ("system", "user", "assistant")
 #: ShareGPT's speaker names (``from``) and the roles they stand for.
 SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
@@ -520,7 +520,104 @@ def _parquet_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
         yield number, json.dumps(row, default=str), row, None
 
 
-READERS = {".jsonl": _jsonl_objects, ".csv": _csv_objects, ".parquet": _parquet_objects}
+#: Characters read at a time from a ``.json`` array (an element longer than this reads more).
+JSON_CHUNK = 1 << 20
+
+
+def _json_array_objects(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
+    """Yield (line, raw, parsed, None) for each element of a file holding one JSON array.
+
+    The form LLaMA-Factory and Alpaca datasets ship in. Streamed: the decoder sees one element
+    at a time plus a read-ahead of ``JSON_CHUNK`` characters, so a large array is never held
+    whole (let alone twice, as ``json.load`` and then a list of records would). ``line`` is the
+    line an element starts on; an element that is not an object is quarantined by validation.
+
+    Raises:
+        DataError: The file is not one JSON array, or its JSON breaks: after a syntax error no
+            later element can be found reliably, so the message says where, and nothing is read.
+    """
+    decoder = json.JSONDecoder()
+    with _open_text(path, "utf-8-sig") as handle:
+        buffer, position = "", 0
+        line, counted = 1, 0  # the line number at buffer[counted]
+
+        def more() -> bool:
+            """Read a chunk (dropping what was consumed first); False at the end of the file."""
+            nonlocal buffer, position, counted
+            line_at(position)
+            buffer, position, counted = buffer[position:], 0, 0
+            chunk = handle.read(JSON_CHUNK)
+            buffer += chunk
+            return bool(chunk)
+
+        def line_at(index: int) -> int:
+            """The line ``buffer[index]`` is on (counted incrementally: ``index`` only grows)."""
+            nonlocal line, counted
+            line += buffer.count("\n", counted, index)
+            counted = index
+            return line
+
+        def skip_space() -> str | None:
+            """The next non-space character (None at the end of the file), not consumed."""
+            nonlocal position
+            while True:
+                while position < len(buffer) and buffer[position] in " \t\r\n":
+                    position += 1
+                if position < len(buffer):
+                    return buffer[position]
+                if not more():
+                    return None
+
+        def broken(what: str) -> DataError:
+            where = line_at(position)
+            return DataError(f"{path}: line {where}: {what}; fix the file (or write it as .jsonl)")
+
+        first = skip_space()
+        if first != "[":
+            raise DataError(
+                f"{path}: a .json data file must hold one array of records ([{{...}}, ...]), "
+                f"not {'nothing' if first is None else repr(first)}; JSON lines go in .jsonl"
+            )
+        position += 1
+        expect_element, elements = True, 0  # expecting one after '[' or ','
+        while True:
+            head = skip_space()
+            if head is None:
+                raise broken("the array is not closed (the file ends inside it)")
+            if head == "]":
+                if expect_element and elements:
+                    raise broken("a ',' with no record after it before ']'")
+                position += 1
+                if skip_space() is not None:
+                    raise broken("text after the array's closing ']'")
+                return
+            if not expect_element:
+                if head != ",":
+                    raise broken(f"expected ',' or ']' between records, got {head!r}")
+                position += 1
+                expect_element = True
+                continue
+            while True:
+                try:
+                    obj, end = decoder.raw_decode(buffer, position)
+                except json.JSONDecodeError as exc:
+                    if more():
+                        continue
+                    raise broken(f"invalid JSON in a record: {exc.msg}") from None
+                if end == len(buffer) and more():
+                    continue  # a number may go on in the next chunk
+                break
+            yield line_at(position), buffer[position:end], obj, None
+            position = end
+            expect_element, elements = False, elements + 1
+
+
+READERS = {
+    ".jsonl": _jsonl_objects,
+    ".json": _json_array_objects,
+    ".csv": _csv_objects,
+    ".parquet": _parquet_objects,
+}
 
 Items = Iterator[tuple[int, str, Any, str | None]]
 
@@ -577,7 +674,7 @@ def iter_records(path: Path, fields: Fields) -> Iterator[Record | Quarantined | 
         raise DataError(f"{path}: unsupported data file type '{path.suffix}'")
     if fields.format in SHAPED_FORMATS and suffix not in SHAPED_SUFFIXES:
         raise DataError(
-            f"{path}: data.format '{fields.format}' reads {' or '.join(SHAPED_SUFFIXES)} files, "
+            f"{path}: data.format '{fields.format}' reads .jsonl, .json or .parquet files, "
             f"not '{suffix}'"
         )
     file = str(path)
@@ -599,6 +696,8 @@ def iter_records(path: Path, fields: Fields) -> Iterator[Record | Quarantined | 
                     yield replace(outcome, file=file, line=line)
                     continue
             yield Quarantined(file, line, outcome, _printable(raw))
+    except DataError:
+        raise  # the reader's own message (a .json file that is not one array)
     except (EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: a damaged gzip file: {exc}") from None
     except OSError as exc:
