@@ -510,14 +510,28 @@ class Advice:
 
     @property
     def recommended_runnable(self) -> str | None:
-        """The best suitable method this version can run (what ``method: auto`` runs)."""
-        return next((a.method for a in self.ranking if a.suitable and a.runnable), None)
+        """The best suitable method this version can run (what ``method: auto`` runs).
+
+        A reward model is never picked: it judges answers instead of giving them, so it is
+        asked for by name (``method: reward``), never chosen for a generative task.
+        """
+        return next(
+            (
+                a.method
+                for a in self.ranking
+                if a.suitable and a.runnable and a.method not in REWARD
+            ),
+            None,
+        )
 
     def ladder(self) -> list[Assessment]:
-        """Rungs: suitable, runnable methods, cheapest first, one per family (its best)."""
+        """Rungs: suitable, runnable methods, cheapest first, one per family (its best).
+
+        No reward-model rung: its metrics are not the task's (see ``recommended_runnable``).
+        """
         best: dict[str, Assessment] = {}
         for item in self.ranking:  # ranking is best first, so the first per family wins
-            if item.suitable and item.runnable:
+            if item.suitable and item.runnable and item.method not in REWARD:
                 best.setdefault(FAMILY[item.method], item)
         return sorted(best.values(), key=lambda a: COST_RANK[a.method])
 

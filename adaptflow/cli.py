@@ -871,6 +871,7 @@ def data_pull(
                 "to (a folder, s3://, gs://, azure://, ssh://)"
             )
         from registry.models import data_hash_of
+        from runtime.index import public_url
         from tasks.curate.version import pull_dataset
 
         name, version, data_hash = data_hash_of(model_uri)
@@ -883,7 +884,7 @@ def data_pull(
             "name": name,
             "version": version,
             "data_hash": data_hash,
-            "remote": settings.dvc_remote,
+            "remote": public_url(settings.dvc_remote),
             "dest": str(folder),
             "files": [str(f.relative_to(folder)) for f in files],
         }
@@ -891,7 +892,7 @@ def data_pull(
         _emit(result)
         return
     err.print(
-        f"{name} version {version}: data {data_hash} from {settings.dvc_remote} -> {folder} "
+        f"{name} version {version}: data {data_hash} from {result['remote']} -> {folder} "
         f"({', '.join(result['files'])})",
         highlight=False,
     )

@@ -77,6 +77,14 @@ def check_method(task: str, requested: str, family: str | None = None) -> None:
     Raises:
         SpecError: When the task or the method is not runnable yet, or not on this base.
     """
+    encoder_generating = family == "encoder" and task in NEEDS_A_GENERATOR
+    if encoder_generating and requested not in REWARD_METHODS:
+        judge = "; an encoder can be a reward model (method reward)" * (task in GENERATIVE_TASKS)
+        raise SpecError(
+            f"task '{task}' needs a decoder or encoder-decoder base model (e.g. tiny-gpt, "
+            f"tiny-t5): the spec's base_model is an encoder, which cannot generate text, so no "
+            f"method fits{' (method: auto found none)' if requested == 'auto' else ''}{judge}"
+        )
     if task in RUNNABLE and not runnable_methods(task, family):
         raise SpecError(
             f"task '{task}' needs a decoder or encoder-decoder base model (e.g. tiny-gpt, "

@@ -45,7 +45,8 @@ def _dvc_record(path: Path) -> str | None:
     try:
         if sidecar.is_file():
             outs = (yaml.safe_load(sidecar.read_text(encoding="utf-8")) or {}).get("outs") or []
-            return next((str(o["md5"]) for o in outs if o.get("path") == path.name), None)
+            found = (o.get("md5") for o in outs if o.get("path") == path.name)
+            return next((str(md5) for md5 in found if md5), None)
         for folder in path.resolve().parents:
             lock = folder / "dvc.lock"
             if lock.is_file():

@@ -659,6 +659,7 @@ class Spec(_Strict):
     _source: Path | None = PrivateAttr(None)
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
     _lineage: dict[str, str] = PrivateAttr(default_factory=dict)
+    _pins: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -906,6 +907,28 @@ class Spec(_Strict):
         pinned = self.model_copy(update={"base_model": str(folder)})
         pinned._raw = self._raw or self.model_dump(mode="json")
         pinned._lineage = dict(lineage)
+        pinned._pins = dict(self._pins)
+        return pinned
+
+    @property
+    def pins(self) -> dict[str, str]:
+        """Tags naming the reward models (GRPO's, the judge) the run pinned to a version."""
+        return dict(self._pins)
+
+    def with_pinned_reward_models(
+        self, rewards: list[RewardSpec], judge: str | None, pins: dict[str, str]
+    ) -> Spec:
+        """This spec with its reward models pinned (``models:/NAME/N``), tagged with ``pins``.
+
+        An alias moved mid-run would otherwise train the policy against one judge and gate it
+        with another. The spec hash stays that of the spec as written.
+        """
+        pinned = self.model_copy(
+            update={"rewards": rewards, "align": self.align.model_copy(update={"judge": judge})}
+        )
+        pinned._raw = self._raw or self.model_dump(mode="json")
+        pinned._lineage = dict(self._lineage)
+        pinned._pins = dict(pins)
         return pinned
 
     def spec_hash(self) -> str:

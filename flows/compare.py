@@ -73,7 +73,7 @@ def compare(
         )
     champion_version = current_champion(spec.name)
     versus = None
-    if spec.align.judge is not None and "predictions" in baseline:
+    if spec.align.judge is not None and "predictions" in baseline and champion_version:
         versus = (load_judge(spec.align.judge, spec_dir), baseline["predictions"])
     return {
         "baseline": baseline["metrics"],

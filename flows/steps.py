@@ -24,7 +24,7 @@ from flows.register import register
 from registry.models import materialize_base
 from tasks.evaluate.forgetting import forgetting_check_task, forgetting_metrics
 from tasks.evaluate.gate import GateDecision
-from tasks.rewards import fetch_reward_models
+from tasks.rewards import pin_reward_models
 from tasks.tracking import log_stage
 from tasks.train.tune import keys_to_choose
 
@@ -84,6 +84,7 @@ def provenance(spec: Spec, method: str) -> dict[str, str]:
         "adaptflow.flow_run_id": str(flow_run.id or ""),
         "adaptflow.method": method,
         **spec.lineage,  # the registered version it starts from, if any (with_registered_base)
+        **spec.pins,  # the reward models and judge it uses, pinned to versions
         # which revision of each input file the run read, where git or DVC tracks it
         **input_lineage("train", spec.data.train),
         **input_lineage("eval", spec.data.eval),
@@ -99,16 +100,17 @@ def with_registered_base(spec: Spec, method: str) -> Spec:
     the package all start from it, and its runs and versions carry the lineage tags
     ``adaptflow.parent`` (``NAME/VERSION``), ``adaptflow.parent_run_id`` and
     ``adaptflow.base_model_uri`` (the URI as written). Any other spec is returned as it is.
-    Registered reward models the spec's ``rewards`` name are fetched here too, so a wrong one
-    fails before any work.
+    The reward models the spec names (``rewards`` of kind ``model``, ``align.judge``) are
+    fetched, checked and pinned to the version their alias names now (tags
+    ``adaptflow.reward_model.I``, ``adaptflow.judge``), so a wrong one fails before any work and
+    an alias moved mid-run changes nothing.
 
     Raises:
         SpecError: No such model, alias or version, or not a generative version.
         ServiceError: The registry could not be read.
     """
-    # a reward model that does not exist or is no reward model fails now, before any work
-    judge = [{"kind": "model", "model": spec.align.judge}] if spec.align.judge else []
-    fetch_reward_models([r.model_dump(exclude_none=True) for r in spec.rewards] + judge)
+    # reward models (GRPO's, the judge): checked now, before any work, and pinned to a version
+    spec = pin_reward_models(spec)
     if registered_reference(spec.base_model) is None:
         return spec
     base = materialize_base(spec.base_model, load_settings().work_dir / "bases", method)

@@ -576,13 +576,14 @@ def reward_package(model_uri: str, dest_root: Path, field: str = "rewards") -> P
         (package / BASE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         folder.parent.mkdir(exist_ok=True)
         stale = Path(scratch) / "stale"
-        if folder.exists():
-            os.replace(folder, stale)
-        try:
-            os.replace(package, folder)
-        except OSError:  # a concurrent run put the same version in place meanwhile
-            if not _same_version(_record(folder), run_id):
-                raise
+        if not _same_version(_record(folder), run_id):  # else a concurrent run was first
+            if folder.exists():  # another registry's version under the same name: replaced
+                os.replace(folder, stale)
+            try:
+                os.replace(package, folder)
+            except OSError:  # a concurrent run put the same version in place meanwhile
+                if not _same_version(_record(folder), run_id):
+                    raise
         shutil.rmtree(stale, ignore_errors=True)
     return folder
 

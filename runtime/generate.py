@@ -314,8 +314,8 @@ class Generator:
 def score_generator(generator: Generator, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Answer every row's ``text`` and compare with its ``target``.
 
-    Rows without a ``target`` (GRPO's prompts judged by a reward model) are answered only: no
-    answer metrics then.
+    Rows without a ``target`` (GRPO's prompts judged by a reward model) are answered; the
+    answer metrics score the rows that have one (none: no answer metrics).
 
     Returns:
         ``metrics`` (exact_match, token_f1, rouge1/2/L, perplexity of the targets) and
@@ -324,17 +324,18 @@ def score_generator(generator: Generator, rows: list[dict[str, Any]]) -> dict[st
     texts = [row["text"] for row in rows]
     contexts = [row.get("context") for row in rows]
     predictions = generator.predict(texts, contexts)
-    if any(row.get("target") is None for row in rows):
+    kept = [i for i, row in enumerate(rows) if row.get("target") is not None]
+    if rows and not kept:
         return {"metrics": {}, "predictions": predictions}
-    targets = [row["target"] for row in rows]
-    metrics = generation_metrics(predictions, targets)
+    targets = [rows[i]["target"] for i in kept]
+    metrics = generation_metrics([predictions[i] for i in kept], targets)
     nll, tokens = answer_nll(
         generator.model,
         generator.tokenizer,
-        list(zip(texts, targets, strict=True)),
+        list(zip([texts[i] for i in kept], targets, strict=True)),
         generator.family,
         generator.max_length,
-        contexts,
+        [contexts[i] for i in kept],
     )
     metrics["perplexity"] = perplexity(nll, tokens)
     return {"metrics": metrics, "predictions": predictions}

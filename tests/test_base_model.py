@@ -49,7 +49,7 @@ def test_an_id_the_hub_cannot_resolve_fails_naming_it(monkeypatch: pytest.Monkey
 
 def test_an_encoder_base_runs_no_generative_method_and_auto_says_none_fits() -> None:
     assert runnable_methods("language-modeling", "encoder") == ()
-    assert runnable_methods("instruction", "encoder") == ()
+    assert runnable_methods("instruction", "encoder") == ("reward",)  # a judge, no generator
     assert runnable_methods("language-modeling", "decoder") == ("cpt",)
     assert runnable_methods("classification", "encoder") == ("icl", "lora", "dora", "ia3")
     with pytest.raises(SpecError, match="needs a decoder or encoder-decoder base model.*auto"):

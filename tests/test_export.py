@@ -135,7 +135,8 @@ def test_export_refuses_a_non_empty_output(packages: dict[str, Path], tmp_path: 
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
-@pytest.mark.parametrize("base", ["tiny-gpt", "tiny-t5"])
+# tiny-t5's round trip is the same code on the other family: in make test-all, not make test
+@pytest.mark.parametrize("base", ["tiny-gpt", pytest.param("tiny-t5", marks=pytest.mark.slow)])
 def test_int8_safetensors_round_trip_is_exact(base: str, tmp_path: Path) -> None:
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 

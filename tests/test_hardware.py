@@ -206,8 +206,9 @@ def _write_spec(folder: Path, method: str = "lora", **train: object) -> Path:
         ),
         (
             {"task": "summarization", "base_model": "minilm"},
-            "task 'summarization' generates text, which needs a decoder or an encoder-decoder; "
-            "base model 'minilm' is an encoder",
+            "task 'summarization' generates text, which needs a decoder or an encoder-decoder "
+            "(an encoder can be a reward model: method reward); base model 'minilm' is an "
+            "encoder",
         ),
         (
             {"train": {"devices": 3}},

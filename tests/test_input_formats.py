@@ -505,13 +505,13 @@ def test_a_json_array_file_is_read_record_by_record(
     path = tmp_path / "alpaca.json"
     path.write_text(json.dumps(rows, indent=2))
     read = read_records(path, Fields(format="auto", label=None))
-    # ids default to the line each record starts on (as JSONL's are its line numbers)
-    assert [(r.id, r.text, r.target) for r in read.records] == [
-        ("2", "Say 0\nplease", "0"),
-        ("6", "Say 1\nplease", "1"),
-        ("10", "Say 2\nplease", "2"),
-        ("14", "Say 3\nplease", "3"),
-        ("22", "Say 9", "9"),
+    # ids default to the position in the array; quarantine names the line a record starts on
+    assert [(r.id, r.line, r.text, r.target) for r in read.records] == [
+        ("1", 2, "Say 0\nplease", "0"),
+        ("2", 6, "Say 1\nplease", "1"),
+        ("3", 10, "Say 2\nplease", "2"),
+        ("4", 14, "Say 3\nplease", "3"),
+        ("7", 22, "Say 9", "9"),
     ]
     assert _reasons(read.quarantined) == [
         (18, "expected an object, got int"),
@@ -558,10 +558,15 @@ def test_a_large_json_array_streams_in_bounded_memory(tmp_path: Path) -> None:
     size = path.stat().st_size
     tracemalloc.start()
     try:
-        count = sum(1 for item in iter_records(path, Fields(target="target", label=None)) if item)
+        ids = [
+            item.id
+            for item in iter_records(path, Fields(target="target", label=None))
+            if isinstance(item, Record)
+        ]
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert count == 3_000
+    # one line holds every record: each is kept, with its position as its id
+    assert ids == [str(i) for i in range(1, 3_001)]
     # the file is never held whole: a chunk of read-ahead and the ids seen, well under its size
     assert peak < size / 2, (peak, size)

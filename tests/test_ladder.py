@@ -71,6 +71,7 @@ def test_ladder_stops_at_the_first_rung_when_the_vote_is_enough(tmp_path: Path) 
     assert accuracy / len(eval_rows) == pytest.approx(summary["metrics"]["accuracy"])
 
 
+@pytest.mark.slow  # climbing is also tested on a generative ladder (test_generative.py)
 def test_ladder_climbs_when_the_target_is_higher(tmp_path: Path) -> None:
     from flows.pipeline import adapt_pipeline
     from registry import tracking

@@ -314,6 +314,7 @@ def test_subclasses_of_mlflow_errors_are_classified_like_their_class() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # the race itself is also run on a server (test_eight_workers_racing...)
 def test_four_first_runs_at_once_on_a_fresh_home_all_register(tmp_path: Path) -> None:
     """Concurrent first runs once died in MLflow's or Prefect's SQLite migration."""
     data = REPO / "examples" / "unicode-categories" / "data" / "chars.jsonl"

@@ -239,6 +239,7 @@ def test_rag_pipeline_indexes_evaluates_registers_and_serves(tmp_path: Path) -> 
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # `make demo` runs the same example through the same commands
 def test_python_docs_example_through_the_cli(tmp_path: Path) -> None:
     """The shipped example: real documentation, hand-written questions, hybrid search."""
     result = run_cli("run", "--json", str(EXAMPLE / "spec.yaml"))

@@ -236,9 +236,12 @@ def test_grpo_takes_its_reward_from_the_registered_reward_model(
     # the version keeps its reward, so it is re-scored by the same judge as a champion
     package = download_package(f"models:/calm-policy/{result['model_version']}", tmp_path / "v")
     options = json.loads((package / "adaptflow_model.json").read_text())["options"]
-    assert options["rewards"] == [
-        {"kind": "model", "weight": 1.0, "model": f"models:/{JUDGE}@champion"}
-    ]
+    # pinned when the run started: the version the alias named, also tagged on the run
+    assert options["rewards"] == [{"kind": "model", "weight": 1.0, "model": f"models:/{JUDGE}/1"}]
+    from registry.tracking import client
+
+    tags = client().get_run(result["mlflow_run_id"]).data.tags
+    assert tags["adaptflow.reward_model.0"] == tags["adaptflow.judge"] == f"models:/{JUDGE}/1"
     # a judge that is not a reward model, or does not exist: refused before any work, naming
     # the reward (a SpecError: exit 2 from the command)
     from adaptflow.spec import load_spec
@@ -251,5 +254,16 @@ def test_grpo_takes_its_reward_from_the_registered_reward_model(
         spec["rewards"] = [{"kind": "model", "model": judge}]
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
         with pytest.raises(SpecError, match=r"rewards\[0\]") as raised:
+            with_registered_base(load_spec(tmp_path / "bad.yaml"), "grpo")
+        assert expected in str(raised.value)
+    # the judge is named as the judge; a folder that is no reward model is refused up front too
+    spec["rewards"] = [{"kind": "exact_match"}]
+    for judge, expected in (
+        ("models:/calm-policy/1", "align.judge: 'models:/calm-policy/1' is version 1"),
+        ("no-such-folder", "align.judge: 'no-such-folder' is neither a registered reward model"),
+    ):
+        spec["align"]["judge"] = judge
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
+        with pytest.raises(SpecError) as raised:
             with_registered_base(load_spec(tmp_path / "bad.yaml"), "grpo")
         assert expected in str(raised.value)

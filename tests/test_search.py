@@ -192,6 +192,7 @@ def test_generative_epochs_are_chosen_on_validation_and_logged_once(tmp_path: Pa
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # the same early stopping as the generative case above, on perplexity
 def test_continued_pretraining_epochs_are_chosen_on_validation_perplexity(
     tmp_path: Path,
 ) -> None:

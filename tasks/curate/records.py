@@ -679,13 +679,17 @@ def iter_records(path: Path, fields: Fields) -> Iterator[Record | Quarantined | 
         )
     file = str(path)
     seen: dict[str, int] = {}
+    # a record's default id is its line; in a .json array, where one line may hold every
+    # record, it is its position in the array (1-based)
+    by_position = suffix == ".json"
     try:
         fields, items = _resolve_format(path, reader(path), fields)
-        for line, raw, obj, error in items:
+        for position, (line, raw, obj, error) in enumerate(items, start=1):
             if error == "blank":
                 yield None
                 continue
-            outcome = error or _validate(obj, fields, default_id=str(line))
+            default_id = str(position if by_position else line)
+            outcome = error or _validate(obj, fields, default_id=default_id)
             if isinstance(outcome, Record):
                 outcome = _lone_surrogate(outcome) or outcome
             if isinstance(outcome, Record):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptflow.errors import DataError, ServiceError
+from runtime.index import public_url
 
 #: The name the remote has in adaptflow's DVC repositories.
 REMOTE = "adaptflow"
@@ -86,10 +87,12 @@ def version_with_dvc(
             try:
                 repo.push(targets=[str(dataset_dir)], remote=REMOTE)
             except Exception as exc:  # DVC raises its own errors and the filesystem's
+                shown = public_url(remote)  # no credentials in messages
                 raise ServiceError(
                     f"could not push {dataset_dir} (DVC hash {value}) to the DVC remote "
-                    f"ADAPTFLOW_DVC_REMOTE={remote}: {exc}. The version is in the local cache "
-                    "only; fix the remote (or unset ADAPTFLOW_DVC_REMOTE) and run again"
+                    f"ADAPTFLOW_DVC_REMOTE={shown}: {str(exc).replace(remote, shown)}. The "
+                    "version is in the local cache only; fix the remote (or unset "
+                    "ADAPTFLOW_DVC_REMOTE) and run again"
                 ) from None
     return value
 
@@ -124,15 +127,17 @@ def pull_dataset(data_hash: str, dest: Path, remote: str, scratch_root: Path) ->
             try:
                 repo.pull(targets=[str(Path(tmp) / "data.dvc")], remote=REMOTE)
             except Exception as exc:  # DVC's errors and the filesystem's
+                shown = public_url(remote)  # no credentials in messages
                 missing = "checkout failed" in str(exc).lower() or "missing" in str(exc).lower()
                 if missing:
                     raise DataError(
-                        f"the DVC remote ADAPTFLOW_DVC_REMOTE={remote} does not hold the data of "
+                        f"the DVC remote ADAPTFLOW_DVC_REMOTE={shown} does not hold the data of "
                         f"DVC hash {data_hash}: it was never pushed there (versioned without a "
                         "remote, or to another one)"
                     ) from None
                 raise ServiceError(
-                    f"could not pull DVC hash {data_hash} from ADAPTFLOW_DVC_REMOTE={remote}: {exc}"
+                    f"could not pull DVC hash {data_hash} from ADAPTFLOW_DVC_REMOTE={shown}: "
+                    f"{str(exc).replace(remote, shown)}"
                 ) from None
             if repo.status(targets=[str(Path(tmp) / "data.dvc")]):
                 raise DataError(f"the pulled files do not match DVC hash {data_hash}")

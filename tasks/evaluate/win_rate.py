@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from adaptflow.catalogue import registered_reference
+from adaptflow.errors import InvariantError
 from runtime.reward_model import RewardModel
-from tasks.rewards import fetch_reward_models
+from tasks.rewards import reward_model_folder
 
 
 def load_judge(reference: str, spec_dir: Path | None = None) -> RewardModel:
@@ -29,13 +29,7 @@ def load_judge(reference: str, spec_dir: Path | None = None) -> RewardModel:
         SpecError: No such registered version, or not a reward model.
         RegistryError: A folder that is not a reward model package.
     """
-    if registered_reference(reference) is not None:
-        folder = fetch_reward_models([{"kind": "model", "model": reference}])[reference]
-    else:
-        folder = Path(reference)
-        if not folder.is_absolute() and spec_dir is not None:
-            folder = spec_dir / folder
-    return RewardModel.from_package(folder)
+    return RewardModel.from_package(reward_model_folder(reference, "align.judge", spec_dir))
 
 
 def win_rate(
@@ -60,6 +54,8 @@ def candidate_win_rate(
     judge_ref: str, spec_dir: Path | None, artifacts: list[str], baseline: list[str]
 ) -> dict[str, Any]:
     """``{"win_rate": x}`` of the candidate whose evaluation wrote ``artifacts``."""
-    path = next(Path(a) for a in artifacts if Path(a).name == "eval_answers.jsonl")
+    path = next((Path(a) for a in artifacts if Path(a).name == "eval_answers.jsonl"), None)
+    if path is None:
+        raise InvariantError("win_rate needs a generative candidate's eval_answers.jsonl")
     prompts, answers = answers_file(path)
     return {"win_rate": win_rate(load_judge(judge_ref, spec_dir), prompts, answers, baseline)}
