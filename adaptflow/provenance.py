@@ -10,20 +10,11 @@ def git_commit(folder: Path | None) -> str | None:
     """The commit checked out in the git work tree holding ``folder``, or None."""
     if folder is None:
         return None
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
+    return _git(folder, "rev-parse", "HEAD") or None
 
 
 def _git(folder: Path, *args: str) -> str | None:
+    """``git -C folder ARGS``'s stripped output, or None when git fails or is missing."""
     try:
         done = subprocess.run(
             ["git", "-C", str(folder), *args],

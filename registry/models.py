@@ -550,9 +550,6 @@ def reward_package(model_uri: str, dest_root: Path, field: str = "rewards") -> P
         SpecError: A malformed URI; no such model, alias or version; not a reward model.
         ServiceError: The registry could not be read.
     """
-    import json
-    import os
-    import shutil
     import tempfile
 
     from runtime.manifest import read_raw
@@ -573,19 +570,32 @@ def reward_package(model_uri: str, dest_root: Path, field: str = "rewards") -> P
             )
         record = {"name": name, "version": version, "run_id": run_id}
         record |= {"kind": raw["kind"], "method": raw.get("method")}
-        (package / BASE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        folder.parent.mkdir(exist_ok=True)
-        stale = Path(scratch) / "stale"
-        if not _same_version(_record(folder), run_id):  # else a concurrent run was first
-            if folder.exists():  # another registry's version under the same name: replaced
-                os.replace(folder, stale)
-            try:
-                os.replace(package, folder)
-            except OSError:  # a concurrent run put the same version in place meanwhile
-                if not _same_version(_record(folder), run_id):
-                    raise
-        shutil.rmtree(stale, ignore_errors=True)
+        _put_in_place(package, folder, record, Path(scratch))
     return folder
+
+
+def _put_in_place(built: Path, folder: Path, record: dict[str, Any], scratch: Path) -> None:
+    """Record the version in ``built`` and rename it to ``folder``, unless another run was first.
+
+    ``built`` and ``scratch`` sit on ``folder``'s filesystem, so the rename is atomic; a folder
+    holding another version under the same name (another registry's) is replaced.
+    """
+    import json
+    import os
+    import shutil
+
+    (built / BASE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    folder.parent.mkdir(exist_ok=True)
+    stale = scratch / "stale"
+    if not _same_version(_record(folder), record["run_id"]):  # else a concurrent run was first
+        if folder.exists():
+            os.replace(folder, stale)
+        try:
+            os.replace(built, folder)
+        except OSError:  # a concurrent run put the same version in place meanwhile
+            if not _same_version(_record(folder), record["run_id"]):
+                raise
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def _same_version(record: dict[str, Any] | None, run_id: str) -> TypeGuard[dict[str, Any]]:
@@ -625,9 +635,6 @@ def materialize_base(model_uri: str, dest_root: Path, method: str | None = None)
             generative package, is int8-quantized or holds a virtual-token adapter.
         ServiceError: The registry could not be read.
     """
-    import json
-    import os
-    import shutil
     import tempfile
 
     name, version, run_id = _registered_version(model_uri)
@@ -644,18 +651,7 @@ def materialize_base(model_uri: str, dest_root: Path, method: str | None = None)
         _write_base_folder(model_uri, package, built)
         record = {"name": name, "version": version, "run_id": run_id}
         record |= {"kind": kind, "method": package_method}
-        (built / BASE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        stale = Path(scratch) / "stale"
-        folder.parent.mkdir(exist_ok=True)
-        if not _same_version(_record(folder), run_id):  # else a concurrent run was first
-            if folder.exists():  # another registry's version under the same name: replaced
-                os.replace(folder, stale)
-            try:
-                os.replace(built, folder)
-            except OSError:  # a concurrent run put the same version in place meanwhile
-                if not _same_version(_record(folder), run_id):
-                    raise
-        shutil.rmtree(stale, ignore_errors=True)
+        _put_in_place(built, folder, record, Path(scratch))
     return RegisteredBase(folder, name, version, run_id, kind, package_method)
 
 
