@@ -1,7 +1,7 @@
 """GPU training throughput and MFU of a ~1B Llama-style model in bf16 (needs a CUDA GPU).
 
     .venv/bin/python benchmarks/bench_gpu.py [--steps 30] [--batch-size 8] [--seq-len 1024]
-                                             [--methods full,lora] [--peak-tflops 989]
+                                             [--methods full,lora,qlora] [--peak-tflops 989]
 
 The model is randomly initialised from a Llama-3.2-1B-shaped config (16 blocks, width 2048,
 32 heads, 8 KV heads, vocabulary 128,256, tied embeddings: 1.24B parameters); throughput does
@@ -11,14 +11,18 @@ transformers ``Trainer`` with the recipe's precision flags (``adaptflow.hardware
 sequences of ``--seq-len``, all the same length so no padding is counted.
 
 Reported per method (``full``: every weight; ``lora``: r=8 on q/v projections, the recipe's
-default):
+default; ``qlora``: the same LoRA over the base saved and reloaded in 4 bits through the
+recipe's own loading, ``runtime.loading.load_base`` with ``tasks.train.lm.qlora_loading``:
+NF4, double quantization, bf16 compute, and peft's k-bit preparation, which turns on gradient
+checkpointing):
 
 - tokens/s: tokens of the timed steps ÷ their wall time (the first ``--warmup`` steps, with
   kernel selection and allocator growth, are not timed; CUDA is synchronised at both ends).
 - MFU: tokens/s × FLOPs per token ÷ the GPU's peak dense bf16 FLOP/s, with 6·N FLOPs per token
-  for full training and 4·N for LoRA (frozen base: no weight gradients), N the parameter
-  count: the advisor's formulas (DESIGN.md §1). Attention's own FLOPs are not counted, as in
-  those formulas. The peak comes from ``adaptflow.advisor.HARDWARE`` by GPU name, or
+  for full training and 4·N for LoRA and QLoRA (frozen base: no weight gradients; QLoRA's
+  recomputation under gradient checkpointing is not counted, so its MFU is a lower bound), N
+  the parameter count: the advisor's formulas (DESIGN.md §1). Attention's own FLOPs are not
+  counted, as in those formulas. The peak comes from ``adaptflow.advisor.HARDWARE`` by GPU name, or
   ``--peak-tflops``.
 - peak GPU memory (``torch.cuda.max_memory_allocated``), next to the advisor's estimate.
 
@@ -31,6 +35,7 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -95,6 +100,22 @@ class _Clock:
         self.ended = 0.0
 
 
+def quantized_copy(model: Any) -> Any:
+    """``model`` saved in bf16 and loaded back in 4 bits the way ``method: qlora`` loads a base."""
+    import tempfile
+
+    import torch
+
+    from runtime.loading import load_base
+    from tasks.train.lm import qlora_loading
+
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-base-") as folder:
+        model.to(torch.bfloat16).save_pretrained(folder)
+        del model
+        torch.cuda.empty_cache()
+        return load_base(folder, "decoder", extra=qlora_loading("bf16"))
+
+
 def measure(method: str, args: argparse.Namespace, peak: float) -> dict[str, Any]:
     """Train ``method`` for ``args.steps`` steps; tokens/s, MFU and memory of the timed ones."""
     import torch
@@ -107,10 +128,12 @@ def measure(method: str, args: argparse.Namespace, peak: float) -> dict[str, Any
     from tasks.train.methods import MethodOptions, apply_method, trainable_parameters
 
     torch.manual_seed(0)
-    torch.cuda.reset_peak_memory_stats()
     with torch.device("cuda"):  # initialised in place: no 5 GB detour through host memory
         model = LlamaForCausalLM(LlamaConfig(**LLAMA_1B))
     params = sum(p.numel() for p in model.parameters())
+    if method == "qlora":
+        model = quantized_copy(model)
+    torch.cuda.reset_peak_memory_stats()
     model = apply_method(model, method, "decoder", MethodOptions())
     trainable, _ = trainable_parameters(model)
     generator = torch.Generator().manual_seed(1)
@@ -171,6 +194,38 @@ def measure(method: str, args: argparse.Namespace, peak: float) -> dict[str, Any
     return result
 
 
+def versions() -> dict[str, str]:
+    """The versions of the libraries that did the work (the GPU machine's, not the pins)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("transformers", "peft", "accelerate", "bitsandbytes"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def capabilities() -> dict[str, Any]:
+    """What ``adaptflow.hardware`` makes of this machine: the checks every run goes through."""
+    from dataclasses import asdict
+
+    from adaptflow.errors import CapabilityError
+    from adaptflow.hardware import check_capabilities, this_machine, training_precision
+
+    try:
+        check_capabilities("instruction", "qlora", "auto", 1)
+        qlora = "runs here"
+    except CapabilityError as error:
+        qlora = str(error)
+    return {
+        "machine": asdict(this_machine()),
+        "auto_precision": training_precision("instruction", "auto"),
+        "qlora": qlora,
+    }
+
+
 def main() -> int:
     """Measure each method; print and save the results as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -206,8 +261,18 @@ def main() -> int:
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
         "torch": torch.__version__,
-        "runs": [measure(m, args, peak) for m in args.methods.split(",")],
+        "versions": versions(),
+        "capabilities": capabilities(),
+        "runs": [],
     }
+    for method in args.methods.split(","):
+        try:
+            results["runs"].append(measure(method, args, peak))
+        except Exception as error:  # one method failing (bitsandbytes missing, say) keeps the rest
+            print(f"bench_gpu: {method} failed: {type(error).__name__}: {error}", file=sys.stderr)
+            traceback.print_exc()
+            results.setdefault("failed", {})[method] = f"{type(error).__name__}: {error}"
+            torch.cuda.empty_cache()
     for run in results["runs"]:
         print(
             f"{run['method']:>5}: {run['tokens_per_second']:,.0f} tokens/s, "
