@@ -150,6 +150,15 @@ def run(
     ladder: Annotated[
         bool, typer.Option("--ladder", help="Climb the escalation ladder (= --method ladder).")
     ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Set a spec field over the file's, by dotted key (repeatable): "
+            "--set train.learning_rate=3e-4 --set train.epochs=2. The value is read as YAML.",
+        ),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Run the whole pipeline (curate -> adapt -> evaluate -> register) as a Prefect flow.
@@ -161,12 +170,13 @@ def run(
         from adaptflow.catalogue import base_family, registered_reference
         from adaptflow.hardware import check_capabilities
         from adaptflow.methods import check_method
-        from adaptflow.spec import Method, load_spec
+        from adaptflow.spec import Method, load_spec, parse_overrides
 
         if ladder and method not in (None, "ladder"):
             raise AdaptflowError(f"--ladder and --method {method} contradict each other")
         method = "ladder" if ladder else method
-        parsed = load_spec(spec)  # a bad spec fails here, before any server starts
+        overrides = parse_overrides(set_ or [])
+        parsed = load_spec(spec, overrides)  # a bad spec fails here, before any server starts
         registered = registered_reference(parsed.base_model) is not None
         # the base model's config, read before any work: a typo or an unreachable hub fails
         # here in seconds, and an encoder base rules out the generative methods
@@ -185,7 +195,7 @@ def run(
         from flows.pipeline import adapt_pipeline
 
         # check_method above let through only names in the spec's Method literal
-        summary = adapt_pipeline(str(spec), cast("Method | None", method))
+        summary = adapt_pipeline(str(spec), cast("Method | None", method), overrides=overrides)
     ladder_missed = summary["ladder"] is not None and not summary["ladder"]["target_met"]
     if json_out:
         _emit(summary)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+
+from adaptflow.inputs import source_of
 
 
 def git_commit(folder: Path | None) -> str | None:
@@ -11,6 +15,19 @@ def git_commit(folder: Path | None) -> str | None:
     if folder is None:
         return None
     return _git(folder, "rev-parse", "HEAD") or None
+
+
+def dvc_experiment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Tags naming the DVC experiment this run is a stage of (under ``dvc exp run``).
+
+    DVC hands a stage the experiment's name and the commit it branched from in the environment
+    (``DVC_EXP_NAME``, ``DVC_EXP_BASELINE_REV``): tagged ``adaptflow.dvc.exp_name`` and
+    ``adaptflow.dvc.exp_baseline_rev``, they find the MLflow run of ``dvc exp show``'s row,
+    as the run id in the stage's metrics file finds the way back.
+    """
+    env = os.environ if env is None else env
+    names = {"DVC_EXP_NAME": "exp_name", "DVC_EXP_BASELINE_REV": "exp_baseline_rev"}
+    return {f"adaptflow.dvc.{tag}": env[var] for var, tag in names.items() if env.get(var)}
 
 
 def _git(folder: Path, *args: str) -> str | None:
@@ -74,12 +91,25 @@ def input_lineage(key: str, path: Path | None) -> dict[str, str]:
     - DVC (a ``PATH.dvc`` file, or a ``dvc.lock`` stage output): ``adaptflow.input.KEY.dvc_md5``
       and, for a file, ``adaptflow.input.KEY.dvc_matches`` (whether the file read has that md5).
 
+    - a ``dvc://`` input (``adaptflow.inputs``): ``adaptflow.input.KEY.dvc_url`` (as written),
+      ``…dvc_commit`` (the registry's commit its revision resolved to) and ``…dvc_md5``, with
+      ``…dvc_matches`` for a file.
+
     Untracked inputs get no tags.
     """
     if path is None or not path.exists():
         return {}
     prefix = f"adaptflow.input.{key}."
-    tags: dict[str, str] = {}
+    source = source_of(path)
+    if source is not None:
+        tags = {prefix + "dvc_url": source.url, prefix + "dvc_commit": source.commit}
+        if source.md5:
+            tags[prefix + "dvc_md5"] = source.md5
+            actual = _md5(path)
+            if actual is not None:
+                tags[prefix + "dvc_matches"] = "true" if actual == source.md5 else "false"
+        return tags
+    tags = {}
     folder = path.parent if path.is_file() else path
     name = path.name if path.is_file() else "."
     if _git(folder, "ls-files", "--error-unmatch", "--", name) is not None:

@@ -29,6 +29,7 @@ from pydantic import (
 
 from adaptflow.catalogue import known_family, normalize_reference, registered_reference
 from adaptflow.errors import InvariantError, SpecError
+from adaptflow.inputs import fetch, is_reference
 from adaptflow.methods import ALIGNMENT_METHODS, GENERATIVE_TASKS, LM_TASKS, REWARD_METHODS
 
 Task = Literal[
@@ -138,13 +139,17 @@ class DataSpec(_Strict):
     text_field: str = "text"
     label_field: str | None = "label"
     target_field: str | None = None
-    format: Literal["auto", "fields", "alpaca", "messages", "preference", "kto"] = Field(
-        "auto",
-        description="Input format of generative data (JSONL/Parquet): 'fields' (text_field / "
-        "target_field), 'alpaca' (instruction, input, output), 'messages' (OpenAI chat "
-        "turns), 'preference' (prompt, chosen, rejected; TRL's implicit-prompt and "
-        "ShareGPT ranking forms too), 'kto' (prompt, completion, boolean label), or 'auto' "
-        "(per file, from its first JSON object)",
+    format: Literal["auto", "fields", "alpaca", "messages", "sharegpt", "preference", "kto"] = (
+        Field(
+            "auto",
+            description="Input format of generative data (JSONL/JSON/Parquet): 'fields' "
+            "(text_field / target_field), 'alpaca' (instruction, input, output), 'messages' "
+            "(OpenAI chat turns, with tool_calls and tool turns), 'sharegpt' (conversations "
+            "of from/value turns: system, human, gpt, function_call, observation; optional "
+            "system and tools), 'preference' (prompt, chosen, rejected; TRL's implicit-prompt "
+            "and ShareGPT ranking forms too), 'kto' (prompt, completion, boolean label), or "
+            "'auto' (per file, from its first JSON object)",
+        )
     )
     knowledge: Path | None = Field(None, description="RAG corpus folder")
     questions: Path | None = Field(
@@ -154,6 +159,21 @@ class DataSpec(_Strict):
     eval_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share held out for evaluation when no eval file is given"
     )
+    version_in: Literal["home", "project"] = Field(
+        "home",
+        description="Where DVC versions the curated data: 'home' (the private repository under "
+        "ADAPTFLOW_HOME) or 'project' (the git + DVC repository holding the spec: "
+        "curated/NAME/ beside a curated/NAME.dvc file to commit)",
+    )
+
+    @field_validator("train", "eval", "questions", "general", "knowledge", mode="before")
+    @classmethod
+    def _fetch_reference(cls, value: Any, info: ValidationInfo) -> Any:
+        """A ``dvc://REPO#PATH@REV`` input, fetched to a local path (``adaptflow.inputs``)."""
+        if not is_reference(value):
+            return value
+        base = (info.context or {}).get("base_dir")
+        return fetch(value, Path(base) if base is not None else None)
 
     @field_validator("train", "eval", "questions", "general")
     @classmethod
@@ -830,7 +850,7 @@ class Spec(_Strict):
 
     def _format_checks(self) -> None:
         data = self.data
-        if data.format not in ("alpaca", "messages", "preference", "kto"):
+        if data.format not in ("alpaca", "messages", "sharegpt", "preference", "kto"):
             return
         if self.task not in GENERATIVE_TASKS:
             raise ValueError(
@@ -1004,11 +1024,64 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_spec(path: str | Path) -> Spec:
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` settings (``adaptflow run --set``) as a mapping of dotted keys to values.
+
+    The value is read as YAML (``3e-4`` and ``0.0003`` are numbers, ``[1, 2]`` a list, ``null``
+    clears a field), so it means what it would in the spec file.
+
+    Raises:
+        SpecError: An item without ``=``, with an empty key, or whose value is not YAML.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, equals, text = item.partition("=")
+        key = key.strip()
+        if not equals or not key or any(not part for part in key.split(".")):
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=3e-4")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise SpecError(f"--set {item!r}: the value is not YAML: {problem}") from None
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string; people mean a number
+        overrides[key] = value
+    return overrides
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the spec mapping ``raw`` with each dotted key set (mappings made on the way).
+
+    Raises:
+        SpecError: When a key runs through a field that is not a mapping (``name.x=1``).
+    """
+    import copy
+
+    result = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = result
+        for depth, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parents[: depth + 1])
+                raise SpecError(f"--set {key}: '{where}' is not a mapping in the spec")
+            node = child
+        node[leaf] = value
+    return result
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
     """Read and validate a spec file.
 
     Args:
         path: Path to the YAML spec.
+        overrides: Dotted keys set over the file's values (``parse_overrides``); the spec hash
+            is of the result, so a run with overrides is told apart from one without.
 
     Returns:
         The validated spec, with relative paths resolved against the spec's folder.
@@ -1034,6 +1107,8 @@ def load_spec(path: str | Path) -> Spec:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{where}: invalid YAML: {problem}") from None
+    if overrides and isinstance(raw, dict):
+        raw = apply_overrides(raw, overrides)
     spec = parse_spec(raw, base_dir=path.resolve().parent, source=str(path))
     spec._source = path.resolve()
     return spec

@@ -9,6 +9,7 @@ one of ``ADAPTFLOW_CURATION_WORKERS`` processes (default: one per core), or the 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, unmapped
@@ -25,6 +26,7 @@ from tasks.curate.stage import (
     finish_curation_task,
     plan_curation_task,
 )
+from tasks.curate.version import dvc_project_root
 
 
 def curation_inputs(spec: Spec) -> CurationInputs:
@@ -50,7 +52,31 @@ def curation_inputs(spec: Spec) -> CurationInputs:
         base_model=spec.base_model,
         allow_pickle=spec.allow_pickle,
         blocks=spec.curation,
+        version_in=spec.data.version_in,
     )
+
+
+def data_homes(spec: Spec) -> tuple[Path, Path]:
+    """(the DVC repository that versions the curated data, the folder it is written under).
+
+    ``data.version_in: project`` puts it in the git + DVC repository holding the spec (an
+    inline spec: the working directory), under ``curated/``; else ``ADAPTFLOW_HOME``.
+
+    Raises:
+        SpecError: ``project`` when no DVC repository holds the spec.
+    """
+    settings = load_settings()
+    if spec.data.version_in == "home":
+        return settings.home, settings.curated_dir
+    folder = spec.source.parent if spec.source else Path.cwd()
+    root = dvc_project_root(folder)
+    if root is None:
+        raise SpecError(
+            f"data.version_in: project versions the curated data in the DVC repository that "
+            f"holds the spec, and there is none at or above {folder} (run `git init && dvc "
+            "init` there, or use version_in: home)"
+        )
+    return root, root / "curated"
 
 
 def map_shards(jobs: list[ShardJob], inputs: CurationInputs) -> list[ShardResult]:
@@ -95,11 +121,12 @@ def curate(spec: Spec) -> dict[str, Any]:
     """Curate ``spec``'s data (read, blocks, split, version); returns the curation summary."""
     settings = load_settings()
     inputs = curation_inputs(spec)
-    plan = plan_curation_task(inputs, settings.curated_dir)
+    dvc_root, out_root = data_homes(spec)
+    plan = plan_curation_task(inputs, out_root)
     # One shard never needs Dask: skip importing it (and starting a cluster) altogether.
     runner = dask_runner(settings, len(plan.jobs)) if len(plan.jobs) > 1 else None
     if runner is None:
         results = map_shards(plan.jobs, inputs)
     else:
         results = curate_shards.with_options(task_runner=runner)(plan.jobs, inputs)
-    return finish_curation_task(inputs, plan, results, settings.home)
+    return finish_curation_task(inputs, plan, results, dvc_root)

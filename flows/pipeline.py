@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -11,7 +12,7 @@ from adaptflow.errors import InvariantError, SpecError
 from adaptflow.hardware import check_capabilities
 from adaptflow.methods import check_method, resolve_method
 from adaptflow.secrets import load_secret_blocks
-from adaptflow.spec import Method, Spec, load_spec
+from adaptflow.spec import Method, Spec, apply_overrides, load_spec, parse_spec
 from flows.compare import compare
 from flows.curate import curate
 from flows.ladder import ladder
@@ -34,7 +35,10 @@ from tasks.tracking import close_run, log_stage, open_run
 
 @flow(name="adapt-pipeline")
 def adapt_pipeline(
-    spec_path: str | None = None, method: Method | None = None, spec: Spec | None = None
+    spec_path: str | None = None,
+    method: Method | None = None,
+    spec: Spec | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline for one spec (a YAML file or inline); returns the run summary.
 
@@ -49,13 +53,15 @@ def adapt_pipeline(
         spec: The spec itself instead of a file (the Prefect UI renders it as a form). Its
             relative data paths resolve against the flow's working directory: the repository
             on a worker (prefect.yaml's pull step), the current directory in-process.
+        overrides: Spec fields set over the spec's own, by dotted key
+            (``{"train.learning_rate": 0.0003}``; ``adaptflow run --set``, ``dvc exp run -S``).
 
     Raises:
         SpecError: When neither or both of ``spec_path`` and ``spec`` are given, or the spec
             is invalid.
     """
     load_secret_blocks()  # tokens kept in Prefect Secret blocks (ADAPTFLOW_SECRET_BLOCKS)
-    spec = _the_spec(spec_path, spec)
+    spec = _the_spec(spec_path, spec, overrides or {})
     requested = method or spec.method
     # a registered version (models:/NAME@ALIAS) becomes a local folder the whole run starts from
     spec = with_registered_base(spec, requested)
@@ -113,15 +119,18 @@ def adapt_pipeline(
     return result | {"search": searched}
 
 
-def _the_spec(spec_path: str | None, spec: Spec | None) -> Spec:
+def _the_spec(spec_path: str | None, spec: Spec | None, overrides: dict[str, Any]) -> Spec:
     if (spec_path is None) == (spec is None):
         given = "both" if spec is not None else "neither"
         raise SpecError(
             f"adapt-pipeline takes exactly one of spec_path (a YAML file) and spec (an inline "
             f"spec); {given} given. In the Prefect UI's run form, clear the one you do not use."
         )
-    if spec is not None:
-        return spec  # Prefect validated it against Spec (relative paths: working directory)
+    if spec is not None:  # Prefect validated it against Spec (relative paths: working directory)
+        if not overrides:
+            return spec
+        raw = apply_overrides(spec.model_dump(mode="json", exclude_unset=True), overrides)
+        return parse_spec(raw, base_dir=Path.cwd(), source="the inline spec")
     if spec_path is None:
         raise InvariantError("one of spec and spec_path is given (checked above)")
-    return load_spec(spec_path)
+    return load_spec(spec_path, overrides)

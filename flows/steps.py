@@ -14,8 +14,9 @@ from prefect.runtime import flow_run
 from adaptflow.catalogue import registered_reference
 from adaptflow.errors import InvariantError
 from adaptflow.hardware import training_precision
+from adaptflow.inputs import display
 from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS, UNTRAINED
-from adaptflow.provenance import git_commit, input_lineage
+from adaptflow.provenance import dvc_experiment, git_commit, input_lineage
 from adaptflow.settings import load_settings
 from adaptflow.spec import LOWER_IS_BETTER, Spec
 from flows.adapt import adapt
@@ -44,12 +45,13 @@ def run_params(spec: Spec, method: str) -> dict[str, Any]:
         "target_metric": spec.metric,
         "target_min": spec.target.min,
         "seed": spec.seed,
-        "data.train": spec.data.train,
-        "data.eval": spec.data.eval,
+        # a dvc:// input is logged as its URL, not the folder it was fetched into
+        "data.train": display(spec.data.train),
+        "data.eval": display(spec.data.eval),
         **(
             {
-                "data.knowledge": spec.data.knowledge,
-                "data.questions": spec.data.questions,
+                "data.knowledge": display(spec.data.knowledge),
+                "data.questions": display(spec.data.questions),
                 **{
                     f"retrieval.{k}": v
                     for k, v in spec.retrieval.model_dump().items()
@@ -88,6 +90,7 @@ def provenance(spec: Spec, method: str) -> dict[str, str]:
         # which revision of each input file the run read, where git or DVC tracks it
         **input_lineage("train", spec.data.train),
         **input_lineage("eval", spec.data.eval),
+        **dvc_experiment(),
     }
 
 
@@ -132,7 +135,7 @@ def log_curation(
         run_id,
         counts,
         prefix="curation.",
-        tags={"adaptflow.data_hash": curation["data_hash"]},
+        tags=data_tags(curation),
         artifacts=[
             curation["report"],
             curation["funnel_chart"],
@@ -216,7 +219,7 @@ def card_facts(
         "base_model": spec.base_model,
         "target": spec.target.model_dump(),
         "needs": spec.needs.model_dump(),
-        "data": {k: str(v) for k, v in spec.data.model_dump().items() if isinstance(v, Path)},
+        "data": {k: display(v) for k, v in spec.data.model_dump().items() if isinstance(v, Path)},
         "curation": curation,
         "metrics": candidate["evaluation"]["metrics"],
         "baseline": references["baseline"],
@@ -234,15 +237,26 @@ def card_facts(
     }
 
 
+def data_tags(curation: dict[str, Any]) -> dict[str, str]:
+    """The curated data's DVC hash, and its ``.dvc`` file when the user's repository holds it."""
+    tags = {"adaptflow.data_hash": curation["data_hash"]}
+    if curation.get("dvc_file"):  # data.version_in: project
+        tags["adaptflow.data_dvc_file"] = curation["dvc_file"]
+    return tags
+
+
 def version_tags(
     tags: dict[str, str], curation: dict[str, Any], run_id: str, metrics: dict[str, float]
 ) -> dict[str, str]:
     """Tags of a registered version: provenance, data hash, run id and the metrics."""
-    return tags | {
-        "adaptflow.data_hash": curation["data_hash"],
-        "adaptflow.mlflow_run_id": run_id,
-        **{f"metric.{k}": f"{v:.6f}" for k, v in metrics.items()},
-    }
+    return (
+        tags
+        | data_tags(curation)
+        | {
+            "adaptflow.mlflow_run_id": run_id,
+            **{f"metric.{k}": f"{v:.6f}" for k, v in metrics.items()},
+        }
+    )
 
 
 def register_attempt(

@@ -97,9 +97,7 @@ def render_model_card(facts: dict[str, Any]) -> str:
         "## Data provenance",
         f"- Training source: `{facts['data'].get('train')}`",
         f"- Eval source: `{facts['data'].get('eval') or 'held-out split of the training source'}`",
-        f"- Curated data DVC hash: `{cur['data_hash']}`; fetch these exact files with "
-        f"`adaptflow data pull models:/{facts['name']}/VERSION` (this version's number; from "
-        "the DVC remote `ADAPTFLOW_DVC_REMOTE` they were pushed to)",
+        f"- Curated data DVC hash: `{cur['data_hash']}`; " + _fetch_hint(facts["name"], cur),
         f"- Records: input {cur['input']}, kept {cur['kept']} (train {cur['train_examples']}, "
         f"eval {cur['eval_examples']}), dropped {sum(cur.get('dropped', {}).values())} "
         f"({', '.join(f'{k}: {v}' for k, v in cur.get('dropped', {}).items()) or 'none'}), "
@@ -206,3 +204,16 @@ def _rag_card(facts: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _fetch_hint(name: str, cur: dict[str, Any]) -> str:
+    """How to get the exact curated files back (from the remote, or the user's repository)."""
+    if cur.get("dvc_file"):  # data.version_in: project
+        return (
+            f"versioned in the project's DVC repository by `{cur['dvc_file']}` (commit it; "
+            "`dvc pull` on that file restores these exact files)"
+        )
+    return (
+        f"fetch these exact files with `adaptflow data pull models:/{name}/VERSION` (this "
+        "version's number; from the DVC remote `ADAPTFLOW_DVC_REMOTE` they were pushed to)"
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 
-from adaptflow.errors import DataError, ServiceError
+from adaptflow.errors import DataError, ServiceError, SpecError
 from adaptflow.samples import write_tiny_icl_spec
 from tasks.curate.version import pull_dataset, version_with_dvc
 
@@ -215,3 +215,69 @@ def test_an_s3_compatible_remote_round_trip(s3_server: str, tmp_path: Path) -> N
     assert _files(tmp_path / "pulled") == _files(data)
     with pytest.raises(ServiceError, match="s3://no-such-bucket"):  # the bucket does not exist
         version_with_dvc(data, repo, remote="s3://no-such-bucket/x")
+
+
+def _git_dvc_project(folder: Path, remote: Path | None) -> None:
+    for command in (
+        ["git", "init", "-q"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        *(
+            [[sys.executable, "-m", "dvc", "remote", "add", "-d", "team", str(remote)]]
+            if remote
+            else []
+        ),
+    ):
+        done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.integration
+def test_version_in_project_versions_the_data_in_the_users_own_dvc_repository(
+    tmp_path: Path, adaptflow_home: Path
+) -> None:
+    import yaml
+    from mlflow import MlflowClient
+
+    from adaptflow.spec import load_spec
+    from flows.curate import data_homes
+    from flows.pipeline import adapt_pipeline
+
+    project, store = tmp_path / "project", tmp_path / "team-store"
+    project.mkdir()
+    _git_dvc_project(project, store)
+    spec = write_tiny_icl_spec(project / "specs", "own-repo")
+    raw = yaml.safe_load(spec.read_text())
+    raw["data"]["version_in"] = "project"
+    spec.write_text(yaml.safe_dump(raw))
+    result = adapt_pipeline(str(spec))
+    curated = project / "curated" / "own-repo"
+    assert Path(result["curation"]["train_file"]) == curated / "train.jsonl"
+    dvc_file = project / "curated" / "own-repo.dvc"
+    assert result["curation"]["dvc_file"] == str(dvc_file)
+    recorded = yaml.safe_load(dvc_file.read_text())["outs"][0]
+    assert recorded["md5"] == result["curation"]["data_hash"] and recorded["path"] == "own-repo"
+    # the data is git-ignored (DVC's own .gitignore), the .dvc file is for the user to commit
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "curated/own-repo/train.jsonl"], cwd=project, timeout=30
+    )
+    assert ignored.returncode == 0
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=project, capture_output=True, text=True, timeout=30,
+    ).stdout  # fmt: skip
+    assert "curated/own-repo.dvc" in status and "curated/own-repo/" not in status
+    # pushed to the project's own default remote, whose configuration is left as it was
+    assert any(p.is_file() for p in store.rglob("*"))
+    config = (project / ".dvc" / "config").read_text()
+    assert "team" in config and "adaptflow" not in config
+    assert not (adaptflow_home / "curated" / "own-repo").exists()
+    version = MlflowClient().get_model_version("own-repo", result["model_version"])
+    assert version.tags["adaptflow.data_dvc_file"] == str(dvc_file)
+    assert version.tags["adaptflow.data_hash"] == recorded["md5"]
+    # outside any DVC repository the option is a spec error naming it
+    loose = write_tiny_icl_spec(tmp_path / "loose", "loose")
+    raw = yaml.safe_load(loose.read_text())
+    raw["data"]["version_in"] = "project"
+    loose.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match="data.version_in: project .* there is none at or above"):
+        data_homes(load_spec(loose))

@@ -44,8 +44,10 @@ def _refs(node: Any) -> list[str]:
 def test_parameter_schema_renders_the_spec_as_a_form() -> None:
     schema = _schema()
     props = schema["properties"]
-    assert list(props) == ["spec_path", "method", "spec"]
-    assert [props[k]["position"] for k in props] == [0, 1, 2]
+    assert list(props) == ["spec_path", "method", "spec", "overrides"]
+    assert [props[k]["position"] for k in props] == [0, 1, 2, 3]
+    # dotted spec keys set over the spec's (adaptflow run --set, dvc exp run -S): a JSON object
+    assert props["overrides"]["anyOf"][0]["type"] == "object"
     assert schema["required"] == []  # exactly-one-of is checked in the flow, with a message
     assert props["spec_path"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
     # the method override is a select of the spec's method names, not free text
@@ -162,3 +164,18 @@ def test_inline_spec_runs_like_the_spec_file(
     assert inline["promoted"] and models.champion_version("params-tiny-inline") == "1"
     tags = models.version_tags("params-tiny-inline", "1")
     assert tags["adaptflow.method"] == "icl" and tags["adaptflow.spec_hash"]
+
+
+def test_overrides_apply_to_a_spec_file_and_to_an_inline_spec(tmp_path: Path) -> None:
+    from adaptflow.samples import write_tiny_icl_spec
+    from adaptflow.spec import load_spec
+    from flows.pipeline import _the_spec
+
+    path = write_tiny_icl_spec(tmp_path, "overrides")
+    changes = {"train.learning_rate": 0.02, "target.min": 0.3}
+    from_file = _the_spec(str(path), None, changes)
+    assert (from_file.train.learning_rate, from_file.target.min) == (0.02, 0.3)
+    inline = _the_spec(None, load_spec(path), changes)
+    assert (inline.train.learning_rate, inline.target.min) == (0.02, 0.3)
+    assert inline.data.train == from_file.data.train  # absolute already: cwd does not matter
+    assert _the_spec(str(path), None, {}).train.learning_rate != 0.02

@@ -31,6 +31,8 @@ class CurationInputs:
     base_model: str = "minilm"
     allow_pickle: bool = False  # the spec's flag, for the encoder of semantic_dedup
     blocks: CurationSpec = field(default_factory=CurationSpec)
+    #: ``data.version_in``: the private DVC repository under ADAPTFLOW_HOME, or the user's own
+    version_in: str = "home"
 
     def may_read(self, fmt: str) -> bool:
         """Whether the data may be in format ``fmt`` (asked for, or ``auto``)."""

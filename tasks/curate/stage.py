@@ -56,7 +56,7 @@ from tasks.curate.inputs import CurationInputs, block_names, global_blocks, reco
 from tasks.curate.records import Fields, Quarantined, Record, iter_records, record_rows
 from tasks.curate.shards import ShardJob, ShardResult, curate_shard, read_stored, stored_row
 from tasks.curate.split import held_out
-from tasks.curate.version import version_with_dvc
+from tasks.curate.version import version_in_project, version_with_dvc
 
 __all__ = ["CurationInputs", "curate_dataset", "finish_curation", "plan_curation"]
 
@@ -547,7 +547,11 @@ def _finish(
     table = _label_table(written.train, written.eval)
     (out / "report.md").write_text(_report(summary, written.quarantined, table))
     shutil.rmtree(plan.work)  # scratch; not part of the versioned dataset
-    summary["data_hash"] = version_with_dvc(out, dvc_root)
+    if inputs.version_in == "project":
+        summary["data_hash"], dvc_file = version_in_project(out, dvc_root)
+        summary["dvc_file"] = str(dvc_file)
+    else:
+        summary["data_hash"] = version_with_dvc(out, dvc_root)
     return summary
 
 

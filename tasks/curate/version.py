@@ -45,6 +45,45 @@ def _use_remote(repo: Any, url: str) -> None:
         conf["core"]["remote"] = REMOTE
 
 
+def dvc_project_root(folder: Path) -> Path | None:
+    """The root of the DVC repository holding ``folder`` (a ``.dvc`` folder above), or None."""
+    for candidate in (folder.resolve(), *folder.resolve().parents):
+        if (candidate / ".dvc").is_dir():
+            return candidate
+    return None
+
+
+def version_in_project(dataset_dir: Path, repo_root: Path) -> tuple[str, Path]:
+    """Track ``dataset_dir`` in the user's own DVC repository; its hash and its ``.dvc`` file.
+
+    Unlike the private repository under ``ADAPTFLOW_HOME``, this one is the user's: DVC writes
+    ``NAME.dvc`` beside the folder and git-ignores the folder itself (``.gitignore`` beside it,
+    DVC's own handling), so the data never lands in git and the ``.dvc`` file is what the user
+    commits. Its configuration is left alone; the version is pushed to the repository's own
+    default remote when it has one (``dvc remote add -d``), as ``dvc push`` would.
+
+    Raises:
+        ServiceError: The push to the repository's default remote failed.
+    """
+    from dvc.repo import Repo
+
+    _ignore_derived(dataset_dir, repo_root, DERIVED)
+    with Repo(str(repo_root)) as repo:
+        stages = repo.add(str(dataset_dir))
+        value = str(stages[0].outs[0].hash_info.value)
+        default = repo.config["core"].get("remote")
+        if default:
+            try:
+                repo.push(targets=[str(dataset_dir)])
+            except Exception as exc:  # DVC raises its own errors and the filesystem's
+                raise ServiceError(
+                    f"could not push {dataset_dir} (DVC hash {value}) to the project's default "
+                    f"DVC remote '{default}': {exc}. The version is in the project's cache "
+                    "only; fix the remote and run again"
+                ) from None
+    return value, dataset_dir.with_name(dataset_dir.name + ".dvc")
+
+
 def version_with_dvc(
     dataset_dir: Path,
     repo_root: Path,
