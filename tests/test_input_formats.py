@@ -128,7 +128,7 @@ def test_messages_records_and_reasons(tmp_path: Path) -> None:
         (4, "messages[2].role must be 'user', got 'assistant'"),
         (5, "last message must be from the assistant"),
         (6, "messages[0]: missing field 'content'"),
-        (7, "messages[1].role must be one of 'system', 'user', 'assistant', got 'tool'"),
+        (7, "messages[1]: a tool turn must answer a tool call of the assistant turn before it"),
         (8, "field 'messages' must be a list, got str"),
         (9, "missing field 'messages'"),
         (10, "messages[1]: a system message may only come first"),
@@ -426,6 +426,8 @@ def test_spec_format_defaults_to_auto_and_is_fields_for_other_tasks(tmp_path: Pa
     assert (spec.data.format, spec.input_format) == ("auto", "auto")
     spec = _spec(tmp_path, "qa", {"format": "messages"})
     assert spec.input_format == "messages"
+    spec = _spec(tmp_path, "instruction", {"format": "sharegpt"})
+    assert spec.input_format == "sharegpt"
     spec = _spec(tmp_path, "language-modeling", {"format": "auto"})
     assert spec.input_format == "fields"
 
@@ -450,7 +452,7 @@ def test_spec_format_defaults_to_auto_and_is_fields_for_other_tasks(tmp_path: Pa
             {"format": "messages", "train": "train.csv"},
             "data.format 'messages' reads .jsonl, .json or .parquet files, but data.train is a",
         ),
-        ("instruction", {"format": "sharegpt"}, "data.format: Input should be 'auto'"),
+        ("instruction", {"format": "openai"}, "data.format: Input should be 'auto'"),
     ],
 )
 def test_spec_rejects_formats_that_do_not_fit(

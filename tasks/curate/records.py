@@ -5,12 +5,21 @@ file, line, reason and raw text, so input = kept + quarantined always holds. Rea
 stops on a bad line. JSONL and CSV files may be gzip-compressed (named ``.jsonl.gz``, or a
 compressed file under the plain name): they are read through ``gzip`` transparently.
 
-Generative data may also come in two common shapes (``Fields.format``, JSONL and Parquet):
-Alpaca (``instruction``, optional ``input``, ``output``) and OpenAI chat messages
-(``messages``: an optional system turn, then user/assistant turns ending with the assistant's).
-A conversation's last user turn becomes the record's ``text``, the turns before it its
+Generative data may also come in three common shapes (``Fields.format``, JSONL, JSON and
+Parquet): Alpaca (``instruction``, optional ``input``, ``output``), OpenAI chat messages
+(``messages``: an optional system turn, then user/assistant turns ending with the assistant's)
+and ShareGPT conversations (``conversations`` of ``{"from", "value"}`` turns, LLaMA-Factory's
+form). A conversation's last user turn becomes the record's ``text``, the turns before it its
 ``context`` and the final assistant turn its ``target``. A message's ``content`` is a string or
-a list of text parts (``{"type": "text", "text": ...}``, joined).
+a list of text parts (``{"type": "text", "text": ...}``, or ``value`` as LLaMA-Factory's v1
+files write it; joined); a part of any other type (an image) quarantines the record.
+
+Both chat shapes may call tools: OpenAI assistant turns with ``tool_calls`` answered by
+``tool`` turns (``tool_call_id``), ShareGPT ``function_call`` turns answered by
+``observation`` turns, and the function schemas in a top-level ``tools`` (a list, or a JSON
+string of one). Tool calls and results after the last user turn are the record's ``steps``
+(trained on with the answer); its ``tools`` are the schemas, in OpenAI's
+``{"type": "function", "function": {...}}`` form.
 
 Alignment data comes in TRL's shapes: ``preference`` (``prompt``, ``chosen``, ``rejected``;
 also the implicit-prompt form, two full conversations whose shared leading turns are the
@@ -39,13 +48,16 @@ from adaptflow.spec import data_suffix
 LABEL_TYPES = (str, int, bool)
 #: Input formats: ``fields`` (the spec's text/label/target fields), ``alpaca``, ``messages``,
 #: ``preference``, ``kto``, or ``auto`` (per file, from its first JSON object).
-FORMATS = ("auto", "fields", "alpaca", "messages", "preference", "kto")
+FORMATS = ("auto", "fields", "alpaca", "messages", "sharegpt", "preference", "kto")
 #: Formats that carry a record's fields themselves, and the file types they are read from.
-SHAPED_FORMATS = ("alpaca", "messages", "preference", "kto")
+SHAPED_FORMATS = ("alpaca", "messages", "sharegpt", "preference", "kto")
 SHAPED_SUFFIXES = (".jsonl", ".json", ".parquet")
 ROLES = ("system", "user", "assistant")
 #: ShareGPT's speaker names (``from``) and the roles they stand for.
 SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+#: ShareGPT's tool speakers: a ``function_call`` is an assistant turn calling tools, an
+#: ``observation`` the tool turn answering it.
+SHAREGPT_TOOL_ROLES = {"function_call": "assistant", "observation": "tool"}
 #: A KTO record's boolean ``label`` as the curated label.
 KTO_LABELS = {True: "desirable", False: "undesirable"}
 
@@ -59,6 +71,13 @@ class Record:
     ``context`` is None for single-turn records. A preference pair's ``target`` is its chosen
     answer and ``rejected`` its rejected one; a KTO record's ``target`` is its completion and
     ``label`` ``desirable`` or ``undesirable``.
+
+    A conversation that calls tools keeps its turns in the OpenAI shape: an assistant turn
+    may carry ``tool_calls`` (``[{"type": "function", "function": {"name", "arguments"}}]``,
+    with an ``id`` when the input had one) and a ``tool`` turn holds a result (its
+    ``tool_call_id`` when the input had one). ``steps`` are the turns between ``text`` and
+    ``target`` (the assistant's tool calls and their results), None when there are none;
+    ``tools`` the function schemas the conversation may call, None when it names none.
     """
 
     id: str
@@ -67,19 +86,31 @@ class Record:
     target: str | None = None
     file: str = ""  # where it was read (for the quarantine); not written to curated output
     line: int = 0
-    context: list[dict[str, str]] | None = None
+    context: list[dict[str, Any]] | None = None
     rejected: str | None = None
+    steps: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
 
     @property
     def full_text(self) -> str:
-        """The prompt side as one string: earlier turns' contents, then ``text``.
+        """The prompt side as one string: earlier turns, ``text``, then any tool steps.
 
         What the blocks that compare records use (dedup, decontamination), so two
-        conversations that end with the same user turn are not taken for duplicates.
+        conversations that end with the same user turn are not taken for duplicates. A turn's
+        tool calls count as its text (two calls of different tools are different prompts).
         """
-        if not self.context:
+        if not self.context and not self.steps:
             return self.text
-        return "\n\n".join([turn["content"] for turn in self.context] + [self.text])
+        turns = [*(self.context or ()), {"content": self.text}, *(self.steps or ())]
+        return "\n\n".join(turn_text(turn) for turn in turns)
+
+
+def turn_text(turn: dict[str, Any]) -> str:
+    """A turn's content, followed by its tool calls as JSON lines (if it makes any)."""
+    calls = [
+        json.dumps(call["function"], ensure_ascii=False) for call in turn.get("tool_calls", ())
+    ]
+    return "\n".join([turn["content"], *calls]) if calls else turn["content"]
 
 
 @dataclass(frozen=True)
@@ -133,9 +164,10 @@ def _lone_surrogate(record: Record) -> str | None:
         ("text", record.text), ("label", record.label), ("target", record.target),
         ("rejected", record.rejected), ("id", record.id),
     ]  # fmt: skip
-    values += [
-        (f"turn {i + 1}", turn.get("content")) for i, turn in enumerate(record.context or [])
-    ]
+    values += [(f"turn {i + 1}", turn_text(turn)) for i, turn in enumerate(record.context or [])]
+    values += [(f"step {i + 1}", turn_text(turn)) for i, turn in enumerate(record.steps or [])]
+    if record.tools:
+        values.append(("tools", json.dumps(record.tools, ensure_ascii=False)))
     for name, value in values:
         if value is None:
             continue
@@ -206,20 +238,38 @@ def _alpaca(obj: dict[str, Any]) -> Shaped:
     return {"text": text, "target": output}
 
 
-def _content(where: str, content: Any) -> str:
-    """A message's content as one string: a string, or a list of text parts joined."""
+#: Where a text part holds its text: OpenAI's ``text``, or ``value`` (LLaMA-Factory's v1 files).
+TEXT_PART_KEYS = ("text", "value")
+
+
+def _part_text(part: Any) -> str | None:
+    """The text of a text part (``{"type": "text", "text" | "value": ...}``), else None."""
+    if not isinstance(part, dict) or part.get("type") != "text":
+        return None
+    for key in TEXT_PART_KEYS:
+        if isinstance(part.get(key), str):
+            return str(part[key])
+    return None
+
+
+def _content(where: str, content: Any, optional: bool = False) -> str:
+    """A message's content as one string: a string, or a list of text parts joined.
+
+    Any other part (an image, an unknown type) is a ValueError: only text can be trained on.
+    With ``optional`` (an assistant turn that calls tools, a tool's result) the content may be
+    null or empty, and is then "".
+    """
+    if optional and content is None:
+        return ""
     if isinstance(content, list):
         texts = []
         for j, part in enumerate(content):
-            if not (
-                isinstance(part, dict)
-                and part.get("type") == "text"
-                and isinstance(part.get("text"), str)
-            ):
+            text = _part_text(part)
+            if text is None:
                 raise ValueError(
                     f"{where}[{j}] must be a text part {{'type': 'text', 'text': ...}}"
                 )
-            texts.append(part["text"])
+            texts.append(text)
         content = "".join(texts)  # as the OpenAI API joins them (serve/schemas.py too)
     elif not isinstance(content, str):
         raise ValueError(
@@ -227,72 +277,323 @@ def _content(where: str, content: Any) -> str:
         )
     if _has_surrogates(content):
         raise ValueError(f"invalid UTF-8 in {where}")
-    if not content.strip():
+    if not optional and not content.strip():
         raise ValueError(f"{where} is empty")
     return content
 
 
-def _turn(where: str, message: Any, sharegpt: bool = False) -> dict[str, str]:
+def _function(where: str, value: Any) -> dict[str, Any]:
+    """A function call ``{"name", "arguments"}``, its arguments an object, or ValueError.
+
+    Arguments may come as a JSON string (the OpenAI API sends them so); they are parsed,
+    because chat templates write them with ``tojson`` and would quote a string twice.
+    """
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{where} must be an object {{'name', 'arguments'}}, got {_type_name(value)}"
+        )
+    name = value.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{where}.name must be a non-empty string, got {name!r}")
+    arguments = value.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}.arguments is not valid JSON: {exc.msg}") from None
+    if not isinstance(arguments, dict):
+        raise ValueError(f"{where}.arguments must be an object, got {_type_name(arguments)}")
+    return {"name": name, "arguments": arguments}
+
+
+def _tool_call(where: str, call: Any) -> dict[str, Any]:
+    """One OpenAI tool call as ``{"type": "function", "function": {...}}`` (and its ``id``)."""
+    if not isinstance(call, dict):
+        raise ValueError(f"{where} must be an object, got {_type_name(call)}")
+    if call.get("type", "function") != "function":
+        raise ValueError(f"{where}.type must be 'function', got {call['type']!r}")
+    wrapped = "function" in call  # else the flat {"name", "arguments"} some datasets write
+    parsed: dict[str, Any] = {
+        "type": "function",
+        "function": _function(
+            f"{where}.function" if wrapped else where, call.get("function", call)
+        ),
+    }
+    call_id = call.get("id")
+    if call_id is not None:
+        if not isinstance(call_id, str) or not call_id:
+            raise ValueError(f"{where}.id must be a non-empty string, got {call_id!r}")
+        parsed["id"] = call_id
+    return parsed
+
+
+def _openai_tool_turn(where: str, role: str, message: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI message that may take part in tool use, or ValueError."""
+    content = message.get("content")
+    calls = message.get("tool_calls")
+    if role == "assistant" and calls not in (None, []):
+        if not isinstance(calls, list):
+            raise ValueError(f"{where}.tool_calls must be a list, got {_type_name(calls)}")
+        return {
+            "role": "assistant",
+            "content": _content(f"{where}.content", content, optional=True),
+            "tool_calls": [_tool_call(f"{where}.tool_calls[{k}]", c) for k, c in enumerate(calls)],
+        }
+    if role != "tool":
+        return {"role": role, "content": _content(f"{where}.content", content)}
+    turn = {"role": "tool", "content": _content(f"{where}.content", content, optional=True)}
+    for key in ("tool_call_id", "name"):
+        value = message.get(key)
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{where}.{key} must be a non-empty string, got {value!r}")
+            turn[key] = value
+    return turn
+
+
+def _sharegpt_tool_turn(where: str, speaker: str, message: dict[str, Any]) -> dict[str, Any]:
+    """A ShareGPT turn that may take part in tool use, or ValueError.
+
+    A ``function_call``'s value is a call ``{"name", "arguments"}`` or a list of them (as JSON
+    text, LLaMA-Factory's form, or as JSON values); an ``observation``'s is the result.
+    """
+    value = message["value"]
+    if speaker == "observation":
+        return {"role": "tool", "content": _content(f"{where}.value", value, optional=True)}
+    if speaker != "function_call":
+        return {"role": SHAREGPT_ROLES[speaker], "content": _content(f"{where}.value", value)}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{where}.value of a function_call must be JSON, a call {{'name', 'arguments'}} "
+                f"or a list of them: {exc.msg}"
+            ) from None
+    listed = isinstance(value, list)
+    if listed and not value:
+        raise ValueError(f"{where}.value of a function_call holds no call")
+    calls = [
+        {
+            "type": "function",
+            "function": _function(f"{where}.value[{k}]" if listed else f"{where}.value", c),
+        }
+        for k, c in enumerate(value if listed else [value])
+    ]
+    return {"role": "assistant", "content": "", "tool_calls": calls}
+
+
+def _turn(where: str, message: Any, sharegpt: bool = False, tools: bool = False) -> dict[str, Any]:
     """One message as {"role", "content"} (other keys dropped), or ValueError.
 
     An OpenAI message (``role``, ``content``), or with ``sharegpt`` a ShareGPT one (``from``:
-    ``system``, ``human`` or ``gpt``; ``value``).
+    ``system``, ``human`` or ``gpt``; ``value``). With ``tools`` the turns of tool use too:
+    OpenAI ``tool`` turns and assistant ``tool_calls`` (kept), ShareGPT ``function_call`` and
+    ``observation`` turns (as assistant tool calls and ``tool`` turns).
     """
     role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
-    roles = SHAREGPT_ROLES if sharegpt else {role: role for role in ROLES}
+    roles = dict(SHAREGPT_ROLES) if sharegpt else {role: role for role in ROLES}
+    if tools:
+        roles |= SHAREGPT_TOOL_ROLES if sharegpt else {"tool": "tool"}
     if not isinstance(message, dict):
         raise ValueError(f"{where} must be an object, got {_type_name(message)}")
     for key in (role_key, content_key):
-        if key not in message:
+        # an OpenAI assistant turn that calls tools may leave its content out
+        calls = tools and not sharegpt and key == content_key and "tool_calls" in message
+        if key not in message and not calls:
             raise ValueError(f"{where}: missing field '{key}'")
     role = message[role_key]
     if not isinstance(role, str) or role not in roles:
         expected = ", ".join(f"'{r}'" for r in roles)
         raise ValueError(f"{where}.{role_key} must be one of {expected}, got {role!r}")
+    if tools and sharegpt:
+        return _sharegpt_tool_turn(where, role, message)
+    if tools:
+        return _openai_tool_turn(where, role, message)
     return {
         "role": roles[role],
         "content": _content(f"{where}.{content_key}", message[content_key]),
     }
 
 
-def _turns(name: str, value: Any, sharegpt: bool = False) -> list[dict[str, str]]:
+#: A tool call awaiting its result: the index of the turn that made it, and the call.
+Pending = list[tuple[int, dict[str, Any]]]
+
+
+def _unanswered(name: str, pending: Pending, sharegpt: bool) -> str:
+    """Why a conversation with a call still ``pending`` is broken: the call, and where."""
+    index, call = pending[0]
+    function = call["function"]["name"]
+    if sharegpt:
+        return f"{name}[{index}]: function_call '{function}' is not followed by an observation"
+    call_id = f" (id '{call['id']}')" if "id" in call else ""
+    return f"{name}[{index}]: tool call '{function}'{call_id} has no tool turn answering it"
+
+
+def _take_result(
+    name: str, index: int, turn: dict[str, Any], pending: Pending, sharegpt: bool
+) -> Pending:
+    """The calls still pending once tool turn ``index`` answers one of them, or ValueError.
+
+    A result names its call by ``tool_call_id``, or (without one) answers the first pending.
+    """
+    call_id = turn.get("tool_call_id")
+    if call_id is not None:
+        for k, (_, call) in enumerate(pending):
+            if call.get("id") == call_id:
+                return pending[:k] + pending[k + 1 :]
+        raise ValueError(
+            f"{name}[{index}].tool_call_id '{call_id}' matches no earlier tool call "
+            "awaiting a result"
+        )
+    if not pending:
+        if sharegpt:
+            raise ValueError(f"{name}[{index}]: an observation must follow a function_call")
+        raise ValueError(
+            f"{name}[{index}]: a tool turn must answer a tool call of the assistant turn before it"
+        )
+    return pending[1:]
+
+
+def _turns(
+    name: str, value: Any, sharegpt: bool = False, tools: bool = False
+) -> list[dict[str, Any]]:
     """Field ``name`` as a conversation, or ValueError.
 
     An optional system turn first, then user and assistant turns alternating, the user's first.
+    With ``tools`` an assistant turn may call tools: a tool turn answering each call follows it
+    (ShareGPT: one observation per function_call), and then the assistant speaks again.
     """
     if not isinstance(value, list):
         raise ValueError(f"field '{name}' must be a list, got {_type_name(value)}")
     if not value:
         raise ValueError(f"field '{name}' is empty")
-    turns = [_turn(f"{name}[{i}]", message, sharegpt) for i, message in enumerate(value)]
+    turns = [_turn(f"{name}[{i}]", message, sharegpt, tools) for i, message in enumerate(value)]
     role_key = "from" if sharegpt else "role"
-    shown = {v: k for k, v in SHAREGPT_ROLES.items()} if sharegpt else {r: r for r in ROLES}
+    shown = {"user": "'user'", "assistant": "'assistant'"}
+    if sharegpt:
+        shown = {"user": "'human'", "assistant": "'gpt' or 'function_call'" if tools else "'gpt'"}
     first = 1 if turns[0]["role"] == "system" else 0
+    expected = "user"
+    pending: Pending = []  # the calls made and not yet answered
     for i in range(first, len(turns)):
         role = turns[i]["role"]
         if role == "system":
             raise ValueError(f"{name}[{i}]: a system message may only come first")
-        expected = "user" if (i - first) % 2 == 0 else "assistant"
+        if role == "tool":
+            pending = _take_result(name, i, turns[i], pending, sharegpt)
+            expected = "assistant"  # after the results, the assistant goes on
+            continue
+        if pending:
+            raise ValueError(_unanswered(name, pending, sharegpt))
         if role != expected:
             raise ValueError(
-                f"{name}[{i}].{role_key} must be '{shown[expected]}', got '{shown[role]}'"
+                f"{name}[{i}].{role_key} must be {shown[expected]}, got '{value[i][role_key]}'"
             )
+        pending = [(i, call) for call in turns[i].get("tool_calls", ())]
+        expected = "assistant" if role == "user" else "user"
+    if pending:
+        raise ValueError(_unanswered(name, pending, sharegpt))
     return turns
 
 
-def _prompt_side(turns: list[dict[str, str]]) -> Shaped:
+def _tools(obj: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Field ``tools``: the function schemas, or None when it is missing or empty.
+
+    A list, or a JSON string of one (LLaMA-Factory's form); each schema either OpenAI's
+    ``{"type": "function", "function": {"name", ...}}`` or the bare ``{"name", ...}``, kept in
+    the first form (the one chat templates are written for).
+    """
+    value = obj.get("tools")
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"field 'tools' is not valid JSON: {exc.msg}") from None
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValueError(
+            "field 'tools' must be a list of function schemas (or a JSON string of one), "
+            f"got {_type_name(value)}"
+        )
+    schemas = []
+    for k, tool in enumerate(value):
+        function = tool.get("function") if isinstance(tool, dict) and "function" in tool else tool
+        if not (
+            isinstance(function, dict)
+            and isinstance(function.get("name"), str)
+            and function["name"].strip()
+        ):
+            raise ValueError(f"tools[{k}] must be a function schema with a 'name'")
+        schemas.append({"type": "function", "function": function})
+    return schemas or None
+
+
+def _exchange(turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Shaped:
+    """A checked conversation ending with the assistant's answer, as record fields.
+
+    ``text`` is the last user turn, ``context`` the turns before it, ``steps`` the tool calls
+    and results between it and the answer (``target``). Every call must name one of ``tools``
+    when the record lists them, or the model would learn to call tools it was not offered.
+    """
+    last_user = max(i for i, turn in enumerate(turns) if turn["role"] == "user")
+    if tools:
+        offered = {tool["function"]["name"] for tool in tools}
+        for turn in turns:
+            for call in turn.get("tool_calls", ()):
+                if call["function"]["name"] not in offered:
+                    raise ValueError(
+                        f"a tool call names '{call['function']['name']}', which 'tools' does "
+                        f"not offer ({', '.join(sorted(offered))})"
+                    )
+    return {
+        "text": turns[last_user]["content"],
+        "context": turns[:last_user] or None,
+        "steps": turns[last_user + 1 : -1] or None,
+        "target": turns[-1]["content"],
+        "tools": tools,
+    }
+
+
+def _prompt_side(turns: list[dict[str, Any]]) -> Shaped:
     """``text`` (the last turn, the user's) and ``context`` (the turns before it, or None)."""
     return {"text": turns[-1]["content"], "context": turns[:-1] or None}
 
 
 def _messages(obj: dict[str, Any]) -> Shaped:
-    """A chat: the last user turn, the turns before it, and the final assistant turn."""
+    """A chat: the last user turn, the turns before it, any tool steps, and the final answer."""
     if "messages" not in obj:
         raise ValueError("missing field 'messages'")
-    turns = _turns("messages", obj["messages"])
+    turns = _turns("messages", obj["messages"], tools=True)
     if turns[-1]["role"] != "assistant":
         raise ValueError("last message must be from the assistant")
-    return _prompt_side(turns[:-1]) | {"target": turns[-1]["content"]}
+    return _exchange(turns, _tools(obj))
+
+
+def _sharegpt(obj: dict[str, Any]) -> Shaped:
+    """A ShareGPT conversation (``conversations``, optional ``system`` and ``tools``).
+
+    Read like a chat; ``system`` (LLaMA-Factory's system prompt column) is its system turn.
+    """
+    if "conversations" not in obj:
+        raise ValueError("missing field 'conversations'")
+    if "chosen" in obj and "rejected" in obj:
+        raise ValueError(
+            "a ShareGPT ranking record (with 'chosen' and 'rejected'): read it with "
+            "data.format 'preference'"
+        )
+    turns = _turns("conversations", obj["conversations"], sharegpt=True, tools=True)
+    if obj.get("system") not in (None, ""):
+        system = _string(obj, "system")
+        if turns[0]["role"] == "system":
+            raise ValueError("both a 'system' field and a system turn in 'conversations'; keep one")
+        turns = [{"role": "system", "content": system}, *turns]
+    if turns[-1]["role"] != "assistant":
+        raise ValueError("the last turn of 'conversations' must be from 'gpt'")
+    return _exchange(turns, _tools(obj))
 
 
 def _prompt(obj: dict[str, Any]) -> Shaped:
@@ -409,6 +710,7 @@ def _kto(obj: dict[str, Any]) -> Shaped:
 SHAPES: dict[str, Callable[[dict[str, Any]], Shaped]] = {
     "alpaca": _alpaca,
     "messages": _messages,
+    "sharegpt": _sharegpt,
     "preference": _preference,
     "kto": _kto,
 }
@@ -626,13 +928,17 @@ def detect_format(obj: Any) -> str:
     """The format ``auto`` picks for a file whose first JSON object is ``obj``.
 
     ``messages`` when it has a ``messages`` field, ``preference`` when it has ``chosen`` and
-    ``rejected``, ``kto`` when it has ``completion`` and ``label``, ``alpaca`` when it has
-    ``instruction`` and ``output``, else ``fields``.
+    ``rejected``, ``sharegpt`` when it has ``conversations`` (and no ``chosen`` and
+    ``rejected``: LLaMA-Factory's ranking form is a preference pair), ``kto`` when it has
+    ``completion`` and ``label``, ``alpaca`` when it has ``instruction`` and ``output``, else
+    ``fields``.
     """
     if isinstance(obj, dict) and "messages" in obj:
         return "messages"
     if isinstance(obj, dict) and "chosen" in obj and "rejected" in obj:
         return "preference"
+    if isinstance(obj, dict) and "conversations" in obj:
+        return "sharegpt"
     if isinstance(obj, dict) and "completion" in obj and "label" in obj:
         return "kto"
     if isinstance(obj, dict) and "instruction" in obj and "output" in obj:
@@ -734,14 +1040,15 @@ def read_records(path: Path, fields: Fields) -> ReadResult:
     return result
 
 
-CURATED_FIELDS = ("id", "text", "label", "target", "rejected", "context")
+CURATED_FIELDS = ("id", "text", "label", "target", "rejected", "context", "steps", "tools")
 
 
 def record_rows(records: list[Record]) -> list[dict[str, Any]]:
     """Records as plain dicts (``CURATED_FIELDS``), without empty optional fields.
 
-    ``context`` (a conversation's earlier turns) appears only for multi-turn records and
-    ``rejected`` only for preference pairs, so other curated output is unchanged.
+    ``context`` (a conversation's earlier turns) appears only for multi-turn records,
+    ``rejected`` only for preference pairs, and ``steps`` and ``tools`` only for conversations
+    that call tools, so other curated output is unchanged.
     """
     rows = []
     for record in records:

@@ -172,10 +172,22 @@ def setup(
 def encode_rows(
     tokenizer: Any, rows: list[dict[str, Any]], family: str, max_length: int
 ) -> list[Encoded]:
-    """Encode curated rows (``text``, ``target``, a conversation's ``context``) for ``family``."""
+    """Encode curated rows (``text``, ``target``, a conversation's ``context``) for ``family``.
+
+    A tool-calling conversation also has ``tools`` (the schemas) and ``steps`` (the calls and
+    results before the answer); the assistant's calls carry loss like its answer.
+    """
     encode = encode_sft if family == "decoder" else encode_seq2seq
     return [
-        encode(tokenizer, row["text"], row["target"], max_length, row.get("context"))
+        encode(
+            tokenizer,
+            row["text"],
+            row["target"],
+            max_length,
+            row.get("context"),
+            tools=row.get("tools"),
+            steps=row.get("steps"),
+        )
         for row in rows
     ]
 
