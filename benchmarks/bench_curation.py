@@ -15,8 +15,15 @@ Jaccard 0.8):
    ``exact_dedup`` (a hash set) and then ``near_dedup``, which hashes each document's shingles
    in one batch (``MinHash.bulk``), draws LSH candidates below the threshold and confirms each
    with the exact Jaccard. ``near_only_ratio`` times ``near_dedup`` alone on the raw corpus.
+   ``engines`` (issue 23) puts side by side, same run, docs/s and drops of: the stage with each
+   MinHash engine (rensa R-MinHash, the adopted one; rensa C-MinHash; datasketch's values, the
+   old path), the plain datasketch loop, rensa's own loop (``RMinHash`` + ``RMinHashLSH``, its
+   README's), rensa's ``CMinHashDeduplicator`` and datatrove's MinHash blocks (when installed;
+   ``vs_rensa_loop`` = our stage's docs/s / rensa loop's).
 2. pair recall on a random sample (default 3,000 documents): of the pairs inside the sample
-   whose exact Jaccard is >= 0.8 (brute force), the share our LSH pass finds (target >= 0.95).
+   whose exact Jaccard is >= 0.8 (brute force), the share each stage engine finds (confirmed
+   pairs; ``recall`` is the adopted engine's, target >= 0.95) and the share the rensa loop's
+   and datatrove's LSH make candidates.
 3. exact-dedup throughput in MB/s of text (target >= 100).
 4. peak memory (max RSS) of a child process that curates 1M short records (4-12 words, 10%
    exact repeats, 5% one-word edits) through the whole stage in one process: read, shards,
@@ -44,6 +51,7 @@ import time
 from itertools import combinations
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -90,9 +98,98 @@ def plain_datasketch(texts: list[str], ngram: int, num_perm: int, threshold: flo
     return dropped
 
 
+#: rensa's LSH bands at 128 permutations (its README's setting: 16 bands of 8 rows).
+RENSA_BANDS = 16
+
+
+def rensa_loop(texts: list[str], ngram: int, num_perm: int, threshold: float) -> int:
+    """The rensa-README dedup loop (``RMinHash`` + ``RMinHashLSH``): query, else insert."""
+    from rensa import RMinHash, RMinHashLSH
+
+    from tasks.curate.dedup import shingles
+
+    lsh = RMinHashLSH(threshold=threshold, num_perm=num_perm, num_bands=RENSA_BANDS)
+    dropped = 0
+    for i, text in enumerate(texts):
+        minhash = RMinHash(num_perm=num_perm, seed=42)
+        minhash.update(list(shingles(text, ngram)))
+        if lsh.query(minhash):
+            dropped += 1
+        else:
+            lsh.insert(i, minhash)
+    return dropped
+
+
+def rensa_dedup_loop(texts: list[str], ngram: int, num_perm: int, threshold: float) -> int:
+    """rensa's ``CMinHashDeduplicator``: drops on the *estimated* Jaccard, no exact check."""
+    from rensa import CMinHash, CMinHashDeduplicator
+
+    from tasks.curate.dedup import shingles
+
+    dedup = CMinHashDeduplicator(threshold=threshold, num_perm=num_perm, seed=42)
+    dropped = 0
+    for i, text in enumerate(texts):
+        minhash = CMinHash(num_perm=num_perm, seed=42)
+        minhash.update(list(shingles(text, ngram)))
+        dropped += not dedup.add(str(i), minhash)
+    return dropped
+
+
+def datatrove_band_keys(sets: list[set[str]], num_perm: int) -> list[list[tuple[int, ...]]] | None:
+    """datatrove's MinHash blocks: per document, its 8 bucket keys of ``num_perm // 8`` hashes
+    (its default hash on our shingles, its numpy signature); ``None`` without datatrove.
+
+    Its own word tokenizer needs spaCy (not installed, and large), so the shingles are ours.
+    """
+    try:
+        from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
+    except ImportError:
+        return None
+    import numpy as np
+
+    config = MinhashConfig(n_grams=5, num_buckets=8, hashes_per_bucket=num_perm // 8)
+    no_spacy = patch("datatrove.pipeline.dedup.minhash.load_word_tokenizer", lambda _: None)
+    with tempfile.TemporaryDirectory() as folder, no_spacy:
+        block = MinhashDedupSignature(output_folder=folder, config=config)
+    out = []
+    for shingle_set in sets:
+        hashes = np.array([block._hash_func(s.encode()) for s in shingle_set], dtype=np.uint64)
+        out.append([tuple(band) for band in block.get_signature(hashes.reshape(-1, 1))])
+    return out
+
+
+def datatrove_loop(texts: list[str], ngram: int, num_perm: int, threshold: float) -> int | None:
+    """datatrove's blocks as a dedup loop: a document sharing a bucket key with a kept one is
+    dropped (its bucket stage sorts signature files on disk; a set of keys stands in here).
+
+    The threshold is implied by (buckets, hashes per bucket); ``None`` without datatrove.
+    """
+    from tasks.curate.dedup import shingles
+
+    del threshold
+    keys = datatrove_band_keys([shingles(text, ngram) for text in texts], num_perm)
+    if keys is None:
+        return None
+    seen: list[set[tuple[int, ...]]] = [set() for _ in range(8)]
+    dropped = 0
+    for doc in keys:
+        if any(key in bucket for key, bucket in zip(doc, seen, strict=True)):
+            dropped += 1
+        else:
+            for key, bucket in zip(doc, seen, strict=True):
+                bucket.add(key)
+    return dropped
+
+
 def recall_on_sample(texts: list[str], size: int, seed: int) -> dict[str, Any]:
-    """Exact-Jaccard pairs inside a random sample, and the share our LSH pass finds."""
-    from tasks.curate.dedup import NearDupParams, jaccard, near_duplicate_pairs, shingles
+    """Exact-Jaccard pairs inside a random sample, and the share each engine finds.
+
+    Our stage (per MinHash engine): pairs confirmed by LSH + the exact Jaccard. The contenders'
+    own loops: pairs whose LSH makes them candidates (they drop on that, unconfirmed).
+    """
+    from rensa import RMinHash, RMinHashLSH
+
+    from tasks.curate.dedup import ENGINES, NearDupParams, jaccard, near_duplicate_pairs, shingles
     from tasks.curate.records import Record
 
     sample = sorted(random.Random(seed).sample(range(len(texts)), min(size, len(texts))))
@@ -101,10 +198,29 @@ def recall_on_sample(texts: list[str], size: int, seed: int) -> dict[str, Any]:
         (a, b) for a, b in combinations(range(len(sample)), 2) if jaccard(sets[a], sets[b]) >= 0.8
     ]
     records = [Record(id=str(i), text=texts[i]) for i in sample]
-    found = {(a, b) for a, b, _ in near_duplicate_pairs(records, NearDupParams())}
-    hit = sum(1 for pair in truth if pair in found)
-    return {"sample": len(sample), "true_pairs": len(truth), "found": hit,
-            "recall": hit / len(truth) if truth else None}  # fmt: skip
+    out: dict[str, Any] = {"sample": len(sample), "true_pairs": len(truth)}
+
+    def score(found: set[tuple[int, int]]) -> dict[str, Any]:
+        hit = sum(1 for pair in truth if pair in found)
+        return {"found": hit, "recall": hit / len(truth) if truth else None}
+
+    for engine in ENGINES:
+        pairs = near_duplicate_pairs(records, NearDupParams(engine=engine))
+        out[f"stage[{engine}]"] = score({(a, b) for a, b, _ in pairs})
+    lsh = RMinHashLSH(threshold=0.8, num_perm=128, num_bands=RENSA_BANDS)
+    minhashes = []
+    for n, shingle_set in enumerate(sets):
+        minhash = RMinHash(num_perm=128, seed=42)
+        minhash.update(list(shingle_set))
+        lsh.insert(n, minhash)
+        minhashes.append(minhash)
+    out["rensa_loop"] = score({(a, b) for a, b in truth if a in lsh.query(minhashes[b])})
+    datatrove = datatrove_band_keys(sets, 128)
+    if datatrove is not None:
+        found = {(a, b) for a, b in truth if set(datatrove[a]) & set(datatrove[b])}
+        out["datatrove_blocks"] = score(found)
+    out["recall"] = out["stage[rensa-r]"]["recall"]  # the adopted engine's (TARGETS)
+    return out
 
 
 def million_worker(folder: Path) -> dict[str, Any]:
@@ -146,7 +262,7 @@ def million_worker(folder: Path) -> dict[str, Any]:
 
 def measure(docs: int, sample: int, million: bool) -> dict[str, Any]:
     """Run every measurement; returns the result dict."""
-    from tasks.curate.dedup import NearDupParams, exact_dedup, near_dedup
+    from tasks.curate.dedup import ENGINES, NearDupParams, exact_dedup, near_dedup
     from tasks.curate.records import Record
 
     started = time.perf_counter()
@@ -165,6 +281,28 @@ def measure(docs: int, sample: int, million: bool) -> dict[str, Any]:
     started = time.perf_counter()
     plain_dropped = plain_datasketch(texts, params.ngram, params.num_perm, params.threshold)
     plain = time.perf_counter() - started
+    engines: dict[str, Any] = {}  # the stage with each MinHash engine, side by side
+    for engine in ENGINES:
+        started = time.perf_counter()
+        outcome = near_dedup(exact_dedup(records).kept, NearDupParams(engine=engine))
+        seconds = time.perf_counter() - started
+        engines[f"stage[{engine}]"] = {"docs_per_s": len(texts) / seconds,
+                                       "dropped": len(outcome.dropped)}  # fmt: skip
+    loops = {
+        "plain_datasketch": None,
+        "rensa_loop": rensa_loop,
+        "rensa_cminhash_dedup": rensa_dedup_loop,
+        "datatrove_blocks": datatrove_loop,
+    }
+    for name, loop in loops.items():
+        if loop is None:
+            engines[name] = {"docs_per_s": len(texts) / plain, "dropped": plain_dropped}
+            continue
+        started = time.perf_counter()
+        dropped = loop(texts, params.ngram, params.num_perm, params.threshold)
+        seconds = time.perf_counter() - started
+        if dropped is not None:
+            engines[name] = {"docs_per_s": len(texts) / seconds, "dropped": dropped}
 
     started = time.perf_counter()
     exact = exact_dedup(records)
@@ -187,7 +325,9 @@ def measure(docs: int, sample: int, million: bool) -> dict[str, Any]:
             "near_only_dropped": len(near_only.dropped),
             "ours_dropped": len(ours_outcome.dropped),
             "plain_dropped": plain_dropped,
+            "vs_rensa_loop": (len(texts) / ours) / engines["rensa_loop"]["docs_per_s"],
         },
+        "engines": engines,
         "recall": recall_on_sample(texts, sample, seed=0),
         "exact_dedup": {
             "seconds": exact_seconds,

@@ -13,12 +13,14 @@ from helpers import built_corpus, pii_canaries
 from tasks.curate.blocks import run_blocks
 from tasks.curate.decontaminate import DecontaminationSettings, decontaminate
 from tasks.curate.dedup import (
+    ENGINES,
     NearDupParams,
     clusters,
     exact_dedup,
     jaccard,
     label_conflicts,
     near_dedup,
+    near_detail,
     near_duplicate_pairs,
     shingles,
 )
@@ -81,6 +83,66 @@ def test_near_dedup_drops_only_confirmed_near_duplicates() -> None:
     assert expected == pytest.approx(10 / 11)
     assert (dropped.record.id, dropped.reason) == ("1", "near duplicate")
     assert dropped.detail == f"of id 0 (Jaccard {expected:.2f})"
+
+
+A_TEXT = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet "
+    "kilo lima mike november oscar papa quebec romeo sierra tango"
+)  # 20 words: 16 word 5-grams
+B_TEXT = (
+    "the curation stage reads every record once and keeps only compact arrays in memory "
+    "while the shards run on a dask cluster"
+)  # 22 words: 18 word 5-grams
+
+
+def _first_kept_match(records: list[Record], threshold: float) -> dict[str, tuple[str, float]]:
+    """Brute force: each record's first earlier *kept* record at exact Jaccard >= threshold."""
+    sets = [shingles(r.text, 5) for r in records]
+    kept: list[int] = []
+    out = {}
+    for i in range(len(records)):
+        match = next((j for j in kept if jaccard(sets[j], sets[i]) >= threshold), None)
+        if match is None:
+            kept.append(i)
+        else:
+            out[records[i].id] = (records[match].id, jaccard(sets[match], sets[i]))
+    return out
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_near_dedup_drops_exactly_the_known_near_duplicates(engine: str) -> None:
+    words = A_TEXT.split()
+    records = _records(
+        (A_TEXT, None),  # 0
+        (A_TEXT + " uniform", None),  # 1: 16 of 17 shingles -> of 0 at 0.94
+        (B_TEXT, None),  # 2
+        (" ".join(words[:10] + ["zulu"] + words[11:]), None),  # 3: 5 shingles change: 11/21
+        (B_TEXT.replace("cluster", "cluster."), None),  # 4: last shingle changes: 17/19 of 2
+        (A_TEXT + " uniform", None),  # 5: same as 1, but 1 was dropped: of 0 again
+        ("Hello  World", None),  # 6: under 5 words, one shingle: "hello world"
+        ("hello world", None),  # 7: the same shingle after lower-casing: of 6 at 1.00
+        (A_TEXT + " uniform victor whiskey xray", None),  # 8: 16/20 = 0.80, at the threshold
+        (A_TEXT + " uniform victor whiskey xray yankee", None),  # 9: 16/21 = 0.76, kept
+        (B_TEXT.upper(), None),  # 10: lower-cased it is record 2: of 2 at 1.00
+    )
+    params = NearDupParams(engine=engine)
+    outcome = near_dedup(records, params)
+    dropped = {d.record.id: d.detail for d in outcome.dropped}
+    assert [r.id for r in outcome.kept] == ["0", "2", "3", "6", "9"]
+    assert dropped == {
+        "1": "of id 0 (Jaccard 0.94)",
+        "4": "of id 2 (Jaccard 0.89)",
+        "5": "of id 0 (Jaccard 0.94)",
+        "7": "of id 6 (Jaccard 1.00)",
+        "8": "of id 0 (Jaccard 0.80)",
+        "10": "of id 2 (Jaccard 1.00)",
+    }
+    assert all(d.reason == "near duplicate" for d in outcome.dropped)
+    # the same as brute force over every earlier kept record, and the same on a second run
+    brute = _first_kept_match(records, params.threshold)
+    assert dropped == {i: near_detail(j, s) for i, (j, s) in brute.items()}
+    again = near_dedup(records, params)
+    assert [d.record.id for d in again.dropped] == [d.record.id for d in outcome.dropped]
 
 
 def test_near_duplicate_recall_against_exact_jaccard() -> None:

@@ -13,7 +13,7 @@ import pytest
 from helpers import built_corpus, write_jsonl
 
 from adaptflow.spec import CurationSpec, NearDedupSpec, load_spec
-from tasks.curate.dedup import NearDupParams, shingles, signatures
+from tasks.curate.dedup import ENGINES, NearDupParams, shingle_list, shingles, signatures
 from tasks.curate.records import Fields
 from tasks.curate.stage import CurationInputs, curate_dataset
 
@@ -46,20 +46,43 @@ def _files(summary: dict) -> dict[str, str]:
     return {key: Path(summary[key]).read_text() for key in OUTPUTS}
 
 
-def test_signatures_equal_datasketch_minhash() -> None:
-    from datasketch import MinHash
+def _reference_digests(engine: str, sets: list[set[str]], params: NearDupParams) -> np.ndarray:
+    """Each engine's own per-document MinHash, one object per document."""
+    if engine == "datasketch":
+        from datasketch import MinHash
 
-    params = NearDupParams(num_perm=64, seed=5)
+        theirs = MinHash.bulk(
+            ([s.encode() for s in shingle_set] for shingle_set in sets),
+            num_perm=params.num_perm,
+            seed=params.seed,
+        )
+        return np.stack([m.hashvalues for m in theirs])
+    from rensa import CMinHash, RMinHash
+
+    rows = []
+    for shingle_set in sets:
+        if engine == "rensa-r":
+            r_minhash = RMinHash(params.num_perm, params.seed)
+            r_minhash.update(sorted(shingle_set))
+            rows.append(r_minhash.digest())
+        else:
+            c_minhash = CMinHash(params.num_perm, params.seed)
+            c_minhash.update(sorted(shingle_set))
+            rows.append(c_minhash.digest_u64())
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_signatures_equal_the_engines_own_minhash(engine: str) -> None:
+    params = NearDupParams(num_perm=64, seed=5, engine=engine)
     texts = [r.text for r in built_corpus(seed=2, bases=20)] + ["one", "two words"]
     sets = [shingles(t, params.ngram) for t in texts]
     ours = signatures(sets, params)
-    theirs = MinHash.bulk(
-        ([s.encode() for s in shingle_set] for shingle_set in sets),
-        num_perm=params.num_perm,
-        seed=params.seed,
-    )
     assert ours.shape == (len(texts), 64)
-    assert np.array_equal(ours, np.stack([m.hashvalues for m in theirs]))
+    assert np.array_equal(ours, _reference_digests(engine, sets, params))
+    # a shingle list with repeats, in text order, has the same MinHash as its set
+    lists = [shingle_list(t, params.ngram) + shingle_list(t, params.ngram)[:3] for t in texts]
+    assert np.array_equal(signatures(lists, params), ours)
 
 
 @pytest.mark.parametrize("near", [True, False], ids=["near-dedup", "near-dedup-off"])
