@@ -28,6 +28,9 @@ Cost model (each number comes from one of these formulas; the constants are belo
   answers of a pair: the scalar model's forward and backward on an adapter, no reference.
 - ``grpo``: ``8·N·D`` with ``D = G·(prompt + max_new_tokens)·epochs``: sampling G answers
   per prompt (``2·N`` per token), the policy update (``4·N·D``) and the KL reference (``2·N·D``).
+- ``prune`` (compression): ``6·N_student·D + 2·N·D``: the student (the teacher less
+  ``PRUNE_SHARE`` of its blocks, so ``N_student = N·(1 - PRUNE_SHARE)``) trains every weight
+  on the distillation loss, and the teacher's logits take one forward pass over the data.
 - hours = FLOPs / (peak FLOP/s × utilisation) / 3600, for the hardware in ``HARDWARE``.
 - peak training memory: AdamW full training 16 bytes/parameter; LoRA-style 2 bytes/parameter of
   frozen 16-bit weights plus 16 bytes per trainable parameter (QLoRA: 0.516 bytes/parameter of
@@ -109,8 +112,15 @@ PREFERENCE = (*PAIRED, "kto")
 RL = ("grpo",)
 #: A reward model: a scalar head trained on pairs (a judge, and GRPO's reward).
 REWARD = ("reward",)
-TRAINED = (*FINE_TUNING, "cpt", "pretrain", *PREFERENCE, *RL, *REWARD)
-METHODS = ("icl", "rag", *FINE_TUNING, "cpt", "pretrain", *PREFERENCE, *RL, *REWARD)
+#: Compression of a trained model (blocks pruned, then distilled from it).
+COMPRESS = ("prune",)
+#: Asked for by name, never picked by ``auto`` or the ladder: their metrics or their input
+#: (a judge of answers; a model to compress) are not what those choose between.
+BY_NAME_ONLY = (*REWARD, *COMPRESS)
+TRAINED = (*FINE_TUNING, "cpt", "pretrain", *PREFERENCE, *RL, *REWARD, *COMPRESS)
+METHODS = ("icl", "rag", *FINE_TUNING, "cpt", "pretrain", *PREFERENCE, *RL, *REWARD, *COMPRESS)
+#: The share of the teacher's blocks ``prune`` removes by default (``compress.prune.ratio``).
+PRUNE_SHARE = 0.5
 #: Methods with a reference policy in the loss: one more forward pass per sequence.
 WITH_REFERENCE = ("dpo", "kto")
 
@@ -136,6 +146,7 @@ COST_RANK: dict[str, float] = {
     "dpo": 3.6,
     "grpo": 4.5,  # G sampled answers per prompt: the costliest fine-tuning
     "reward": 3.2,  # LoRA-priced on both answers of a pair; answers nothing itself
+    "prune": 3.8,  # a half-size student trained in full, plus the teacher's logits
 }
 #: Which family a method belongs to (the ladder climbs one rung per family).
 FAMILY = (
@@ -149,7 +160,7 @@ FAMILY = (
         "pretrain": "pretrain",
     }
     | {m: "preference" for m in PREFERENCE}
-    | {"grpo": "rl", "reward": "reward"}
+    | {"grpo": "rl", "reward": "reward", "prune": "compress"}
 )
 
 
@@ -184,6 +195,7 @@ class Facts:
     thumbs: int = 0  # answers labelled good or bad (KTO records)
     rewards: int = 0  # rewards the spec declares (grpo)
     tuned_base: bool = False  # the base is a registered (fine-tuned) version, models:/...
+    teacher: bool = False  # the spec names a trained model to compress (compress.teacher)
     num_generations: int = 4  # grpo's G
     max_new_tokens: int = 64  # the longest answer sampled
     notes: tuple[str, ...] = ()  # how the facts were measured (shown with the advice)
@@ -237,6 +249,7 @@ def _trainable(method: str, f: Facts) -> int | None:
         "pretrain": f.params,
     } | {m: layers * LORA_MATRICES_PER_LAYER * f.lora_r * 2 * h for m in (*PREFERENCE, *RL)}
     sizes["reward"] = sizes["lora"] + h  # the adapter and the new scalar head
+    sizes["prune"] = f.params * (1 - PRUNE_SHARE)  # every weight of the student trains
     value = sizes.get(method)
     return None if value is None else int(value)
 
@@ -305,6 +318,12 @@ def estimate(method: str, f: Facts) -> Estimate:
             # the scalar model's forward + backward on both answers of every pair (adapter)
             flops, formula = 4.0 * n * d, "4·N·D, D = chosen + rejected tokens"
             memory = 2 * n + 16 * (trainable or 0) + _activation_bytes(f)
+        elif method in COMPRESS:
+            # the student (the teacher less PRUNE_SHARE of its blocks) trains in full; the
+            # teacher's logits are computed once (a forward pass over the data)
+            student = n * (1 - PRUNE_SHARE)
+            flops, formula = 6.0 * student * d + 2.0 * n * d, "6·N_student·D + 2·N·D"
+            memory = 2 * n + 16 * student + _activation_bytes(f)
         elif method in RL:
             # sampling (2·N per token), the policy update (4·N·D) and the KL reference (2·N·D)
             flops, formula = 8.0 * n * d, "8·N·D, D = G·(prompt + answer)·epochs"
@@ -452,6 +471,13 @@ RULES: tuple[Rule, ...] = (
     Rule(RL, lambda f, e: f.rewards > 0 and f.tuned_base, 5.5,
          "{rewards} reward(s) score sampled answers of {labelled:,} prompts: GRPO samples "
          "{num_generations} per prompt and learns from the better ones"),
+    Rule(COMPRESS, lambda f, e: f.task != "classification", BLOCK,
+         "compresses encoder classifiers in this version"),
+    Rule(COMPRESS, lambda f, e: not f.teacher, BLOCK,
+         "no trained model to compress (compress.teacher: models:/NAME@champion)"),
+    Rule(COMPRESS, lambda f, e: f.teacher, 1,
+         "compress.teacher is made cheaper to serve: its least influential blocks removed, "
+         "then distilled from it; gated on retained quality and speed-up"),
     Rule(REWARD, lambda f, e: not f.generative or f.task == "language-modeling", BLOCK,
          "task '{task}' has no answers to judge"),
     Rule(REWARD, lambda f, e: f.pairs == 0, BLOCK,
@@ -519,7 +545,7 @@ class Advice:
             (
                 a.method
                 for a in self.ranking
-                if a.suitable and a.runnable and a.method not in REWARD
+                if a.suitable and a.runnable and a.method not in BY_NAME_ONLY
             ),
             None,
         )
@@ -531,7 +557,7 @@ class Advice:
         """
         best: dict[str, Assessment] = {}
         for item in self.ranking:  # ranking is best first, so the first per family wins
-            if item.suitable and item.runnable and item.method not in REWARD:
+            if item.suitable and item.runnable and item.method not in BY_NAME_ONLY:
                 best.setdefault(FAMILY[item.method], item)
         return sorted(best.values(), key=lambda a: COST_RANK[a.method])
 

@@ -33,8 +33,10 @@ TRL_METHODS = ALIGNMENT_METHODS + RL_METHODS
 #: A reward model: a scalar head on a decoder or an encoder, trained on preference pairs
 #: (``tasks.train.reward``); a judge of answers and a reward for ``grpo``.
 REWARD_METHODS = ("reward",)
+#: Compression of a trained model (``tasks.train.compress``): never chosen by auto or the ladder.
+COMPRESS_METHODS = ("prune",)
 RUNNABLE: dict[str, tuple[str, ...]] = {
-    "classification": ("icl", "lora", "dora", "ia3"),
+    "classification": ("icl", "lora", "dora", "ia3", *COMPRESS_METHODS),
     "retrieval-qa": ("rag",),
     "instruction": GENERATIVE + TRL_METHODS + REWARD_METHODS,
     "qa": GENERATIVE + TRL_METHODS + REWARD_METHODS,

@@ -29,7 +29,7 @@ from pydantic import (
 
 from adaptflow.catalogue import known_family, normalize_reference, registered_reference
 from adaptflow.errors import InvariantError, SpecError
-from adaptflow.inputs import fetch, is_reference
+from adaptflow.inputs import resolve, view_of
 from adaptflow.methods import ALIGNMENT_METHODS, GENERATIVE_TASKS, LM_TASKS, REWARD_METHODS
 
 Task = Literal[
@@ -57,6 +57,7 @@ Method = Literal[
     "kto",
     "grpo",
     "reward",
+    "prune",
 ]
 Hardware = Literal["cpu", "t4", "a10", "l4", "a100", "h100"]
 
@@ -169,16 +170,20 @@ class DataSpec(_Strict):
     @field_validator("train", "eval", "questions", "general", "knowledge", mode="before")
     @classmethod
     def _fetch_reference(cls, value: Any, info: ValidationInfo) -> Any:
-        """A ``dvc://REPO#PATH@REV`` input, fetched to a local path (``adaptflow.inputs``)."""
-        if not is_reference(value):
-            return value
+        """An input named by reference, as a local path (``adaptflow.inputs.resolve``).
+
+        ``dvc://REPO#PATH@REV`` for every input; for files of records also ``hf://ORG/NAME``,
+        a ``save_to_disk`` folder (``#SPLIT``) and ``dataset_info.json#NAME``.
+        """
         base = (info.context or {}).get("base_dir")
-        return fetch(value, Path(base) if base is not None else None)
+        records = info.field_name != "knowledge"  # the RAG corpus is a folder of documents
+        return resolve(value, Path(base) if base is not None else None, datasets=records)
 
     @field_validator("train", "eval", "questions", "general")
     @classmethod
     def _data_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        path = _resolve(value, info)
+        # a dataset_info.json entry is a link beside its mapping: resolving it would lose that
+        path = value if view_of(value) is not None else _resolve(value, info)
         if path is None:
             return None
         if not path.exists():
@@ -275,8 +280,10 @@ class TrainSpec(_Strict):
     target_modules: Literal["default", "all-linear"] | list[str] = Field(
         "default",
         description="Layers LoRA/DoRA adapt: 'default' (peft's per-architecture table: the "
-        "attention projections), 'all-linear' (every linear layer but the head; the default "
-        "of LoRA/DoRA classifiers), or names",
+        "attention projections; the fused qkv_proj of Phi-3 and Wqkv of ModernBERT, which "
+        "peft has no entry for), 'all-linear' (every linear layer but the head; the default "
+        "of LoRA/DoRA classifiers), or names (a module's name or its last dotted parts; a "
+        "name matching no layer fails when the model is set up, before training)",
     )
     patience: int = Field(
         3,
@@ -643,6 +650,58 @@ class ForgettingSpec(_Strict):
     max_check_texts: int = Field(200, ge=1, description="Most general texts in the check")
 
 
+class PruneSpec(_Strict):
+    """How much of the teacher ``method: prune`` removes: a block count or a share."""
+
+    blocks: int | None = Field(None, ge=1, description="Transformer blocks to remove")
+    ratio: float | None = Field(
+        None, gt=0, lt=1, description="Share of the blocks to remove (default 0.5)"
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> PruneSpec:
+        if self.blocks is not None and self.ratio is not None:
+            raise ValueError("set one of compress.prune.blocks and compress.prune.ratio")
+        return self
+
+
+class CompressSpec(_Strict):
+    """Compression (``method: prune``): the teacher, what to remove, and the trade accepted."""
+
+    teacher: str | None = Field(
+        None,
+        description="The model to compress: a registered version (models:/NAME@ALIAS or "
+        "models:/NAME/VERSION) or a classifier package folder",
+    )
+    prune: PruneSpec = Field(default_factory=PruneSpec)
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="Weight of the label loss; 1 - alpha weighs the teacher's"
+    )
+    temperature: float = Field(2.0, gt=0, description="Distillation temperature")
+    min_retained: float | None = Field(
+        None, gt=0, description="Least share of the teacher's target metric to keep (e.g. 0.95)"
+    )
+    min_speedup: float | None = Field(
+        None, gt=0, description="Least CPU throughput relative to the teacher (e.g. 1.8)"
+    )
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or registered_reference(value) is not None:
+            return value
+        base = (info.context or {}).get("base_dir")
+        path = Path(value).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = Path(base) / path
+        if not (path / "adaptflow_model.json").is_file():
+            raise ValueError(
+                f"'{value}' is neither a registered version (models:/NAME@ALIAS) nor a "
+                "package folder (no adaptflow_model.json there)"
+            )
+        return str(path.resolve())
+
+
 class Spec(_Strict):
     """A use case: what to adapt, on which data, judged by which metric."""
 
@@ -675,6 +734,7 @@ class Spec(_Strict):
         default_factory=list, description="grpo: the rewards, weighted and summed"
     )
     forgetting: ForgettingSpec = Field(default_factory=ForgettingSpec)
+    compress: CompressSpec = Field(default_factory=CompressSpec)
 
     _source: Path | None = PrivateAttr(None)
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -715,6 +775,17 @@ class Spec(_Strict):
                 f"expected one of {', '.join(allowed)}"
             )
         self._format_checks()
+        if self.method == "prune":
+            if self.task != "classification":
+                raise ValueError(
+                    f"method 'prune' compresses encoder classifiers in this version, not task "
+                    f"'{self.task}'"
+                )
+            if self.compress.teacher is None:
+                raise ValueError(
+                    "method 'prune' needs compress.teacher: the trained classifier to compress "
+                    "(models:/NAME@ALIAS or a package folder)"
+                )
         if self.task == "classification" and not self.data.label_field:
             raise ValueError("task 'classification' needs data.label_field")
         if self.task == "retrieval-qa":
@@ -949,6 +1020,17 @@ class Spec(_Strict):
         pinned._raw = self._raw or self.model_dump(mode="json")
         pinned._lineage = dict(self._lineage)
         pinned._pins = dict(pins)
+        return pinned
+
+    def with_pinned_teacher(self, teacher: str) -> Spec:
+        """This spec with ``compress.teacher`` pinned to a version (tag ``adaptflow.teacher``)."""
+        pinned = self.model_copy(
+            update={"compress": self.compress.model_copy(update={"teacher": teacher})}
+        )
+        pinned._raw = self._raw or self.model_dump(mode="json")
+        pinned._source = self._source
+        pinned._lineage = dict(self._lineage)
+        pinned._pins = dict(self._pins) | {"adaptflow.teacher": teacher}
         return pinned
 
     def spec_hash(self) -> str:

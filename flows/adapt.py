@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import flow
 
+from adaptflow.errors import InvariantError
 from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS, TRL_METHODS
 from adaptflow.settings import load_settings
 from adaptflow.spec import Spec, Target
@@ -15,6 +16,7 @@ from flows.curate import curate
 from tasks.icl.knn import build_knn_classifier_task
 from tasks.tracking import log_stage
 from tasks.train.align import AlignOptions, train_aligned_task
+from tasks.train.compress import PruneOptions, prune_and_distill_task, teacher_folder
 from tasks.train.cpt import CptResult, train_cpt_task
 from tasks.train.peft import Hyper, TrainResult, train_peft_classifier_task
 from tasks.train.reward import train_reward_model_task
@@ -117,6 +119,22 @@ def adapt(
     validation = Path(validation_file) if validation_file else None
     if spec.task in LM_TASKS:
         result = continue_pretraining(spec, Path(train_file), hyper, out, work, validation)
+    elif method == "prune":  # the teacher's least influential blocks removed, then distilled
+        if spec.compress.teacher is None:
+            raise InvariantError("the spec checks that method prune names compress.teacher")
+        result = prune_and_distill_task(
+            Path(train_file),
+            teacher_folder(spec.compress.teacher),
+            hyper,
+            PruneOptions(
+                teacher=spec.compress.teacher,
+                blocks=spec.compress.prune.blocks,
+                ratio=spec.compress.prune.ratio,
+                alpha=spec.compress.alpha,
+                temperature=spec.compress.temperature,
+            ),
+            out,
+        )
     elif method == "reward":  # a scalar head on preference pairs (TRL's RewardTrainer)
         result = train_reward_model_task(
             Path(train_file),

@@ -10,7 +10,7 @@ from prefect import flow
 from adaptflow.catalogue import base_family
 from adaptflow.errors import InvariantError, SpecError
 from adaptflow.hardware import check_capabilities
-from adaptflow.methods import check_method, resolve_method
+from adaptflow.methods import COMPRESS_METHODS, check_method, resolve_method
 from adaptflow.secrets import load_secret_blocks
 from adaptflow.spec import Method, Spec, apply_overrides, load_spec, parse_spec
 from flows.compare import compare
@@ -28,7 +28,7 @@ from flows.steps import (
     with_registered_base,
 )
 from tasks.advise import recommend_task
-from tasks.evaluate.gate import decide_promotion
+from tasks.evaluate.gate import compression_decision, decide_promotion
 from tasks.evaluate.win_rate import candidate_win_rate
 from tasks.tracking import close_run, log_stage, open_run
 
@@ -100,14 +100,19 @@ def adapt_pipeline(
             )
             metrics |= judged
             log_stage(run_id, judged)
+        compressing = chosen in COMPRESS_METHODS
         gate = decide_promotion(
             spec.metric,
             metrics,
             refs["baseline"],
-            refs["champion_metrics"],
+            # a compressed candidate is judged against its teacher (retained, speedup), not
+            # asked to beat the champion, which is usually the teacher itself
+            None if compressing else refs["champion_metrics"],
             refs["baseline_method"],
             candidate["evaluation"].get("forgetting"),
         )
+        if compressing:
+            gate = compression_decision(gate, metrics, spec.compress)
         registered = register_attempt(spec, chosen, run_id, curation, candidate, refs, gate, tags)
     except BaseException:
         close_run(run_id, succeeded=False)

@@ -6,6 +6,7 @@ otherwise repeat (run parameters and provenance, logging a stage, trying one can
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from adaptflow.catalogue import registered_reference
 from adaptflow.errors import InvariantError
 from adaptflow.hardware import training_precision
 from adaptflow.inputs import display
-from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS, UNTRAINED
+from adaptflow.methods import COMPRESS_METHODS, GENERATIVE_TASKS, LM_TASKS, UNTRAINED
 from adaptflow.provenance import dvc_experiment, git_commit, input_lineage
 from adaptflow.settings import load_settings
 from adaptflow.spec import LOWER_IS_BETTER, Spec
@@ -23,10 +24,13 @@ from flows.adapt import adapt
 from flows.evaluate import evaluate
 from flows.register import register
 from registry.models import materialize_base
+from runtime.manifest import PackageManifest
+from tasks.evaluate.compression import teacher_comparison
 from tasks.evaluate.forgetting import forgetting_check_task, forgetting_metrics
 from tasks.evaluate.gate import GateDecision
 from tasks.rewards import pin_reward_models
 from tasks.tracking import log_stage
+from tasks.train.compress import pinned_teacher, teacher_folder
 from tasks.train.tune import keys_to_choose
 
 TRAIN_KEYS = ("trainable_params", "trainable_percent", "train_seconds", "tokens_per_second")
@@ -114,6 +118,8 @@ def with_registered_base(spec: Spec, method: str) -> Spec:
     """
     # reward models (GRPO's, the judge): checked now, before any work, and pinned to a version
     spec = pin_reward_models(spec)
+    if method == "prune" and spec.compress.teacher is not None:  # the model being compressed
+        spec = spec.with_pinned_teacher(pinned_teacher(spec.compress.teacher))
     if registered_reference(spec.base_model) is None:
         return spec
     base = materialize_base(spec.base_model, load_settings().work_dir / "bases", method)
@@ -167,8 +173,45 @@ def attempt(spec: Spec, method: str, curation: dict[str, Any], run_id: str) -> d
     log_stage(run_id, evaluation["metrics"], artifacts=evaluation["artifacts"])
     if spec.data.general is not None and spec.task in GENERATIVE_TASKS + LM_TASKS:
         evaluation["forgetting"] = check_forgetting(spec, trained["package_dir"], run_id)
+    if method in COMPRESS_METHODS:  # quality and cost side by side with the teacher
+        evaluation["compression"] = check_compression(
+            spec, trained["package_dir"], curation["eval_file"], evaluation["metrics"], run_id
+        )
+        evaluation["metrics"] |= evaluation["compression"]["metrics"]
     trained.pop("loss_history")
     return {"trained": trained, "evaluation": evaluation}
+
+
+def check_compression(
+    spec: Spec, package_dir: str, eval_file: str, metrics: dict[str, float], run_id: str
+) -> dict[str, Any]:
+    """The compressed candidate's cost next to its teacher's (``tasks.evaluate.compression``).
+
+    Logs the candidate's ``retained``, ``speedup``, ``params``, ``size_mb`` and latency
+    percentiles, and the teacher's metrics and costs as ``teacher.*``.
+    """
+    if spec.compress.teacher is None:
+        raise InvariantError("the spec checks that method prune names compress.teacher")
+    package = Path(package_dir)
+    report = teacher_comparison(
+        spec.metric,
+        package,
+        teacher_folder(spec.compress.teacher),
+        Path(eval_file),
+        package.parent / "eval",
+        metrics,
+    )
+    options = PackageManifest.read(package).options
+    report["removed_blocks"] = options.get("removed_blocks", [])
+    report["block_influence"] = options.get("block_influence", [])
+    report["metric"], report["candidate_metric"] = spec.metric, metrics[spec.metric]
+    log_stage(
+        run_id,
+        report["metrics"],
+        tags={"adaptflow.removed_blocks": json.dumps(report["removed_blocks"])},
+    )
+    log_stage(run_id, report["teacher"], prefix="teacher.")
+    return report
 
 
 def check_forgetting(spec: Spec, package_dir: str, run_id: str) -> dict[str, Any]:
@@ -230,6 +273,7 @@ def card_facts(
         "retrieval": spec.retrieval.model_dump() if method == "rag" else None,
         "choice": candidate.get("choice"),
         "forgetting": candidate["evaluation"].get("forgetting"),
+        "compression": candidate["evaluation"].get("compression"),
         "gate": gate,
         "git_commit": tags["adaptflow.git_commit"],
         "flow_run_id": tags["adaptflow.flow_run_id"],

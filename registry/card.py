@@ -110,6 +110,7 @@ def render_model_card(facts: dict[str, Any]) -> str:
         *_metric_rows(facts["metrics"], facts.get("baseline")),
         "",
         *_forgetting_rows(facts.get("forgetting")),
+        *_compression_rows(facts.get("compression")),
         "## Promotion gate",
         *[f"- {reason}" for reason in facts.get("gate", [])],
         "",
@@ -217,3 +218,29 @@ def _fetch_hint(name: str, cur: dict[str, Any]) -> str:
         f"fetch these exact files with `adaptflow data pull models:/{name}/VERSION` (this "
         "version's number; from the DVC remote `ADAPTFLOW_DVC_REMOTE` they were pushed to)"
     )
+
+
+def _compression_rows(report: dict[str, Any] | None) -> list[str]:
+    """The compressed candidate next to its teacher: quality and serving cost (CPU)."""
+    if not report:
+        return []
+    metric, ours, theirs = report["metric"], report["metrics"], report["teacher"]
+    candidate = report["candidate_cost"] | {metric: report["candidate_metric"]}
+    rows = [
+        "## Compression (against the teacher, measured in this run on CPU)",
+        f"- Removed blocks (the lowest Block Influence): {report['removed_blocks']}",
+        "",
+        "| | candidate | teacher |",
+        "|---|---|---|",
+    ]
+    for key, fmt in ((metric, ".4f"), ("params", ",.0f"), ("size_mb", ".1f"),
+                     ("latency_p50_ms", ".2f"), ("latency_p95_ms", ".2f"),
+                     ("throughput", ".1f")):  # fmt: skip
+        rows.append(f"| {key} | {candidate[key]:{fmt}} | {theirs[key]:{fmt}} |")
+    rows += [
+        "",
+        f"- retained {ours['retained']:.3f} of the teacher's {metric}; speed-up "
+        f"{ours['speedup']:.2f}× in examples per second (a fixed batch)",
+        "",
+    ]
+    return rows

@@ -550,6 +550,27 @@ def reward_package(model_uri: str, dest_root: Path, field: str = "rewards") -> P
         SpecError: A malformed URI; no such model, alias or version; not a reward model.
         ServiceError: The registry could not be read.
     """
+    return registered_package(
+        model_uri,
+        dest_root,
+        field,
+        ("reward-model",),
+        "kind model needs a reward model (method reward)",
+    )
+
+
+def registered_package(
+    model_uri: str, dest_root: Path, field: str, kinds: tuple[str, ...], need: str
+) -> Path:
+    """The package of a registered version of one of ``kinds``, downloaded once.
+
+    Kept under ``dest_root/NAME/VERSION`` while it holds the same version (same run id).
+
+    Raises:
+        SpecError: A malformed URI; no such model, alias or version; a package of another kind
+            (``need`` says what ``field`` needs).
+        ServiceError: The registry could not be read.
+    """
     import tempfile
 
     from runtime.manifest import read_raw
@@ -563,15 +584,22 @@ def reward_package(model_uri: str, dest_root: Path, field: str = "rewards") -> P
     with tempfile.TemporaryDirectory(prefix=f".{name}-{version}-", dir=dest_root) as scratch:
         package = download_package(f"models:/{name}/{version}", Path(scratch) / "download")
         raw = read_raw(package)
-        if raw["kind"] != "reward-model":
+        if raw["kind"] not in kinds or not _trained(package, raw):
             raise SpecError(
                 f"{field}: '{model_uri}' is version {version} of '{name}', a '{raw['kind']}' "
-                f"(method {raw.get('method')}); kind model needs a reward model (method reward)"
+                f"(method {raw.get('method')}); {need}"
             )
         record = {"name": name, "version": version, "run_id": run_id}
         record |= {"kind": raw["kind"], "method": raw.get("method")}
         _put_in_place(package, folder, record, Path(scratch))
     return folder
+
+
+def _trained(package: Path, raw: dict[str, Any]) -> bool:
+    """Whether a classifier package holds trained weights (an ICL package holds none)."""
+    if raw["kind"] != "encoder-classifier":
+        return True
+    return (package / "weights").is_dir() or (package / "adapter").is_dir()
 
 
 def _put_in_place(built: Path, folder: Path, record: dict[str, Any], scratch: Path) -> None:

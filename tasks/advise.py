@@ -157,6 +157,7 @@ def spec_facts(spec: Spec) -> Facts:
         thumbs=data.thumbs,
         rewards=len(spec.rewards),
         tuned_base=bool(spec.lineage),
+        teacher=spec.compress.teacher is not None,
         num_generations=spec.align.num_generations,
         max_new_tokens=spec.train.max_new_tokens,
         notes=notes,

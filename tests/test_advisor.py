@@ -289,7 +289,21 @@ def test_the_alignment_cost_formulas() -> None:
     assert estimate("grpo", facts).train_flops == pytest.approx(8 * n * rl)
     # a reward model: its forward and backward on both answers, no reference
     assert estimate("reward", facts).train_flops == pytest.approx(4 * n * d)
-    assert METHODS[-6:] == ("dpo", "orpo", "simpo", "kto", "grpo", "reward")
+    assert METHODS[-7:] == ("dpo", "orpo", "simpo", "kto", "grpo", "reward", "prune")
+
+
+def test_prune_needs_a_teacher_and_is_never_picked_by_auto_or_the_ladder() -> None:
+    without = _by_method(advise(_facts(labelled=500, labelled_tokens=10_000)))["prune"]
+    assert not without.suitable
+    assert any("no trained model to compress" in r for r in without.reasons)
+    facts = _facts(labelled=500, labelled_tokens=10_000, teacher=True, epochs=2.0)
+    advice = advise(facts, runnable=("icl", "lora", "prune"))
+    assert _by_method(advice)["prune"].suitable and advice.recommended_runnable != "prune"
+    assert "prune" not in [a.method for a in advice.ladder()]
+    # a half-size student trained in full (6·N/2·D) plus the teacher's logits (2·N·D)
+    cost = estimate("prune", facts)
+    assert cost.train_flops == pytest.approx(5 * MINILM["params"] * 10_000 * 2.0)
+    assert cost.formula == "6·N_student·D + 2·N·D"
 
 
 def test_pairs_make_a_reward_model_suitable_but_not_first() -> None:

@@ -66,3 +66,27 @@ def decide_promotion(
         )
         decision.promote = decision.promote and bool(forgetting["passed"])
     return decision
+
+
+#: The trade a compressed candidate must make when the spec states none (``compress``).
+DEFAULT_MIN_RETAINED = 0.95
+DEFAULT_MIN_SPEEDUP = 1.0
+
+
+def compression_decision(
+    gate: GateDecision, metrics: dict[str, float], compress: Any
+) -> GateDecision:
+    """``gate`` with the compression bounds applied: retained and speedup against the teacher.
+
+    Unset bounds default to keeping 95% of the teacher's metric and being no slower than it.
+    """
+    retained = compress.min_retained if compress.min_retained is not None else DEFAULT_MIN_RETAINED
+    speedup = compress.min_speedup if compress.min_speedup is not None else DEFAULT_MIN_SPEEDUP
+    reasons = [r for r in gate.reasons if r != "no champion to compare"]
+    promote = gate.promote
+    for name, bound in (("retained", retained), ("speedup", speedup)):
+        ok = metrics[name] >= bound
+        promote = promote and ok
+        verdict = "meets" if ok else "misses"
+        reasons.append(f"{name} {metrics[name]:.3f} {verdict} compress.min_{name} {bound:g}")
+    return GateDecision(promote=promote, reasons=reasons)

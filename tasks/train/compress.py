@@ -1,0 +1,376 @@
+"""Recipe: prune whole transformer blocks of a trained encoder classifier, then distill.
+
+setup -> prune -> distill -> save, as top-level functions.
+
+**Which blocks go.** Block Influence (BI) from ShortGPT (Men et al. 2024, "ShortGPT: Layers in
+Large Language Models are More Redundant Than You Expect", arXiv:2403.03853): a block whose
+output hidden states point the same way as its input changes little, so
+
+    BI_i = 1 - mean over tokens of cos(h_i, h_{i+1})
+
+measured on the teacher over calibration texts (the training texts, at most ``CALIBRATION``),
+padding excluded. The ``n`` blocks with the lowest BI are removed. Minitron (Muralidharan et al.
+2024, arXiv:2407.14679) uses the same depth-pruning signal family and recovers the pruned model
+by distillation from the unpruned one, which is what follows here.
+
+**Recovery.** Knowledge distillation (Hinton et al. 2015): the student (the pruned copy, every
+weight trained) learns from the teacher's temperature-softened class distribution and from the
+labels, ``loss = alpha * CE(student, label) + (1 - alpha) * T^2 * KL(p_teacher^T || p_student^T)``.
+The teacher's logits are computed once, before training (the teacher is frozen), and travel with
+each example. Written as a ``Trainer.compute_loss`` override: transformers has no
+distillation trainer for sequence classification, and TRL's GKD trainer is for generative
+decoders.
+
+The package is a full-weights classifier package (``weights/``), loaded by ``from_pretrained``
+like any other; its manifest records the removed blocks, every block's BI and the teacher.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from runtime.manifest import PackageManifest
+from tasks.curate.records import read_jsonl
+from tasks.train.methods import transformer_blocks
+from tasks.train.peft import Hyper, TrainResult
+
+#: Calibration texts for Block Influence (the first ones of the training set).
+CALIBRATION = 256
+#: What ``compress.teacher`` must be in this version.
+TEACHER_KINDS = ("encoder-classifier",)
+NEED = "compress.teacher needs a trained encoder classifier (lora, dora, ia3 or prune)"
+
+
+def teacher_folder(reference: str) -> Path:
+    """The local package of ``compress.teacher`` (a registered version, fetched once, or a folder).
+
+    Raises:
+        SpecError: No such version or folder, or not a trained classifier.
+        ServiceError: The registry could not be read.
+    """
+    from adaptflow.catalogue import registered_reference
+    from adaptflow.errors import RegistryError, SpecError
+    from adaptflow.settings import load_settings
+    from registry.models import registered_package
+    from runtime.manifest import read_raw
+
+    if registered_reference(reference) is not None:
+        root = load_settings().work_dir / "teachers"
+        return registered_package(reference, root, "compress.teacher", TEACHER_KINDS, NEED)
+    folder = Path(reference)
+    try:
+        raw = read_raw(folder)
+    except RegistryError as error:
+        raise SpecError(f"compress.teacher: {error}") from None
+    trained = (folder / "weights").is_dir() or (folder / "adapter").is_dir()
+    if raw["kind"] not in TEACHER_KINDS or not trained:
+        raise SpecError(f"compress.teacher: {folder} is a '{raw['kind']}' package; {NEED}")
+    return folder
+
+
+def pinned_teacher(reference: str) -> str:
+    """``compress.teacher`` pinned: an alias as ``models:/NAME/N`` (fetched and checked)."""
+    from adaptflow.catalogue import registered_reference
+
+    folder = teacher_folder(reference)
+    if registered_reference(reference) is None:
+        return str(folder)
+    return f"models:/{folder.parent.name}/{folder.name}"
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """The spec's ``compress`` block, flattened."""
+
+    teacher: str
+    blocks: int | None = None  # how many blocks to remove; else ``ratio`` of them
+    ratio: float | None = None
+    alpha: float = 0.5  # weight of the hard-label loss (1 - alpha: the teacher's)
+    temperature: float = 2.0
+
+
+@dataclass
+class PruneReport:
+    """What pruning did: every block's importance and the ones removed (original indices)."""
+
+    importance: list[float]
+    removed: list[int]
+    kept: list[int] = field(default_factory=list)
+
+
+def blocks_to_remove(depth: int, options: PruneOptions) -> int:
+    """How many of ``depth`` blocks to remove (at least one, at most ``depth - 1``).
+
+    Raises:
+        ValueError: When the spec asks to remove every block or none.
+    """
+    count = options.blocks if options.blocks is not None else round(depth * (options.ratio or 0.5))
+    if not 1 <= count < depth:
+        raise ValueError(
+            f"compress.prune would remove {count} of the teacher's {depth} blocks; it must "
+            f"remove at least 1 and keep at least 1"
+        )
+    return count
+
+
+def block_influence(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> list[float]:
+    """ShortGPT's Block Influence of each transformer block, on ``texts`` (see the docstring)."""
+    import torch
+
+    model.eval()
+    totals: list[float] = []
+    count = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(texts), 32):
+            batch = tokenizer(
+                texts[start : start + 32],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            states = model(**batch, output_hidden_states=True).hidden_states
+            mask = batch["attention_mask"].bool()
+            count += float(mask.sum())
+            for i in range(len(states) - 1):
+                cosine = torch.nn.functional.cosine_similarity(
+                    states[i].float(), states[i + 1].float(), dim=-1
+                )
+                influence = float((1 - cosine)[mask].sum())
+                if len(totals) <= i:
+                    totals.append(0.0)
+                totals[i] += influence
+    return [total / max(count, 1.0) for total in totals]
+
+
+def prune_blocks(model: Any, remove: list[int]) -> Any:
+    """A copy of ``model`` without the blocks at indices ``remove`` (config updated to match)."""
+    import torch
+
+    pruned = copy.deepcopy(model)
+    stacks = transformer_blocks(pruned)
+    if len(stacks) != 1:
+        raise ValueError(f"expected one stack of transformer blocks, found {len(stacks)}")
+    stack = stacks[0]
+    kept = [block for i, block in enumerate(stack) if i not in set(remove)]
+    for _, module in pruned.named_modules():
+        for child_name, child in module.named_children():
+            if child is stack:
+                setattr(module, child_name, torch.nn.ModuleList(kept))
+    pruned.config.num_hidden_layers = len(kept)
+    return pruned
+
+
+def teacher_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> Any:
+    """The teacher's logits for ``texts`` as an (n, labels) float tensor."""
+    import torch
+
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 64):
+            batch = tokenizer(
+                texts[start : start + 64],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            chunks.append(model(**batch).logits.float())
+    return torch.cat(chunks) if chunks else torch.zeros((0, model.config.num_labels))
+
+
+def distillation_loss(
+    student: Any, teacher: Any, labels: Any, alpha: float, temperature: float
+) -> Any:
+    """``alpha`` x CE on the labels + (1 - alpha) x T^2 x KL(teacher^T || student^T)."""
+    import torch.nn.functional as F
+
+    hard = F.cross_entropy(student, labels)
+    soft = F.kl_div(
+        F.log_softmax(student / temperature, dim=-1),
+        F.log_softmax(teacher / temperature, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return alpha * hard + (1 - alpha) * temperature**2 * soft
+
+
+class _Distilled:
+    """Tokenized examples with their labels and the teacher's logits."""
+
+    def __init__(self, encodings: dict[str, Any], labels: list[int], logits: Any) -> None:
+        self.encodings, self.labels, self.logits = encodings, labels, logits
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {k: v[i] for k, v in self.encodings.items()}
+        return item | {"labels": self.labels[i], "teacher_logits": self.logits[i].tolist()}
+
+
+def distill(
+    student: Any,
+    tokenizer: Any,
+    texts: list[str],
+    label_ids: list[int],
+    logits: Any,
+    hyper: Hyper,
+    options: PruneOptions,
+    out: Path,
+) -> tuple[list[tuple[int, float]], int, float]:
+    """Train every weight of ``student`` on the distillation loss; (loss history, steps, s)."""
+    import shutil
+
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from tasks.train.progress import show_progress
+
+    padding = DataCollatorWithPadding(tokenizer)
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+        soft = torch.tensor([f.pop("teacher_logits") for f in features])
+        return dict(padding(features)) | {"teacher_logits": soft}
+
+    class DistillingTrainer(Trainer):  # type: ignore[misc]
+        def compute_loss(  # type: ignore[override]
+            self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any
+        ) -> Any:
+            soft = inputs.pop("teacher_logits")
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = distillation_loss(
+                outputs.logits, soft, labels, options.alpha, options.temperature
+            )
+            return (loss, outputs) if return_outputs else loss
+
+    for parameter in student.parameters():
+        parameter.requires_grad = True
+    encodings = tokenizer(texts, truncation=True, max_length=hyper.max_length)
+    trainer = DistillingTrainer(
+        model=student,
+        args=TrainingArguments(
+            output_dir=str(out / "trainer"),
+            num_train_epochs=hyper.epochs,
+            learning_rate=hyper.learning_rate,
+            per_device_train_batch_size=hyper.batch_size,
+            weight_decay=hyper.weight_decay,
+            seed=hyper.seed,
+            data_seed=hyper.seed,
+            logging_strategy="steps",
+            logging_steps=5,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            optim="adamw_torch",
+            dataloader_num_workers=0,
+            remove_unused_columns=False,  # teacher_logits is not a model argument
+        ),
+        train_dataset=_Distilled(dict(encodings), label_ids, logits),
+        data_collator=collate,
+    )
+    show_progress(trainer, "distill")
+    started = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - started
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    history = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
+    return history, int(output.global_step), seconds
+
+
+def prune_and_distill(
+    train_path: Path, teacher_dir: Path, hyper: Hyper, options: PruneOptions, out: Path
+) -> TrainResult:
+    """Prune the teacher package's lowest-influence blocks, distill, and save a package.
+
+    Args:
+        train_path: Curated training JSONL (``text``, ``label``).
+        teacher_dir: The teacher's classifier package (adapter or weights).
+        hyper: Training hyperparameters of the distillation (epochs, learning rate, batch).
+        options: The spec's ``compress`` block.
+        out: Package folder to write.
+
+    Raises:
+        DataError: A training label the teacher does not know.
+        ValueError: A block count that removes all blocks or none.
+    """
+    from transformers import set_seed
+
+    from adaptflow.errors import DataError
+    from runtime.loading import load_classifier
+
+    teacher, tokenizer, manifest = load_classifier(teacher_dir)
+    if hasattr(teacher, "merge_and_unload"):
+        teacher = teacher.merge_and_unload()  # a plain model: blocks can be removed and saved
+    rows = read_jsonl(train_path)
+    texts = [str(row["text"]) for row in rows]
+    unknown = sorted({str(row["label"]) for row in rows} - set(manifest.labels))
+    if unknown:
+        raise DataError(
+            f"{train_path}: labels {unknown} are not among the teacher's "
+            f"{manifest.labels}; a pruned student keeps the teacher's head"
+        )
+    label_ids = [manifest.labels.index(str(row["label"])) for row in rows]
+    importance = block_influence(teacher, tokenizer, texts[:CALIBRATION], hyper.max_length)
+    count = blocks_to_remove(len(importance), options)
+    removed = sorted(sorted(range(len(importance)), key=lambda i: (importance[i], i))[:count])
+    report = PruneReport(
+        importance, removed, [i for i in range(len(importance)) if i not in removed]
+    )
+    logits = teacher_logits(teacher, tokenizer, texts, hyper.max_length)
+    set_seed(hyper.seed)
+    student = prune_blocks(teacher, removed)
+    history, steps, seconds = distill(
+        student, tokenizer, texts, label_ids, logits, hyper, options, out
+    )
+    student.eval()
+    student.save_pretrained(str(out / "weights"), safe_serialization=True)
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+    total = sum(p.numel() for p in student.parameters())
+    PackageManifest(
+        kind="encoder-classifier",
+        method="prune",
+        base_model=manifest.base_model,
+        labels=manifest.labels,
+        max_length=hyper.max_length,
+        trainable_params=int(total),
+        total_params=int(total),
+        options={
+            "teacher": options.teacher,
+            "removed_blocks": report.removed,
+            "kept_blocks": report.kept,
+            "block_influence": [round(v, 6) for v in report.importance],
+            "alpha": options.alpha,
+            "temperature": options.temperature,
+        },
+    ).write(out)
+    tokens = sum(
+        len(tokenizer(t, truncation=True, max_length=hyper.max_length)["input_ids"]) for t in texts
+    )
+    return TrainResult(
+        package_dir=str(out),
+        method="prune",
+        trainable_params=int(total),
+        total_params=int(total),
+        train_seconds=seconds,
+        train_tokens=tokens * max(1, round(hyper.epochs)),
+        loss_history=history,
+        steps=steps,
+    )
+
+
+@task(name="prune_and_distill", cache_policy=NO_CACHE)
+def prune_and_distill_task(
+    train_path: Path, teacher_dir: Path, hyper: Hyper, options: PruneOptions, out: Path
+) -> TrainResult:
+    """``prune_and_distill`` as a Prefect task."""
+    return prune_and_distill(train_path, teacher_dir, hyper, options, out)

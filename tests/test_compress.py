@@ -1,0 +1,213 @@
+"""``method: prune``: a trained classifier's least influential blocks go; distillation recovers.
+
+A real teacher: MiniLM with a LoRA trained on the Unicode-categories example (180 records). The
+student is the teacher with blocks removed (ShortGPT's Block Influence), distilled from it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import REPO, run_cli, write_jsonl
+
+from adaptflow.errors import SpecError
+from adaptflow.spec import CompressSpec, parse_spec
+from tasks.evaluate.gate import GateDecision, compression_decision
+from tasks.train.compress import (
+    PruneOptions,
+    block_influence,
+    blocks_to_remove,
+    distillation_loss,
+    prune_and_distill,
+    prune_blocks,
+    teacher_logits,
+)
+from tasks.train.peft import Hyper, train_peft_classifier
+
+ROWS = [json.loads(line) for line in (REPO / "examples/unicode-categories/data/chars.jsonl").open()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("compress")
+    return {
+        "train": write_jsonl(folder / "train.jsonl", ROWS[:180]),
+        "eval": write_jsonl(folder / "eval.jsonl", ROWS[600:660]),
+        "folder": folder,
+    }
+
+
+@pytest.fixture(scope="module")
+def teacher(data: dict[str, Path]) -> Path:
+    hyper = Hyper(epochs=3, learning_rate=3e-3, batch_size=16, max_length=32, lora_r=16,
+                  lora_alpha=32, seed=3)  # fmt: skip
+    out = data["folder"] / "teacher"
+    train_peft_classifier(data["train"], "minilm", "lora", hyper, out)
+    return out
+
+
+def _kl(teacher: torch.Tensor, student: torch.Tensor) -> float:
+    """Mean KL(teacher || student) of the class distributions."""
+    return float(
+        torch.nn.functional.kl_div(
+            student.log_softmax(-1), teacher.log_softmax(-1), reduction="batchmean", log_target=True
+        )
+    )
+
+
+def test_the_lowest_influence_blocks_go_and_the_pruned_model_reloads(
+    teacher: Path, data: dict[str, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from runtime.loading import load_classifier
+
+    model, tokenizer, _ = load_classifier(teacher)
+    model = model.merge_and_unload()
+    texts = [r["text"] for r in ROWS[:64]]
+    influence = block_influence(model, tokenizer, texts, 32)
+    assert len(influence) == 6 and all(0 < v < 2 for v in influence)
+    lowest = sorted(sorted(range(6), key=lambda i: influence[i])[:3])
+    pruned = prune_blocks(model, lowest)
+    assert pruned.config.num_hidden_layers == 3 and len(pruned.bert.encoder.layer) == 3
+    assert len(model.bert.encoder.layer) == 6  # the teacher is untouched
+    kept = [i for i in range(6) if i not in lowest]
+    for new, old in enumerate(kept):  # exactly the reported blocks went, the rest in order
+        assert torch.equal(
+            pruned.bert.encoder.layer[new].attention.self.query.weight,
+            model.bert.encoder.layer[old].attention.self.query.weight,
+        )
+    pruned.save_pretrained(tmp_path / "pruned")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned").eval()
+    assert reloaded.config.num_hidden_layers == 3
+    batch = tokenizer(texts[:8], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.allclose(reloaded(**batch).logits, pruned.eval()(**batch).logits, atol=1e-5)
+    assert blocks_to_remove(6, PruneOptions("t", ratio=0.5)) == 3
+    assert blocks_to_remove(6, PruneOptions("t", blocks=2)) == 2
+    with pytest.raises(ValueError, match="must remove at least 1 and keep at least 1"):
+        blocks_to_remove(6, PruneOptions("t", blocks=6))
+
+
+def test_distillation_moves_the_student_toward_the_teacher(
+    teacher: Path, data: dict[str, Path]
+) -> None:
+    from runtime.loading import load_classifier
+
+    out = data["folder"] / "student"
+    # alpha 0: the teacher's distribution alone (the labels would pull elsewhere: this teacher
+    # is weak, macro-F1 ~0.6, and a student trained with alpha 0.5 beats it, ~0.74)
+    options = PruneOptions(teacher=str(teacher), blocks=3, alpha=0.0, temperature=2.0)
+    hyper = Hyper(epochs=4, learning_rate=1e-4, batch_size=16, max_length=32, seed=5)
+    result = prune_and_distill(data["train"], teacher, hyper, options, out)
+    manifest = json.loads((out / "adaptflow_model.json").read_text())
+    removed = manifest["options"]["removed_blocks"]
+    influence = manifest["options"]["block_influence"]
+    assert len(removed) == 3 and removed == sorted(sorted(range(6), key=lambda i: influence[i])[:3])
+    assert result.total_params == result.trainable_params < 22_800_000  # 3 of 6 blocks gone
+    model, tokenizer, _ = load_classifier(teacher)
+    model = model.merge_and_unload()
+    held = [r["text"] for r in ROWS[600:660]]
+    reference = teacher_logits(model, tokenizer, held, 32)
+    undistilled = teacher_logits(prune_blocks(model, removed), tokenizer, held, 32)
+    student, _, _ = load_classifier(out)
+    distilled = teacher_logits(student, tokenizer, held, 32)
+    before, after = _kl(reference, undistilled), _kl(reference, distilled)
+    assert after < 0.5 * before, (before, after)
+    # the loss itself: zero KL term when the student already matches the teacher
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
+    labels = torch.tensor([0, 1])
+    hard = float(torch.nn.functional.cross_entropy(logits, labels))
+    assert float(distillation_loss(logits, logits, labels, 0.5, 2.0)) == pytest.approx(0.5 * hard)
+
+
+def test_the_gate_refuses_a_candidate_below_the_stated_trade() -> None:
+    passed = GateDecision(
+        True, ["f1_macro 0.90 beats baseline (knn) 0.80", "no champion to compare"]
+    )
+    spec = CompressSpec(min_retained=0.95, min_speedup=1.8)
+    ok = compression_decision(passed, {"retained": 0.97, "speedup": 2.1}, spec)
+    assert ok.promote and ok.reasons == [
+        "f1_macro 0.90 beats baseline (knn) 0.80",
+        "retained 0.970 meets compress.min_retained 0.95",
+        "speedup 2.100 meets compress.min_speedup 1.8",
+    ]
+    slow = compression_decision(passed, {"retained": 0.99, "speedup": 1.5}, spec)
+    assert not slow.promote and "speedup 1.500 misses compress.min_speedup 1.8" in slow.reasons
+    lossy = compression_decision(passed, {"retained": 0.90, "speedup": 3.0}, spec)
+    assert not lossy.promote and "retained 0.900 misses compress.min_retained 0.95" in lossy.reasons
+    # unset bounds: keep 95% and be no slower
+    default = compression_decision(passed, {"retained": 0.94, "speedup": 1.2}, CompressSpec())
+    assert (
+        not default.promote
+        and "retained 0.940 misses compress.min_retained 0.95" in default.reasons
+    )
+
+
+def test_the_spec_names_what_prune_needs(tmp_path: Path) -> None:
+    raw = {"name": "p", "task": "classification", "method": "prune", "data": {"train": "x.jsonl"}}
+    write_jsonl(tmp_path / "x.jsonl", ROWS[:4])
+    with pytest.raises(SpecError, match="method 'prune' needs compress.teacher"):
+        parse_spec(raw, tmp_path)
+    with pytest.raises(SpecError, match="compress.teacher: .*neither a registered version"):
+        parse_spec(raw | {"compress": {"teacher": "no-such-folder"}}, tmp_path)
+    with pytest.raises(
+        SpecError, match="set one of compress.prune.blocks and compress.prune.ratio"
+    ):
+        both = {"teacher": "models:/t@champion", "prune": {"blocks": 2, "ratio": 0.5}}
+        parse_spec(raw | {"compress": both}, tmp_path)
+    generative = raw | {"task": "instruction", "base_model": "tiny-gpt",
+                        "compress": {"teacher": "models:/t@champion"}}  # fmt: skip
+    with pytest.raises(SpecError, match="method 'prune' compresses encoder classifiers"):
+        parse_spec(generative, tmp_path)
+
+
+@pytest.mark.integration
+@pytest.mark.slow  # two pipeline runs (~100 s); the recipe and the gate are tested above
+def test_a_registered_teacher_is_pruned_gated_registered_and_predicts(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    import yaml
+    from mlflow import MlflowClient
+
+    from flows.pipeline import adapt_pipeline
+
+    common = {
+        "task": "classification", "base_model": "minilm", "seed": 3,
+        "data": {"train": str(data["train"]), "eval": str(data["eval"]), "id_field": "id"},
+    }  # fmt: skip
+    teacher_spec = tmp_path / "teacher.yaml"
+    teacher_spec.write_text(yaml.safe_dump(common | {
+        "name": "prune-demo", "method": "lora",
+        "train": {"epochs": 3, "learning_rate": 3e-3, "batch_size": 16, "max_length": 32,
+                  "lora_r": 16, "lora_alpha": 32},
+    }))  # fmt: skip
+    first = adapt_pipeline(str(teacher_spec))  # registered (promoted or not: named by number)
+    prune_spec = tmp_path / "prune.yaml"
+    prune_spec.write_text(yaml.safe_dump(common | {
+        "name": "prune-demo", "method": "prune",
+        "train": {"epochs": 4, "learning_rate": 1e-4, "batch_size": 16, "max_length": 32},
+        "compress": {"teacher": f"models:/prune-demo/{first['model_version']}",
+                     "prune": {"blocks": 3},
+                     "min_retained": 0.5, "min_speedup": 0.5},
+    }))  # fmt: skip
+    result = adapt_pipeline(str(prune_spec))
+    metrics = result["metrics"]
+    assert metrics["params"] < 0.8 * 22_700_000
+    assert metrics["retained"] == pytest.approx(
+        metrics["f1_macro"] / MlflowClient().get_run(result["mlflow_run_id"]).data.metrics[
+            "teacher.f1_macro"]
+    )  # fmt: skip
+    assert metrics["speedup"] > 0 and metrics["latency_p95_ms"] >= metrics["latency_p50_ms"] > 0
+    run = MlflowClient().get_run(result["mlflow_run_id"])
+    assert run.data.tags["adaptflow.teacher"] == f"models:/prune-demo/{first['model_version']}"
+    assert any("compress.min_retained 0.5" in reason for reason in result["gate"])
+    assert len(json.loads(run.data.tags["adaptflow.removed_blocks"])) == 3
+    # a fresh process loads the registered pruned version and classifies
+    done = run_cli("predict", f"models:/prune-demo/{result['model_version']}",
+                   "GURMUKHI DIGIT FIVE", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["predictions"] == ["decimal-digit"]
