@@ -18,6 +18,25 @@ to, so a fetched revision is read once and a moved branch fetches anew. Beside t
 ``source.json`` records where it came from (the URL, the resolved commit, DVC's md5):
 ``adaptflow.provenance.input_lineage`` turns that into the run's tags, so a version trained on a
 registry file names the exact revision it read.
+
+Three more ways to name training data, each read by ``tasks.curate.records`` with the same
+quarantine rules (``resolve`` picks the form):
+
+- ``path/dataset_info.json#NAME``: entry ``NAME`` of a LLaMA-Factory dataset registry. Its
+  ``file_name`` (beside the json) is read through the entry's ``formatting`` (``alpaca`` or
+  ``sharegpt``), ``ranking``, ``columns`` and ``tags``: ``ADAPTFLOW_HOME/work/inputs/KEY/`` holds a
+  link to the file and, in ``source.json``, that mapping (``DatasetView``), which the readers
+  apply record by record (renaming columns and roles to the shapes adaptflow reads). Entries
+  that load from elsewhere (``hf_hub_url``, ``ms_hub_url``, ``script_url``, …) are refused.
+- a folder written by ``datasets``' ``save_to_disk`` (a ``Dataset``, or a ``DatasetDict`` with
+  ``folder#SPLIT``, default ``train``), and
+- ``hf://ORG/NAME`` (or ``hf://ORG/NAME#SPLIT``): a dataset loaded by ``datasets.load_dataset``,
+  from the hub or the Hugging Face cache (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` respected);
+  ``ORG/NAME`` naming a folder beside the spec reads that folder.
+
+The last two are written out once per dataset fingerprint as JSON lines, one row at a time, into
+``ADAPTFLOW_HOME/work/inputs/KEY/``; a row that JSON cannot hold (an image, bytes) becomes a
+marker line the reader quarantines with the reason, so every row is accounted for.
 """
 
 from __future__ import annotations
@@ -25,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -34,8 +54,14 @@ from typing import Any
 from adaptflow.settings import load_settings
 
 SCHEME = "dvc://"
+HF_SCHEME = "hf://"
 #: Written beside fetched data: where it came from (see the module docstring).
 SOURCE_FILE = "source.json"
+#: LLaMA-Factory's dataset registry, named ``path/dataset_info.json#NAME``.
+DATASET_INFO = "dataset_info.json"
+#: The key of a materialized row JSON could not hold: its value is the reason (records.py
+#: quarantines the line with it).
+UNREADABLE_KEY = "_adaptflow_unreadable"
 
 
 @dataclass(frozen=True)
@@ -161,8 +187,469 @@ def source_of(path: Path | None) -> DvcSource | None:
 
 
 def display(path: Path | None) -> str | None:
-    """How an input is shown in params and cards: its ``dvc://`` URL, else the path."""
+    """How an input is shown in params and cards: its reference as written, else the path.
+
+    A ``dvc://`` or ``hf://`` URL, ``path/dataset_info.json#NAME``, or a ``save_to_disk``
+    folder (with ``#SPLIT`` when written so).
+    """
     if path is None:
         return None
     source = source_of(path)
-    return source.url if source is not None else str(path)
+    if source is not None:
+        return source.url
+    other = view_of(path) or hf_source_of(path)
+    return other.url if other is not None else str(path)
+
+
+def origin(path: Path) -> str | None:
+    """The file a quarantined record is reported in, when ``path`` stands for another.
+
+    A ``dataset_info.json`` entry's records are in the entry's file (its line numbers hold);
+    a materialized dataset's in its reference (line N is the split's row N, from 1).
+    """
+    view = view_of(path)
+    if view is not None:
+        return view.file
+    source = hf_source_of(path)
+    return source.url if source is not None else None
+
+
+def lineage(path: Path) -> tuple[dict[str, str], Path | None]:
+    """Tags naming where a resolved input came from, and the file with its git/DVC history.
+
+    The tags lack the ``adaptflow.input.KEY.`` prefix; the file is None when there is none here.
+
+    - ``hf://`` or a ``save_to_disk`` folder: ``hf_dataset`` (the hub id or the folder),
+      ``hf_split`` when one was chosen, ``hf_fingerprint`` (``datasets``' fingerprint of the rows
+      read) and, for a hub dataset, ``hf_revision`` (the commit its cache was built from).
+    - a ``dataset_info.json#NAME`` entry: ``dataset_info`` (the reference), and the entry's file
+      for its git/DVC tags.
+    - anything else: no tags, and ``path`` itself.
+    """
+    view = view_of(path)
+    if view is not None:
+        return {"dataset_info": view.url}, Path(view.file)
+    source = hf_source_of(path)
+    if source is None:
+        return {}, path
+    tags = {"hf_dataset": source.dataset, "hf_fingerprint": source.fingerprint}
+    if source.split:
+        tags["hf_split"] = source.split
+    if source.revision:
+        tags["hf_revision"] = source.revision
+    return tags, None
+
+
+def _source_record(path: Path, kind: str) -> dict[str, Any] | None:
+    """``source.json`` beside ``path`` when it describes ``path`` as an input of ``kind``."""
+    try:
+        record = json.loads((path.parent / SOURCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("kind") != kind:
+        return None
+    return record if record.get("name") == path.name else None
+
+
+def resolve(value: Any, base_dir: Path | None, datasets: bool = True) -> Any:
+    """A data input as the spec names it, turned into a local path when it is a reference.
+
+    ``dvc://`` inputs are fetched (``fetch``); with ``datasets`` (files of records, not the RAG
+    knowledge folder) also ``hf://`` inputs, ``save_to_disk`` folders (``folder`` or
+    ``folder#SPLIT``) and ``dataset_info.json#NAME`` entries. Other values come back as given.
+
+    Raises:
+        ValueError: A reference that cannot be read, with the reason.
+    """
+    if not isinstance(value, str | Path):
+        return value
+    text = str(value)
+    if text.startswith(SCHEME):
+        return fetch(text, base_dir)
+    if not datasets:
+        return value
+    if text.startswith(HF_SCHEME):
+        return load_hub(text, base_dir)
+    whole = _local(text, base_dir)
+    if whole.exists():  # an ordinary path, even one whose name holds a '#'
+        if whole.is_dir() and is_saved_dataset(whole):
+            return load_saved(text, whole, None)
+        if whole.name == DATASET_INFO and whole.is_file():
+            _registry_without_name(text, whole)
+        return value
+    before, hash_sign, fragment = text.rpartition("#")
+    if hash_sign and before:
+        local = _local(before, base_dir)
+        if local.name == DATASET_INFO and local.is_file():
+            return dataset_info(text, local, fragment)
+        if local.is_dir() and is_saved_dataset(local):
+            return load_saved(text, local, fragment)
+    return value
+
+
+def _local(text: str, base_dir: Path | None) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path.absolute()
+
+
+def _inputs_root() -> Path:
+    return load_settings().work_dir / "inputs"
+
+
+def _publish(key: str, name: str, source: dict[str, Any], write: Any) -> Path:
+    """``ADAPTFLOW_HOME/work/inputs/KEY/NAME``, made once by ``write(staging_path)``.
+
+    ``source.json`` is written last and the folder renamed into place, so a folder holding it
+    is complete, and two runs making the same input at once leave one copy.
+    """
+    root = _inputs_root()
+    folder = root / key
+    if not (folder / SOURCE_FILE).is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+        try:
+            write(staging / name)
+            (staging / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
+            if folder.is_dir() and not (folder / SOURCE_FILE).is_file():
+                shutil.rmtree(folder)
+            try:
+                os.rename(staging, folder)
+            except OSError:  # another run made the same input first: theirs is the same
+                shutil.rmtree(staging, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return folder / name
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+# LLaMA-Factory's dataset_info.json ---------------------------------------------------------
+
+#: Entry keys that load data from somewhere other than a file beside the json.
+REMOTE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+#: Entry keys read (``file_sha1`` is LLaMA-Factory's optional checksum: it ignores it too).
+ENTRY_KEYS = ("file_name", "file_sha1", "formatting", "ranking", "columns", "tags", "split")
+FORMATTINGS = ("alpaca", "sharegpt")
+#: The columns of each formatting and their defaults (LLaMA-Factory's data/README.md);
+#: None: not read unless the entry names it.
+COLUMNS: dict[str, dict[str, str | None]] = {
+    "alpaca": {
+        "prompt": "instruction", "query": "input", "response": "output", "history": None,
+        "system": None, "tools": None, "chosen": None, "rejected": None, "kto_tag": None,
+    },
+    "sharegpt": {
+        "messages": "conversations", "system": None, "tools": None, "chosen": None,
+        "rejected": None, "kto_tag": None,
+    },
+}  # fmt: skip
+#: ShareGPT's tags and their defaults: the keys of a turn, and the role names it uses.
+TAGS = {
+    "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+    "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system",
+}  # fmt: skip
+#: Columns of images, video or audio: only text is trained on.
+MEDIA_COLUMNS = ("images", "videos", "audios")
+#: File types an entry's ``file_name`` may have (what the shaped readers read).
+ENTRY_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class DatasetView:
+    """A ``dataset_info.json#NAME`` entry, resolved: the file and how to read its records."""
+
+    url: str  # as written in the spec
+    file: str  # the entry's data file (absolute)
+    name: str  # the link's name in the inputs folder (the file's name)
+    formatting: str  # alpaca or sharegpt
+    ranking: bool
+    columns: dict[str, str]  # LLaMA-Factory's column role -> the file's column (those read)
+    tags: dict[str, str]  # ShareGPT's tags (TAGS, defaults filled in)
+    kind: str = "dataset_info"
+
+    @property
+    def shape(self) -> str:
+        """The ``data.format`` its records are renamed to (``tasks.curate.records``)."""
+        if self.ranking:
+            return "preference"
+        if "kto_tag" in self.columns:
+            return "kto"
+        if self.formatting == "sharegpt":
+            return "sharegpt"
+        chat = any(c in self.columns for c in ("system", "history", "tools"))
+        return "messages" if chat else "alpaca"
+
+
+def view_of(path: Path | None) -> DatasetView | None:
+    """The ``dataset_info.json`` entry ``path`` (a link in the inputs folder) reads, or None."""
+    if path is None:
+        return None
+    record = _source_record(path, "dataset_info")
+    try:
+        return DatasetView(**record) if record is not None else None
+    except TypeError:
+        return None
+
+
+def _registry_without_name(url: str, path: Path) -> None:
+    """Raise when ``path`` is a LLaMA-Factory registry named without ``#NAME``."""
+    try:
+        registry = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # not one: read (and reported) as a .json data file
+    if isinstance(registry, dict):
+        names = ", ".join(list(registry)[:10]) or "none"
+        raise ValueError(
+            f"'{url}' is a dataset registry (LLaMA-Factory's dataset_info.json): name the "
+            f"dataset to read, {url}#NAME (entries: {names})"
+        )
+
+
+def _mapping(where: str, value: Any, allowed: dict[str, Any], what: str) -> dict[str, str]:
+    """An entry's ``columns`` or ``tags`` object, checked: known keys, string values."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: '{what}' must be an object, got {type(value).__name__}")
+    media = sorted(set(value) & set(MEDIA_COLUMNS))
+    if media:
+        raise ValueError(
+            f"{where}: columns {', '.join(media)} hold media; adaptflow trains on text only"
+        )
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{where}: unsupported {what} {', '.join(map(repr, unknown))} (read: "
+            f"{', '.join(allowed)})"
+        )
+    for key, column in value.items():
+        if not isinstance(column, str) or not column:
+            raise ValueError(f"{where}: {what}.{key} must be a non-empty string, got {column!r}")
+    return dict(value)
+
+
+def dataset_info(url: str, registry: Path, name: str) -> Path:
+    """Resolve entry ``name`` of LLaMA-Factory's ``registry`` to a link to its file.
+
+    Beside the link, ``source.json`` holds the mapping its records are read through
+    (``DatasetView``).
+
+    Raises:
+        ValueError: The registry or entry cannot be read, names data adaptflow cannot read
+            offline or a formatting it does not read, or its file is missing.
+    """
+    where = f"'{url}'"
+    try:
+        entries = json.loads(registry.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{where}: cannot read {registry}: {error}") from None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{where}: {registry} must hold one object of dataset entries")
+    if not name or name not in entries:
+        known = ", ".join(list(entries)[:10]) or "none"
+        raise ValueError(f"{where}: no dataset '{name}' in {registry} (entries: {known})")
+    entry = entries[name]
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: entry '{name}' must be an object")
+    remote = [k for k in REMOTE_KEYS if k in entry]
+    if remote:
+        hub = entry.get("hf_hub_url")
+        hint = f"; for the hub use data.train: hf://{hub}" if "hf_hub_url" in remote else ""
+        raise ValueError(
+            f"{where}: entry '{name}' loads its data through {remote[0]}, which adaptflow does "
+            f"not read from a dataset_info.json (it reads a file_name beside the json, offline)"
+            f"{hint}"
+        )
+    unknown = sorted(set(entry) - set(ENTRY_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{where}: entry '{name}' sets {', '.join(map(repr, unknown))}, which adaptflow does "
+            f"not support (read: {', '.join(ENTRY_KEYS)})"
+        )
+    if entry.get("split", "train") != "train":
+        raise ValueError(f"{where}: a file entry has one split, 'train'; got {entry['split']!r}")
+    formatting = entry.get("formatting", "alpaca")
+    if formatting not in FORMATTINGS:
+        raise ValueError(
+            f"{where}: entry '{name}' has formatting {formatting!r}; adaptflow reads "
+            f"{' or '.join(FORMATTINGS)}"
+        )
+    ranking = entry.get("ranking", False)
+    if not isinstance(ranking, bool):
+        raise ValueError(f"{where}: entry '{name}': 'ranking' must be true or false")
+    defaults = COLUMNS[formatting]
+    named = _mapping(f"{where} entry '{name}'", entry.get("columns"), defaults, "columns")
+    columns = {k: v for k, v in defaults.items() if v is not None} | named
+    if ranking:
+        columns = {"chosen": "chosen", "rejected": "rejected"} | columns
+        columns.pop("response", None)  # a pair's answers are its chosen and rejected ones
+        if "tools" in columns or "kto_tag" in columns:
+            raise ValueError(f"{where}: a ranking entry with tools or kto_tag is not supported")
+    if formatting == "sharegpt" and "kto_tag" in columns:
+        raise ValueError(f"{where}: kto_tag is read for alpaca entries only")
+    if formatting == "alpaca" and "kto_tag" in columns and "history" in columns:
+        raise ValueError(f"{where}: kto_tag with history is not supported")
+    tags = TAGS | _mapping(f"{where} entry '{name}'", entry.get("tags"), TAGS, "tags")
+    file_name = entry.get("file_name")
+    if not isinstance(file_name, str) or not file_name:
+        raise ValueError(f"{where}: entry '{name}' has no file_name")
+    file = (registry.parent / file_name).absolute()
+    if not file.is_file():
+        what = "a folder; name one file" if file.is_dir() else "not found"
+        raise ValueError(f"{where}: entry '{name}' file_name {file}: {what}")
+    suffixes = [s.lower() for s in file.suffixes]
+    suffix = suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == ".gz" else file.suffix.lower()
+    if suffix not in ENTRY_SUFFIXES:
+        raise ValueError(
+            f"{where}: entry '{name}' file_name {file.name}: adaptflow reads "
+            f"{', '.join(ENTRY_SUFFIXES)} files through a dataset_info.json"
+        )
+    view = DatasetView(url, str(file), file.name, formatting, ranking, columns, tags)
+    key = _key("dataset_info", str(registry.absolute()), name, json.dumps(asdict(view)))
+    return _publish(key, file.name, asdict(view), lambda link: link.symlink_to(file))
+
+
+# Hugging Face datasets ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HfSource:
+    """A dataset read through ``datasets`` and written out as JSON lines."""
+
+    url: str  # as written in the spec
+    kind: str  # "hf" (load_dataset) or "saved" (load_from_disk)
+    dataset: str  # the hub id (or folder) given to load_dataset, or the saved folder
+    split: str | None  # None: a saved Dataset (it has no splits)
+    fingerprint: str  # ``datasets``' fingerprint of the rows
+    name: str  # the JSON-lines file's name
+    revision: str = ""  # the hub commit the cached dataset was built from, when known
+    rows: int = 0
+
+
+def hf_source_of(path: Path | None) -> HfSource | None:
+    """The ``hf://`` or ``save_to_disk`` source ``path`` was written from, or None."""
+    if path is None:
+        return None
+    for kind in ("hf", "saved"):
+        record = _source_record(path, kind)
+        if record is not None:
+            try:
+                return HfSource(**record)
+            except TypeError:
+                return None
+    return None
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``Dataset.save_to_disk`` or ``DatasetDict``'s."""
+    if (folder / "dataset_dict.json").is_file():
+        return True
+    return (folder / "state.json").is_file() and (folder / DATASET_INFO).is_file()
+
+
+def load_saved(url: str, folder: Path, split: str | None) -> Path:
+    """A ``save_to_disk`` folder's rows as JSON lines in the inputs folder.
+
+    A DatasetDict's split ``split`` (default ``train``); a Dataset has no splits.
+
+    Raises:
+        ValueError: The folder cannot be loaded, or has no such split.
+    """
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    try:
+        loaded = load_from_disk(str(folder))
+    except Exception as error:  # datasets raises many types; its reason is what matters
+        raise ValueError(f"'{url}': cannot load the datasets folder {folder}: {error}") from None
+    if isinstance(loaded, DatasetDict):
+        split = split or "train"
+        if split not in loaded:
+            raise ValueError(
+                f"'{url}': no split '{split}' in {folder} (splits: {', '.join(loaded)}); "
+                "name one as FOLDER#SPLIT"
+            )
+        loaded = loaded[split]
+    elif split:
+        raise ValueError(f"'{url}': {folder} holds one Dataset, not a DatasetDict: drop '#{split}'")
+    if not isinstance(loaded, Dataset):
+        raise ValueError(f"'{url}': {folder} is not a saved Dataset or DatasetDict")
+    return _write_rows(loaded, url, "saved", str(folder), split)
+
+
+def load_hub(url: str, base_dir: Path | None) -> Path:
+    """``hf://ORG/NAME[#SPLIT]`` as JSON lines in the inputs folder.
+
+    Split ``SPLIT`` (default ``train``), loaded by ``datasets.load_dataset``.
+
+    Raises:
+        ValueError: A malformed reference, or one ``load_dataset`` cannot load, with its reason.
+    """
+    from datasets import Dataset, load_dataset
+
+    dataset, _, split = url[len(HF_SCHEME) :].partition("#")
+    if not dataset.strip("/"):
+        raise ValueError(f"'{url}': expected hf://ORG/NAME or hf://ORG/NAME#SPLIT")
+    split = split or "train"
+    local = _local(dataset, base_dir)
+    path = str(local) if base_dir is not None and local.is_dir() else dataset
+    try:
+        loaded = load_dataset(path, split=split)
+    except Exception as error:  # hub, cache and builder errors alike: report the reason
+        reason = str(error) or type(error).__name__
+        raise ValueError(f"'{url}': datasets.load_dataset('{path}') failed: {reason}") from None
+    if not isinstance(loaded, Dataset):
+        raise ValueError(f"'{url}': load_dataset returned {type(loaded).__name__}, not a split")
+    return _write_rows(loaded, url, "hf", path, split)
+
+
+#: A hub dataset's cache folder is named by the commit it was built from (40 hex digits).
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _revision(rows: Any) -> str:
+    """The hub commit ``rows`` were prepared from (their cache folder's name), or ""."""
+    files = getattr(rows, "cache_files", None) or []
+    if not files:
+        return ""
+    folder = Path(files[0]["filename"]).parent.name
+    return folder if _COMMIT.match(folder) else ""
+
+
+def _write_rows(rows: Any, url: str, kind: str, dataset: str, split: str | None) -> Path:
+    """Write ``rows`` (a ``datasets.Dataset``) as JSON lines once per fingerprint."""
+    fingerprint = str(getattr(rows, "_fingerprint", "") or "")
+    name = f"{split or 'dataset'}.jsonl"
+    source = HfSource(
+        url=url, kind=kind, dataset=dataset, split=split, fingerprint=fingerprint, name=name,
+        revision=_revision(rows) if kind == "hf" else "", rows=len(rows),
+    )  # fmt: skip
+    key = _key(kind, dataset, split or "", fingerprint)
+
+    def write(target: Path) -> None:
+        # one row at a time: the memory-mapped dataset is never copied into memory
+        with target.open("w", encoding="utf-8") as out:
+            out.writelines(_row_line(row) + "\n" for row in rows)
+
+    return _publish(key, name, asdict(source), write)
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    """One row as a JSON line; a row JSON cannot hold, as a marker with the reason."""
+    try:
+        return json.dumps(row)
+    except (TypeError, ValueError):
+        pass
+    for column, value in row.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as error:
+            reason = (
+                f"column '{column}' holds {type(value).__name__}, which is not text or JSON "
+                f"({error}); only text can be trained on"
+            )
+            return json.dumps({UNREADABLE_KEY: reason})
+    return json.dumps({UNREADABLE_KEY: "the row cannot be written as JSON"})

@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from adaptflow.inputs import source_of
+from adaptflow.inputs import lineage, source_of
 
 
 def git_commit(folder: Path | None) -> str | None:
@@ -94,6 +94,9 @@ def input_lineage(key: str, path: Path | None) -> dict[str, str]:
     - a ``dvc://`` input (``adaptflow.inputs``): ``adaptflow.input.KEY.dvc_url`` (as written),
       ``…dvc_commit`` (the registry's commit its revision resolved to) and ``…dvc_md5``, with
       ``…dvc_matches`` for a file.
+    - an ``hf://`` or ``save_to_disk`` input: ``…hf_dataset``, ``…hf_fingerprint``,
+      ``…hf_split`` and ``…hf_revision`` (``adaptflow.inputs.lineage``); a
+      ``dataset_info.json#NAME`` entry: ``…dataset_info``, then its file's git/DVC tags.
 
     Untracked inputs get no tags.
     """
@@ -109,7 +112,12 @@ def input_lineage(key: str, path: Path | None) -> dict[str, str]:
             if actual is not None:
                 tags[prefix + "dvc_matches"] = "true" if actual == source.md5 else "false"
         return tags
-    tags = {}
+    # hf:// and save_to_disk inputs name their dataset; a dataset_info.json entry its file
+    named, tracked = lineage(path)
+    tags = {prefix + name: value for name, value in named.items()}
+    if tracked is None or not tracked.exists():
+        return tags
+    path = tracked
     folder = path.parent if path.is_file() else path
     name = path.name if path.is_file() else "."
     if _git(folder, "ls-files", "--error-unmatch", "--", name) is not None:

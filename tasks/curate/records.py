@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptflow.errors import DataError
+from adaptflow.inputs import UNREADABLE_KEY, DatasetView, hf_source_of, origin, view_of
 from adaptflow.jsonl import read_jsonl, write_jsonl  # noqa: F401  (importable from here too)
 from adaptflow.spec import data_suffix
 
@@ -946,6 +947,185 @@ def detect_format(obj: Any) -> str:
     return "fields"
 
 
+#: ShareGPT's role names (``SHAREGPT_ROLES``, ``SHAREGPT_TOOL_ROLES``) by the entry tag naming each.
+ROLE_TAGS = {
+    "user_tag": "human", "assistant_tag": "gpt", "observation_tag": "observation",
+    "function_tag": "function_call", "system_tag": "system",
+}  # fmt: skip
+
+
+def _view_turn(turn: Any, tags: dict[str, str]) -> Any:
+    """A ShareGPT turn with the entry's ``tags`` renamed to ``from``/``value`` and standard roles.
+
+    A turn that is not an object, or a role the tags do not name, is left for the reader to
+    quarantine with its reason.
+    """
+    if not isinstance(turn, dict):
+        return turn
+    role_key, content_key = tags["role_tag"], tags["content_tag"]
+    roles = {tags[tag]: role for tag, role in ROLE_TAGS.items()}
+    renamed = {k: v for k, v in turn.items() if k not in (role_key, content_key)}
+    if role_key in turn:
+        role = turn[role_key]
+        renamed["from"] = roles.get(role, role) if isinstance(role, str) else role
+    if content_key in turn:
+        renamed["value"] = turn[content_key]
+    return renamed
+
+
+def _view_prompt(obj: dict[str, Any], columns: dict[str, str]) -> str:
+    """An Alpaca entry's prompt column, then its query column after a blank line, or ValueError.
+
+    Joined as ``data.format: alpaca`` joins ``instruction`` and ``input``.
+    """
+    prompt = _string(obj, columns["prompt"])
+    query_column = columns.get("query")
+    if query_column is None or obj.get(query_column) in (None, ""):
+        return prompt
+    query = _string(obj, query_column, required=False)
+    return f"{prompt}\n\n{query}" if query.strip() else prompt
+
+
+def _view_chat(obj: dict[str, Any], columns: dict[str, str]) -> list[dict[str, Any]]:
+    """An Alpaca entry's prompt as OpenAI messages: system, history pairs, then the user's."""
+    messages = []
+    system_column = columns.get("system")
+    if system_column is not None and obj.get(system_column) not in (None, ""):
+        messages.append({"role": "system", "content": obj[system_column]})
+    history_column = columns.get("history")
+    history = obj.get(history_column) if history_column is not None else None
+    if history is not None:
+        pairs = history if isinstance(history, list) else None
+        if pairs is None or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            raise ValueError(
+                f"field '{history_column}' must be a list of [prompt, response] pairs, "
+                f"got {_type_name(history)}"
+            )
+        for question, answer in pairs:
+            messages += [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": answer},
+            ]
+    return [*messages, {"role": "user", "content": _view_prompt(obj, columns)}]
+
+
+def _view_object(obj: Any, view: DatasetView, id_field: str | None) -> Any:
+    """A record of a ``dataset_info.json`` entry in the shape ``view.shape`` names.
+
+    Only the columns the entry maps (and the spec's id field) are carried over, so a column
+    LLaMA-Factory would not read is not read here either. A column missing from the record is
+    left missing, for the reader to name.
+
+    Raises:
+        ValueError: A column the renaming itself reads (prompt, history) is unusable.
+    """
+    if not isinstance(obj, dict):
+        return obj
+    columns = view.columns
+    shaped: dict[str, Any] = {}
+    if id_field is not None and id_field in obj:
+        shaped[id_field] = obj[id_field]
+
+    def take(role: str, key: str, change: Callable[[Any], Any] = lambda v: v) -> None:
+        column = columns.get(role)
+        if column is not None and column in obj:
+            shaped[key] = change(obj[column])
+
+    if view.formatting == "sharegpt":
+        turns = lambda value: (  # noqa: E731
+            [_view_turn(t, view.tags) for t in value] if isinstance(value, list) else value
+        )
+        take("messages", "conversations", turns)
+        take("tools", "tools")
+        if not view.ranking:
+            take("system", "system")
+            return shaped
+        take("chosen", "chosen", lambda value: _view_turn(value, view.tags))
+        take("rejected", "rejected", lambda value: _view_turn(value, view.tags))
+        system = obj.get(columns.get("system", ""), None)
+        conversation = shaped.get("conversations")
+        if system not in (None, "") and isinstance(conversation, list):
+            # the ranking reader takes a system turn first in the conversation
+            leading = conversation[0] if conversation else None
+            if not (isinstance(leading, dict) and leading.get("from") == "system"):
+                shaped["conversations"] = [{"from": "system", "value": system}, *conversation]
+        return shaped
+    shape = view.shape
+    if shape == "alpaca":
+        take("prompt", "instruction")
+        take("query", "input")
+        take("response", "output")
+    elif shape == "messages":
+        response = columns["response"]
+        shaped["messages"] = [
+            *_view_chat(obj, columns),
+            {"role": "assistant", "content": obj.get(response)},
+        ]
+        take("tools", "tools")
+    elif shape == "preference":
+        chat = "system" in columns or "history" in columns
+        shaped["prompt"] = _view_chat(obj, columns) if chat else _view_prompt(obj, columns)
+        take("chosen", "chosen")
+        take("rejected", "rejected")
+    else:  # kto
+        shaped["prompt"] = _view_prompt(obj, columns)
+        take("response", "completion")
+        take("kto_tag", "label")
+    return shaped
+
+
+def _view_reason(reason: str, view: DatasetView) -> str:
+    """A reader's reason with adaptflow's field names put back as the entry's columns."""
+    names = {
+        "instruction": "prompt", "input": "query", "output": "response", "completion": "response",
+        "label": "kto_tag", "chosen": "chosen", "rejected": "rejected", "system": "system",
+        "tools": "tools", "conversations": "messages",
+    }  # fmt: skip
+    for field_name, role in names.items():
+        column = view.columns.get(role)
+        if column is not None and column != field_name:
+            reason = reason.replace(f"'{field_name}'", f"'{column}'")
+            if field_name == "conversations":
+                reason = reason.replace("conversations[", f"{column}[")
+    for field_name, tag in (("from", "role_tag"), ("value", "content_tag")):
+        if view.tags[tag] != field_name:
+            reason = reason.replace(f".{field_name} ", f".{view.tags[tag]} ")
+            reason = reason.replace(f"'{field_name}'", f"'{view.tags[tag]}'")
+    return reason
+
+
+def _viewed(items: Items, view: DatasetView, id_field: str | None) -> Items:
+    """``items`` of a ``dataset_info.json`` entry's file, renamed (``_view_object``)."""
+    for line, raw, obj, error in items:
+        if error is None:
+            try:
+                obj = _view_object(obj, view, id_field)
+            except ValueError as exc:
+                obj, error = None, str(exc)
+        yield line, raw, obj, error
+
+
+def _unreadable(items: Items) -> Items:
+    """``items`` of a materialized dataset, its rows JSON could not hold as errors."""
+    for line, raw, obj, error in items:
+        if error is None and isinstance(obj, dict) and set(obj) == {UNREADABLE_KEY}:
+            yield line, raw, None, str(obj[UNREADABLE_KEY])
+        else:
+            yield line, raw, obj, error
+
+
+def _view_fields(path: Path, view: DatasetView, fields: Fields) -> Fields:
+    """``fields`` with the format a ``dataset_info.json`` entry's records are renamed to."""
+    if fields.format not in ("auto", view.shape, view.formatting):
+        raise DataError(
+            f"{view.url}: data.format '{fields.format}', but the entry's records are "
+            f"{view.formatting}{' ranking' if view.ranking else ''} records (read as "
+            f"'{view.shape}'); use data.format auto (a dataset_info.json entry holds generative "
+            "records: instruction, qa, summarization or alignment data)"
+        )
+    return replace(fields, format=view.shape)
+
+
 def _resolve_format(path: Path, items: Items, fields: Fields) -> tuple[Fields, Items]:
     """``fields`` with ``auto`` resolved for this file, and its items (any read to decide)."""
     if fields.format != "auto":
@@ -983,13 +1163,21 @@ def iter_records(path: Path, fields: Fields) -> Iterator[Record | Quarantined | 
             f"{path}: data.format '{fields.format}' reads .jsonl, .json or .parquet files, "
             f"not '{suffix}'"
         )
-    file = str(path)
+    # a dataset_info.json entry or a materialized dataset is reported as what the spec names
+    file = origin(path) or str(path)
+    view = view_of(path)
     seen: dict[str, int] = {}
     # a record's default id is its line; in a .json array, where one line may hold every
     # record, it is its position in the array (1-based)
     by_position = suffix == ".json"
     try:
-        fields, items = _resolve_format(path, reader(path), fields)
+        items = reader(path)
+        if view is not None:
+            fields = _view_fields(path, view, fields)
+            items = _viewed(items, view, fields.id)
+        elif hf_source_of(path) is not None:
+            items = _unreadable(items)
+        fields, items = _resolve_format(path, items, fields)
         for position, (line, raw, obj, error) in enumerate(items, start=1):
             if error == "blank":
                 yield None
@@ -1005,7 +1193,8 @@ def iter_records(path: Path, fields: Fields) -> Iterator[Record | Quarantined | 
                     seen[outcome.id] = line
                     yield replace(outcome, file=file, line=line)
                     continue
-            yield Quarantined(file, line, outcome, _printable(raw))
+            reason = _view_reason(outcome, view) if view is not None else outcome
+            yield Quarantined(file, line, reason, _printable(raw))
     except DataError:
         raise  # the reader's own message (a .json file that is not one array)
     except (EOFError, gzip.BadGzipFile) as exc:
