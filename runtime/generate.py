@@ -41,13 +41,31 @@ def model_inputs(
     family: str,
     contexts: list[list[dict[str, str]] | None] | None = None,
     raw: bool = False,
+    tools: list[Any] | None = None,
+    steps: list[Any] | None = None,
 ) -> list[str]:
-    """The strings the model reads for ``texts``: rendered prompts (or the texts, when raw)."""
-    turns = contexts or [None] * len(texts)
+    """The strings the model reads for ``texts``: rendered prompts (or the texts, when raw).
+
+    ``tools`` and ``steps`` hold each text's tool schemas and the tool calls and results before
+    its answer (a tool-calling conversation), or None, rendered as in training.
+    """
+    if raw:
+        return list(texts)
+    render = render_prompt if family == "decoder" else _source
     return [
-        t if raw else render_prompt(tokenizer, t, c) if family == "decoder" else source_text(t, c)
-        for t, c in zip(texts, turns, strict=True)
+        render(tokenizer, t, c, tools=x, steps=s)
+        for t, c, x, s in zip(texts, *_per_text(len(texts), contexts, tools, steps), strict=True)
     ]
+
+
+def _source(tokenizer: Any, text: str, context: Any, **tooling: Any) -> str:
+    """``source_text`` with ``render_prompt``'s signature (an encoder-decoder's input)."""
+    return source_text(text, context, **tooling)
+
+
+def _per_text(count: int, *columns: list[Any] | None) -> list[list[Any]]:
+    """Each optional per-text column, or ``count`` Nones."""
+    return [list(column) if column is not None else [None] * count for column in columns]
 
 
 def generate(
@@ -62,6 +80,8 @@ def generate(
     raw: bool = False,
     sampling: Sampling | None = None,
     streamer: Any = None,
+    tools: list[Any] | None = None,
+    steps: list[Any] | None = None,
 ) -> list[str]:
     """Answers to ``texts`` (prompts rendered as in training), decoded without specials.
 
@@ -74,7 +94,7 @@ def generate(
 
     tokenizer.padding_side = "left"  # decoders continue from the right edge of the prompt
     tokenizer.truncation_side = "left"  # an over-long prompt keeps its end (the question)
-    inputs = model_inputs(tokenizer, texts, family, contexts, raw)
+    inputs = model_inputs(tokenizer, texts, family, contexts, raw, tools, steps)
     decoding: dict[str, Any] = {"do_sample": False}
     if sampling is not None and sampling.temperature > 0:
         decoding = {
@@ -119,6 +139,8 @@ def answer_nll(
     family: str,
     max_length: int,
     contexts: list[list[dict[str, str]] | None] | None = None,
+    tools: list[Any] | None = None,
+    steps: list[Any] | None = None,
 ) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) of the answers given the prompts, and token count.
 
@@ -129,12 +151,16 @@ def answer_nll(
 
     encode = encode_sft if family == "decoder" else encode_seq2seq
     collate = collator(tokenizer, family, packing=False)
-    turns = contexts or [None] * len(pairs)
+    turns, schemas, done = _per_text(len(pairs), contexts, tools, steps)
     total, tokens = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(pairs), 16):
-            chunk = zip(pairs[start : start + 16], turns[start : start + 16], strict=True)
-            items = [encode(tokenizer, t, a, max_length, c) for (t, a), c in chunk]
+            window = slice(start, start + 16)
+            chunk = zip(pairs[window], turns[window], schemas[window], done[window], strict=True)
+            items = [
+                encode(tokenizer, t, a, max_length, c, tools=x, steps=s)
+                for (t, a), c, x, s in chunk
+            ]
             batch = collate([{"input_ids": e.input_ids, "labels": e.labels} for e in items])
             labels = batch["labels"][:, 1:] if family == "decoder" else batch["labels"]
             # the model's loss is the mean over scored tokens (virtual tokens of prompt-learning
@@ -291,6 +317,8 @@ class Generator:
         max_new_tokens: int | None = None,
         sampling: Sampling | None = None,
         streamer: Any = None,
+        tools: list[Any] | None = None,
+        steps: list[Any] | None = None,
     ) -> list[str]:
         """One answer per text (after its earlier conversation turns, if given).
 
@@ -308,6 +336,8 @@ class Generator:
             raw=self.raw,
             sampling=sampling,
             streamer=streamer,
+            tools=tools,
+            steps=steps,
         )
 
 
@@ -323,7 +353,9 @@ def score_generator(generator: Generator, rows: list[dict[str, Any]]) -> dict[st
     """
     texts = [row["text"] for row in rows]
     contexts = [row.get("context") for row in rows]
-    predictions = generator.predict(texts, contexts)
+    # a tool-calling conversation is answered after its tool calls and results, as trained
+    tools, steps = [row.get("tools") for row in rows], [row.get("steps") for row in rows]
+    predictions = generator.predict(texts, contexts, tools=tools, steps=steps)
     kept = [i for i, row in enumerate(rows) if row.get("target") is not None]
     if rows and not kept:
         return {"metrics": {}, "predictions": predictions}
@@ -336,6 +368,8 @@ def score_generator(generator: Generator, rows: list[dict[str, Any]]) -> dict[st
         generator.family,
         generator.max_length,
         [contexts[i] for i in kept],
+        [tools[i] for i in kept],
+        [steps[i] for i in kept],
     )
     metrics["perplexity"] = perplexity(nll, tokens)
     return {"metrics": metrics, "predictions": predictions}

@@ -476,3 +476,29 @@ def test_long_tool_conversations_keep_the_trained_end(chatml: Any) -> None:
     # the front of the prompt (system turn, schemas) is cut; every trained token stays
     assert item.truncated
     assert (item.input_ids, item.labels) == (full.input_ids[-budget:], full.labels[-budget:])
+
+
+def test_evaluation_answers_a_tool_conversation_as_it_was_trained(chatml: Any) -> None:
+    """The gate's prompts and perplexity see the tools and steps the training example saw."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from runtime.generate import answer_nll, model_inputs
+
+    question, answer = "Weather in Paris?", "Sunny, 21 C."
+    rendered = model_inputs(chatml, [question], "decoder", [SYSTEM], tools=[TOOLS], steps=[STEPS])
+    assert rendered == [render_prompt(chatml, question, SYSTEM, tools=TOOLS, steps=STEPS)]
+    plain = model_inputs(chatml, [question], "decoder", [SYSTEM])
+    assert plain != rendered and "get_weather" in rendered[0] and "get_weather" not in plain[0]
+    model = AutoModelForCausalLM.from_pretrained(resolve_base_model("tiny-gpt")).eval()
+    model.resize_token_embeddings(len(chatml))
+    item = encode_sft(chatml, question, answer, 256, SYSTEM, tools=TOOLS, steps=STEPS)
+    with torch.inference_mode():
+        ids = torch.tensor([item.input_ids])
+        labels = torch.tensor([item.labels])
+        expected = float(model(input_ids=ids, labels=labels).loss)
+    nll, tokens = answer_nll(
+        model, chatml, [(question, answer)], "decoder", 256, [SYSTEM], [TOOLS], [STEPS]
+    )
+    scored = sum(1 for label in item.labels[1:] if label != IGNORE)
+    assert tokens == scored and nll / tokens == pytest.approx(expected, rel=1e-5)
