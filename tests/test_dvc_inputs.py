@@ -182,6 +182,7 @@ def test_a_fetched_input_without_its_source_record_is_fetched_again(
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a pipeline run; the fetch, the tags and the display are tested above
 def test_a_run_on_a_registry_input_logs_its_url_and_revision(
     registry: dict, tmp_path: Path
 ) -> None:

@@ -62,6 +62,7 @@ def test_trainable_parameter_counts_on_tiny_gpt(method: str) -> None:
     assert total == GPT_TOTAL + added
 
 
+@pytest.mark.slow  # ~50 s; tests/test_architectures.py counts every method on a tiny T5 and BART
 def test_trainable_parameter_counts_on_tiny_t5() -> None:
     from tasks.train.methods import trainable_parameters
 

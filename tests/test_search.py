@@ -130,6 +130,7 @@ def _one_auto_trial(tmp_path: Path, raw: dict) -> tuple[dict, dict]:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~75 s; the classification path of the same choice runs in make test
 def test_generative_epochs_are_chosen_on_validation_and_logged_once(tmp_path: Path) -> None:
     """Unset epochs: one early-stopped trial on a validation part of train, then the refit."""
     import math

@@ -221,7 +221,7 @@ def setup(
     model = load_base(base_model, family, allow_pickle)
     peft = None
     if align.adapter != "full":
-        peft = peft_config(align.adapter, family, options(hyper), uses_conv1d(model))
+        peft = peft_config(align.adapter, family, options(hyper), uses_conv1d(model), model=model)
     return model, tokenizer, peft
 
 

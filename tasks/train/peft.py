@@ -95,24 +95,62 @@ def target_modules(value: str | list[str]) -> str | list[str] | None:
     return None if value == "default" else value
 
 
-def peft_config(method: str, hyper: Hyper, modules_to_save: list[str]) -> Any:
-    """The peft config for ``method`` on a sequence-classification model."""
+def peft_config(method: str, hyper: Hyper, modules_to_save: list[str], model: Any = None) -> Any:
+    """The peft config for ``method`` on a sequence-classification model.
+
+    With ``model``, ``train.target_modules`` is checked against its layers, and architectures
+    peft has no defaults for get adaptflow's (``tasks.train.methods.lora_targets``,
+    ``ia3_targets``).
+
+    Raises:
+        SpecError: A ``train.target_modules`` name matches no layer of ``model``.
+    """
     from peft import IA3Config, LoraConfig, TaskType
 
+    from tasks.train.methods import ia3_targets, lora_targets
+
     if method in ("lora", "dora"):
+        targets = (
+            target_modules(hyper.target_modules)
+            if model is None
+            else lora_targets(model, hyper.target_modules)
+        )
         return LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=hyper.lora_r,
             lora_alpha=hyper.lora_alpha,
             lora_dropout=hyper.lora_dropout,
             use_dora=method == "dora",
-            target_modules=target_modules(hyper.target_modules),
+            target_modules=targets,
             modules_to_save=modules_to_save,
         )
     if method == "ia3":
         # IA3 scales attention outputs and feed-forward inputs; its own table says which
-        return IA3Config(task_type=TaskType.SEQ_CLS, modules_to_save=modules_to_save)
+        extra = ia3_targets(model) if model is not None else {}
+        return IA3Config(task_type=TaskType.SEQ_CLS, modules_to_save=modules_to_save, **extra)
     raise ValueError(f"not a PEFT method for encoders: {method}")
+
+
+def fresh_modules(model: Any, missing_keys: list[str]) -> list[str]:
+    """The modules a checkpoint lacked (freshly initialised), from ``from_pretrained``'s keys.
+
+    For each missing weight, the outermost module all of whose weights are missing: the whole
+    ``classifier`` (RoBERTa's is dense + out_proj; naming both and peft's own ``classifier``
+    nests wrappers that do not load back), but ``bert.pooler``, not ``bert``, when a BERT
+    masked-LM checkpoint lacks only the pooler (naming ``bert`` would train a copy of the
+    whole encoder).
+    """
+    missing = set(missing_keys)
+    names = [name for name, _ in model.named_parameters()]
+    fresh = set()
+    for key in missing:
+        parts = key.split(".")[:-1]
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth]) + "."
+            if all(name in missing for name in names if name.startswith(prefix)):
+                fresh.add(prefix[:-1])
+                break
+    return sorted(fresh)
 
 
 def setup(
@@ -141,8 +179,8 @@ def setup(
         )
     # Anything the checkpoint lacks is freshly initialised and must be trained and saved with
     # the adapter, or a reload would draw different random weights.
-    fresh = sorted({key.split(".")[0] for key in info["missing_keys"]})
-    return get_peft_model(model, peft_config(method, hyper, fresh))
+    fresh = fresh_modules(model, info["missing_keys"])
+    return get_peft_model(model, peft_config(method, hyper, fresh, model))
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from runtime.reward_model import KIND, reward_ids
 from tasks.curate.records import read_jsonl
 from tasks.train.align import AlignOptions
 from tasks.train.methods import trainable_parameters
-from tasks.train.peft import Hyper, peft_config
+from tasks.train.peft import Hyper, fresh_modules, peft_config
 from tasks.train.sft import GenerativeResult, run_precision
 
 
@@ -65,8 +65,10 @@ def setup(
     peft = None
     if align.adapter != "full":
         # the head is new: it trains and is saved with the adapter
-        fresh = sorted({key.split(".")[0] for key in info["missing_keys"]})
-        peft = peft_config(align.adapter, hyper, fresh)
+        # the outermost fully missing modules: ``bert.pooler``, not all of ``bert``, when a
+        # masked-LM checkpoint lacks only the pooler (see tasks.train.peft.fresh_modules)
+        fresh = fresh_modules(model, info["missing_keys"])
+        peft = peft_config(align.adapter, hyper, fresh, model=model)
     else:
         for parameter in model.parameters():
             parameter.requires_grad = True
