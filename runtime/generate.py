@@ -68,6 +68,18 @@ def _per_text(count: int, *columns: list[Any] | None) -> list[list[Any]]:
     return [list(column) if column is not None else [None] * count for column in columns]
 
 
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Token ids that end an answer: the tokenizer's EOS and the model's generation config's.
+
+    Llama 3, Gemma and Phi-3 list several (end of turn and end of text) in
+    ``generation_config.eos_token_id``; passing the tokenizer's alone would override them.
+    """
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [tokenizer.eos_token_id]
+    ids += configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(i for i in ids if isinstance(i, int)))
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -122,7 +134,7 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 **decoding,
                 pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=stop_ids(model, tokenizer),
             )
             if family == "decoder":
                 output = output[:, batch["input_ids"].shape[1] :]

@@ -502,3 +502,16 @@ def test_evaluation_answers_a_tool_conversation_as_it_was_trained(chatml: Any) -
     )
     scored = sum(1 for label in item.labels[1:] if label != IGNORE)
     assert tokens == scored and nll / tokens == pytest.approx(expected, rel=1e-5)
+
+
+def test_generation_stops_at_every_end_the_model_declares() -> None:
+    from types import SimpleNamespace
+
+    from runtime.generate import stop_ids
+
+    tokenizer = SimpleNamespace(eos_token_id=7)
+    several = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[9, 7, 11]))
+    assert stop_ids(several, tokenizer) == [7, 9, 11]  # Llama 3's end of turn and of text
+    one = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=7))
+    assert stop_ids(one, tokenizer) == [7]
+    assert stop_ids(SimpleNamespace(), tokenizer) == [7]
