@@ -109,6 +109,10 @@ def load_generator(folder: Path) -> tuple[Any, Any, PackageManifest]:
         base = str(bundled) if bundled.is_dir() else manifest.base_model
         allow_pickle = bool(manifest.options.get("allow_pickle", False))
         model = load_adapter(load_base(base, family, allow_pickle), folder / "adapter")
+    if (folder / "generation_config.json").is_file():  # written by tasks.train.sft.save
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
     model.eval()
     return model, tokenizer, manifest
 

@@ -515,3 +515,24 @@ def test_generation_stops_at_every_end_the_model_declares() -> None:
     one = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=7))
     assert stop_ids(one, tokenizer) == [7]
     assert stop_ids(SimpleNamespace(), tokenizer) == [7]
+
+
+def test_an_adapter_package_keeps_the_generation_config_it_was_trained_with(
+    tmp_path: Path,
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from runtime.loading import load_generator
+    from tasks.train.methods import MethodOptions, apply_method
+    from tasks.train.peft import Hyper
+    from tasks.train.sft import save
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_base_model("tiny-gpt"))
+    assert base.generation_config.eos_token_id != 5
+    model = apply_method(base, "lora", "decoder", MethodOptions())
+    model.generation_config.eos_token_id = [5, 6]  # e.g. an end of turn and an end of text
+    save(model, _tiny_tokenizer(), tmp_path, "decoder", "lora", "tiny-gpt", Hyper())
+    stored = json.loads((tmp_path / "generation_config.json").read_text())
+    assert stored["eos_token_id"] == [5, 6]
+    loaded, _, _ = load_generator(tmp_path)
+    assert loaded.generation_config.eos_token_id == [5, 6]

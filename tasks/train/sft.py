@@ -354,6 +354,10 @@ def epochs_trained(scores: list[tuple[float, float]], hyper: Hyper) -> int:
     return max(1, round(max((e for e, _ in scores), default=hyper.epochs)))
 
 
+#: The package's generation settings (``transformers.GenerationConfig``), beside the manifest.
+GENERATION_CONFIG = "generation_config.json"
+
+
 def save(
     model: Any,
     tokenizer: Any,
@@ -376,6 +380,11 @@ def save(
         model.config.use_cache = True  # generation wants its cache back
         model.save_pretrained(str(out / "weights"), safe_serialization=True)
     tokenizer.save_pretrained(str(out / "tokenizer"))
+    # how the model stops and decodes (eos ids, e.g. Llama 3's several): a full-weights package
+    # has it in weights/, an adapter package would otherwise fall back to the base's defaults
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        generation.to_json_file(str(out / GENERATION_CONFIG))
     PackageManifest(
         kind=KINDS[family],
         method=method,
