@@ -482,9 +482,10 @@ def test_training_rows_and_eval_scoring_pass_the_earlier_turns(monkeypatch) -> N
 
     seen: list[tuple[str, object]] = []
 
-    def spy(tok, text, context=None):
+    def spy(tok, text, context=None, **tooling):  # tools and steps: None for these rows
+        assert not any(tooling.values())
         seen.append((text, context))
-        return render_prompt(tok, text, context)
+        return render_prompt(tok, text, context, **tooling)
 
     # generation renders prompts in runtime.generate, perplexity scoring in encode_sft
     monkeypatch.setattr(runtime.generate, "render_prompt", spy)
