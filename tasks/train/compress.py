@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,18 @@ def blocks_to_remove(depth: int, options: PruneOptions) -> int:
     return count
 
 
+def _batches(tokenizer: Any, texts: list[str], max_length: int, size: int) -> Iterator[Any]:
+    """``texts`` tokenized ``size`` at a time, padded, as tensors."""
+    for start in range(0, len(texts), size):
+        yield tokenizer(
+            texts[start : start + size],
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+
+
 def block_influence(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> list[float]:
     """ShortGPT's Block Influence of each transformer block, on ``texts`` (see the docstring)."""
     import torch
@@ -128,14 +141,7 @@ def block_influence(model: Any, tokenizer: Any, texts: list[str], max_length: in
     totals: list[float] = []
     count = 0.0
     with torch.inference_mode():
-        for start in range(0, len(texts), 32):
-            batch = tokenizer(
-                texts[start : start + 32],
-                truncation=True,
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            )
+        for batch in _batches(tokenizer, texts, max_length, 32):
             states = model(**batch, output_hidden_states=True).hidden_states
             mask = batch["attention_mask"].bool()
             count += float(mask.sum())
@@ -158,8 +164,8 @@ def prune_blocks(model: Any, remove: list[int]) -> Any:
     stacks = transformer_blocks(pruned)
     if len(stacks) != 1:
         raise ValueError(f"expected one stack of transformer blocks, found {len(stacks)}")
-    stack = stacks[0]
-    kept = [block for i, block in enumerate(stack) if i not in set(remove)]
+    stack, removed = stacks[0], set(remove)
+    kept = [block for i, block in enumerate(stack) if i not in removed]
     for _, module in pruned.named_modules():
         for child_name, child in module.named_children():
             if child is stack:
@@ -175,14 +181,7 @@ def teacher_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int
     model.eval()
     chunks = []
     with torch.inference_mode():
-        for start in range(0, len(texts), 64):
-            batch = tokenizer(
-                texts[start : start + 64],
-                truncation=True,
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            )
+        for batch in _batches(tokenizer, texts, max_length, 64):
             chunks.append(model(**batch).logits.float())
     return torch.cat(chunks) if chunks else torch.zeros((0, model.config.num_labels))
 
@@ -226,8 +225,12 @@ def distill(
     hyper: Hyper,
     options: PruneOptions,
     out: Path,
-) -> tuple[list[tuple[int, float]], int, float]:
-    """Train every weight of ``student`` on the distillation loss; (loss history, steps, s)."""
+) -> tuple[list[tuple[int, float]], int, float, int]:
+    """Train every weight of ``student`` on the distillation loss.
+
+    Returns:
+        The loss history, the optimizer steps, the seconds and the tokens of one epoch.
+    """
     import shutil
 
     import torch
@@ -284,7 +287,8 @@ def distill(
     seconds = time.perf_counter() - started
     shutil.rmtree(out / "trainer", ignore_errors=True)
     history = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
-    return history, int(output.global_step), seconds
+    tokens = sum(len(ids) for ids in encodings["input_ids"])
+    return history, int(output.global_step), seconds, tokens
 
 
 def prune_and_distill(
@@ -329,7 +333,7 @@ def prune_and_distill(
     logits = teacher_logits(teacher, tokenizer, texts, hyper.max_length)
     set_seed(hyper.seed)
     student = prune_blocks(teacher, removed)
-    history, steps, seconds = distill(
+    history, steps, seconds, tokens = distill(
         student, tokenizer, texts, label_ids, logits, hyper, options, out
     )
     student.eval()
@@ -353,9 +357,6 @@ def prune_and_distill(
             "temperature": options.temperature,
         },
     ).write(out)
-    tokens = sum(
-        len(tokenizer(t, truncation=True, max_length=hyper.max_length)["input_ids"]) for t in texts
-    )
     return TrainResult(
         package_dir=str(out),
         method="prune",
