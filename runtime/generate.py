@@ -22,6 +22,7 @@ from runtime.prompts import (
     encode_sft,
     render_prompt,
     source_text,
+    turn_end_id,
 )
 from runtime.text_metrics import generation_metrics, perplexity
 
@@ -69,13 +70,15 @@ def _per_text(count: int, *columns: list[Any] | None) -> list[list[Any]]:
 
 
 def stop_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Token ids that end an answer: the tokenizer's EOS and the model's generation config's.
+    """Token ids that end an answer: EOS, the template's end of turn, the generation config's.
+
+    The end of turn is ``turn_end_id``'s (a special token the chat template closes a turn with).
 
     Llama 3, Gemma and Phi-3 list several (end of turn and end of text) in
     ``generation_config.eos_token_id``; passing the tokenizer's alone would override them.
     """
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = [tokenizer.eos_token_id]
+    ids = [tokenizer.eos_token_id, turn_end_id(tokenizer)]
     ids += configured if isinstance(configured, list) else [configured]
     return list(dict.fromkeys(i for i in ids if isinstance(i, int)))
 

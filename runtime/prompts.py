@@ -14,6 +14,7 @@ user turn of ``<tool_response>`` blocks, and the schemas listed in the system tu
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -192,6 +193,7 @@ class _Chat:
     messages: list[dict[str, Any]]
     train: set[int]
     render: Callable[[list[dict[str, Any]], bool], str]
+    tokenizer: Any = None  # for token boundaries in ``turn_end``
 
     @classmethod
     def of(
@@ -211,10 +213,10 @@ class _Chat:
                     )
                 )
 
-            return cls(messages, train, native)
+            return cls(messages, train, native, tokenizer)
         turns, trained = as_text_turns(messages, tools, train)
         if not getattr(tokenizer, "chat_template", None):
-            return cls(list(turns), trained, _plain)
+            return cls(list(turns), trained, _plain, tokenizer)
 
         def template(turns: list[dict[str, Any]], generation_prompt: bool) -> str:
             return str(
@@ -223,7 +225,32 @@ class _Chat:
                 )
             )
 
-        return cls(list(turns), trained, template)
+        return cls(list(turns), trained, template, tokenizer)
+
+    def has_generation_prompt(self, messages: list[dict[str, Any]]) -> bool:
+        """Whether the template writes a generation prompt (an assistant header) at the end."""
+        return self.render(messages, True) != self.render(messages, False)
+
+    def turn_end(self, messages: list[dict[str, Any]]) -> str:
+        """``messages`` rendered through the end of the last turn, trailing whitespace cut.
+
+        Where the last turn ends is where the rendering with a generation prompt and the one
+        without part: some templates close a conversation with more than the end of its last
+        turn (Phi-3's writes EOS after the final ``<|end|>``), which a later turn would not
+        follow. The cut falls on a token boundary of the rendering (the two can share part of
+        a token's text, ``<|`` of ``<|assistant|>`` and ``<|end|>``).
+        """
+        closed = self.render(messages, False)
+        try:
+            opened = self.render(messages, True)
+        except Exception:  # a template that refuses a generation prompt after an assistant turn
+            return closed.rstrip()
+        common = len(os.path.commonprefix([closed, opened]))
+        if common == len(closed) or self.tokenizer is None:
+            return closed[:common].rstrip()
+        offsets = self.tokenizer(closed, add_special_tokens=False, return_offsets_mapping=True)
+        ends = [end for _, end in offsets["offset_mapping"] if end <= common]
+        return closed[: max(ends, default=0)].rstrip()
 
     def pieces(self) -> list[tuple[str, bool]]:
         """The whole conversation as consecutive (text, carries loss) pieces.
@@ -242,7 +269,7 @@ class _Chat:
         pieces, done = [], 0
         for i in sorted(self.train):
             before = self.render(self.messages[:i], True)
-            through = self.render(self.messages[: i + 1], False).rstrip()
+            through = self.turn_end(self.messages[: i + 1])
             if not (whole.startswith(before) and whole.startswith(through)):
                 raise ValueError(
                     f"the chat template renders the conversation up to turn {i} differently "
@@ -255,6 +282,37 @@ class _Chat:
             ]
             done = len(through)
         return [*pieces, (whole[done:], False)]
+
+
+_TURN_ENDS: dict[str, int | None] = {}
+
+
+def turn_end_id(tokenizer: Any) -> int | None:
+    """The special token the chat template closes an assistant turn with, if there is one.
+
+    Found on a probe conversation: the first token after the answer's text, when it is a
+    special token (``<|im_end|>``, ``<|eot_id|>``, Gemma's ``<end_of_turn>``, Phi-3's
+    ``<|end|>``). Generation stops there too, whatever the generation config lists.
+    Remembered per template; None without a template or when the turn ends in plain text.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str):
+        return None
+    if template not in _TURN_ENDS:
+        answer = "adaptflow probe answer"
+        messages = [{"role": "user", "content": "probe"}, {"role": "assistant", "content": answer}]
+        try:
+            chat = _Chat.of(tokenizer, messages, None, {1})
+            closed = chat.turn_end(messages)
+        except Exception:  # a template that cannot render the probe: no turn end known
+            closed = ""
+        after = closed.rpartition(answer)[2] if answer in closed else ""
+        ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+        added = getattr(tokenizer, "added_tokens_decoder", {})  # Gemma's turn marks live here
+        special = set(getattr(tokenizer, "all_special_ids", ()))
+        special |= {i for i, token in added.items() if getattr(token, "special", False)}
+        _TURN_ENDS[template] = ids[0] if ids and ids[0] in special else None
+    return _TURN_ENDS[template]
 
 
 def source_text(
@@ -303,17 +361,18 @@ def encode_sft(
     tokenized separately and joined, so the split point is exact. Over-long pairs keep the end
     of the prompt (where the question usually is) and at least half the budget for the answer.
 
+    With a chat template the answer is the assistant turn as the template writes it, through
+    its end of turn (``<|im_end|>``, ``<|eot_id|>``, Gemma's ``<end_of_turn>``), then EOS when
+    that is another token: the model learns to end its turn as the base does, and to stop.
+    A base without a template (the plain format), or a template without a generation prompt,
+    gets the answer text then EOS, straight after the prompt as rendered.
+
     A conversation that takes part in tool use (``tools``, ``steps``, or tool turns in
     ``context``) renders whole through the chat template (``_Chat``): the assistant's turns
     after ``text`` (its tool calls in ``steps``, then the answer) carry loss, every other turn
     (system, user, tool results, earlier exchanges) none. Each trained turn ends with EOS,
     added when the template's end of turn is not the EOS token, so generation stops there.
     """
-    if not uses_tools(context, tools, steps):
-        rendered = render_prompt(tokenizer, text, context)
-        prompt = tokenizer(rendered, add_special_tokens=False)["input_ids"]
-        answer = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        return _fit(prompt, answer, list(answer), max_length)
     messages = [
         *(context or ()),
         {"role": "user", "content": text},
@@ -322,16 +381,42 @@ def encode_sft(
     ]
     first = len(context or ()) + 1  # the turns after the last user turn
     train = {i for i in range(first, len(messages)) if messages[i]["role"] == "assistant"}
+    if not uses_tools(context, tools, steps):
+        chat = _Chat.of(tokenizer, messages, None, train)
+        templated = bool(getattr(tokenizer, "chat_template", None))
+        if templated and chat.has_generation_prompt(messages[:-1]):
+            try:
+                return _encode_pieces(tokenizer, chat.pieces(), max_length)
+            except ValueError:  # earlier turns render differently once the answer follows
+                pass
+        # no template (the plain format), or one without a generation prompt: the answer
+        # follows the prompt as the template leaves it, and ends with EOS
+        rendered = render_prompt(tokenizer, text, context)
+        prompt = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        return _fit(prompt, answer, list(answer), max_length)
+    return _encode_pieces(
+        tokenizer, _Chat.of(tokenizer, messages, tools, train).pieces(), max_length
+    )
+
+
+def _encode_pieces(tokenizer: Any, pieces: list[tuple[str, bool]], max_length: int) -> Encoded:
+    """A conversation's (text, carries loss) pieces as one example; trained pieces end in EOS.
+
+    The example ends with the last trained piece.
+    """
     ids: list[int] = []
     labels: list[int] = []
-    for piece, trained in _Chat.of(tokenizer, messages, tools, train).pieces():
+    for piece, trained in pieces:
         piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
         if trained and not (tokenizer.eos_token and piece.endswith(tokenizer.eos_token)):
             piece_ids = [*piece_ids, tokenizer.eos_token_id]
         ids += piece_ids
         labels += piece_ids if trained else [IGNORE] * len(piece_ids)
     start = next(i for i, label in enumerate(labels) if label != IGNORE)
-    return _fit(ids[:start], ids[start:], labels[start:], max_length)
+    end = len(labels) - next(i for i, label in enumerate(reversed(labels)) if label != IGNORE)
+    # what follows the last trained turn (the template's closing newline) teaches nothing
+    return _fit(ids[:start], ids[start:end], labels[start:end], max_length)
 
 
 def _fit(prompt: list[int], answer: list[int], labels: list[int], max_length: int) -> Encoded:
@@ -359,13 +444,32 @@ def encode_seq2seq(
 ) -> Encoded:
     """Encode a (source, target) pair for an encoder-decoder; labels are the target ids.
 
-    Tool use (``tools``, ``steps``) is read as text, as ``source_text`` writes it.
+    The source carries the tokenizer's own special tokens (T5's ``… </s>``, BART's
+    ``<s> … </s>``), exactly as generation encodes it; an over-long source keeps its end and
+    its specials. Tool use (``tools``, ``steps``) is read as text, as ``source_text`` writes it.
     """
-    source = tokenizer(source_text(text, context, tools, steps), add_special_tokens=False)
-    source_ids = source["input_ids"] + [tokenizer.eos_token_id]
+    body = tokenizer(source_text(text, context, tools, steps), add_special_tokens=False)
+    first, last = _specials(tokenizer)
+    keep = max(max_length - len(first) - len(last), 1)
+    source_ids = first + body["input_ids"][-keep:] + last
     answer = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    truncated = len(source_ids) > max_length or len(answer) > max_length
-    return Encoded(source_ids[-max_length:], answer[:max_length], truncated)
+    truncated = len(body["input_ids"]) > keep or len(answer) > max_length
+    return Encoded(source_ids, answer[:max_length], truncated)
+
+
+def _specials(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer adds before and after a text (its post-processor's specials).
+
+    transformers 5's tokenizers no longer offer ``build_inputs_with_special_tokens``: found
+    by encoding a probe with and without them.
+    """
+    probe = "adaptflow probe"
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    return [], [tokenizer.eos_token_id]  # specials that merge into the text: EOS, as before
 
 
 class PackedCollator:

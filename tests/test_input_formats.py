@@ -466,7 +466,6 @@ def test_spec_rejects_formats_that_do_not_fit(
 
 def test_training_rows_and_eval_scoring_pass_the_earlier_turns(monkeypatch) -> None:
     import runtime.generate
-    import runtime.prompts
     from runtime.generate import Generator, score_generator
     from runtime.loading import load_base_tokenizer
     from tasks.train.sft import encode_rows
@@ -487,9 +486,14 @@ def test_training_rows_and_eval_scoring_pass_the_earlier_turns(monkeypatch) -> N
         seen.append((text, context))
         return render_prompt(tok, text, context, **tooling)
 
-    # generation renders prompts in runtime.generate, perplexity scoring in encode_sft
+    def encode_spy(tok, text, target, max_length, context=None, **tooling):
+        assert not any(tooling.values())
+        seen.append((text, context))
+        return encode_sft(tok, text, target, max_length, context, **tooling)
+
+    # generation renders prompts in runtime.generate, perplexity scoring encodes the pairs
     monkeypatch.setattr(runtime.generate, "render_prompt", spy)
-    monkeypatch.setattr(runtime.prompts, "render_prompt", spy)
+    monkeypatch.setattr(runtime.generate, "encode_sft", encode_spy)
     scored = score_generator(Generator.from_base("tiny-gpt", 128, 2), rows)
     assert len(scored["predictions"]) == 2
     # generation, then perplexity scoring: both see each row's own earlier turns
