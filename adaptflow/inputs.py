@@ -26,13 +26,18 @@ quarantine rules (``resolve`` picks the form):
   ``file_name`` (beside the json) is read through the entry's ``formatting`` (``alpaca`` or
   ``sharegpt``), ``ranking``, ``columns`` and ``tags``: ``ADAPTFLOW_HOME/work/inputs/KEY/`` holds a
   link to the file and, in ``source.json``, that mapping (``DatasetView``), which the readers
-  apply record by record (renaming columns and roles to the shapes adaptflow reads). Entries
-  that load from elsewhere (``hf_hub_url``, ``ms_hub_url``, ``script_url``, …) are refused.
+  apply record by record (renaming columns and roles to the shapes adaptflow reads). As in
+  LLaMA-Factory, an alpaca entry with ``columns`` reads only the columns it names, and one that
+  names no response column is pre-training data (``"columns": {"prompt": "text"}``): its
+  records are documents, read as text (``DatasetView.documents``). Entries that load from
+  elsewhere (``hf_hub_url``, ``ms_hub_url``, ``script_url``, …) are refused.
 - a folder written by ``datasets``' ``save_to_disk`` (a ``Dataset``, or a ``DatasetDict`` with
   ``folder#SPLIT``, default ``train``), and
-- ``hf://ORG/NAME`` (or ``hf://ORG/NAME#SPLIT``): a dataset loaded by ``datasets.load_dataset``,
-  from the hub or the Hugging Face cache (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` respected);
-  ``ORG/NAME`` naming a folder beside the spec reads that folder.
+- ``hf://ORG/NAME[:CONFIG][@REVISION][#SPLIT]``: a dataset loaded by
+  ``datasets.load_dataset(ORG/NAME, name=CONFIG, revision=REVISION, split=SPLIT)``, from the
+  hub or the Hugging Face cache (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` respected; a
+  revision must be shown to be the cached one, ``load_hub``); ``ORG/NAME`` naming a folder
+  beside the spec reads that folder (with a config, not a revision).
 
 The last two are written out once per dataset fingerprint as JSON lines, one row at a time, into
 ``ADAPTFLOW_HOME/work/inputs/KEY/``; a row that JSON cannot hold (an image, bytes) becomes a
@@ -220,8 +225,9 @@ def lineage(path: Path) -> tuple[dict[str, str], Path | None]:
     The tags lack the ``adaptflow.input.KEY.`` prefix; the file is None when there is none here.
 
     - ``hf://`` or a ``save_to_disk`` folder: ``hf_dataset`` (the hub id or the folder),
-      ``hf_split`` when one was chosen, ``hf_fingerprint`` (``datasets``' fingerprint of the rows
-      read) and, for a hub dataset, ``hf_revision`` (the commit its cache was built from).
+      ``hf_config`` when a config was named, ``hf_split`` when one was chosen,
+      ``hf_fingerprint`` (``datasets``' fingerprint of the rows read) and, for a hub dataset,
+      ``hf_revision`` (the commit its cache was built from, whatever revision was written).
     - a ``dataset_info.json#NAME`` entry: ``dataset_info`` (the reference), and the entry's file
       for its git/DVC tags.
     - anything else: no tags, and ``path`` itself.
@@ -233,6 +239,8 @@ def lineage(path: Path) -> tuple[dict[str, str], Path | None]:
     if source is None:
         return {}, path
     tags = {"hf_dataset": source.dataset, "hf_fingerprint": source.fingerprint}
+    if source.config:
+        tags["hf_config"] = source.config
     if source.split:
         tags["hf_split"] = source.split
     if source.revision:
@@ -373,15 +381,29 @@ class DatasetView:
 
     @property
     def shape(self) -> str:
-        """The ``data.format`` its records are renamed to (``tasks.curate.records``)."""
+        """The ``data.format`` its records are renamed to (``tasks.curate.records``).
+
+        ``text`` for a pre-training entry (``documents``): records of one text field.
+        """
         if self.ranking:
             return "preference"
         if "kto_tag" in self.columns:
             return "kto"
         if self.formatting == "sharegpt":
             return "sharegpt"
+        if "response" not in self.columns:
+            return "text"  # pre-training documents: read by data.format fields, not a shape
         chat = any(c in self.columns for c in ("system", "history", "tools"))
         return "messages" if chat else "alpaca"
+
+    @property
+    def documents(self) -> bool:
+        """Whether the entry is pre-training data: an alpaca entry with no response column.
+
+        Its records are documents (the prompt column, then the query column after a line
+        break when it names one), as LLaMA-Factory's ``stage: pt`` reads them.
+        """
+        return self.shape == "text"
 
 
 def view_of(path: Path | None) -> DatasetView | None:
@@ -430,6 +452,29 @@ def _mapping(where: str, value: Any, allowed: dict[str, Any], what: str) -> dict
         if not isinstance(column, str) or not column:
             raise ValueError(f"{where}: {what}.{key} must be a non-empty string, got {column!r}")
     return dict(value)
+
+
+#: The columns a pre-training entry reads: its documents are ``prompt`` (then ``query``).
+DOCUMENT_COLUMNS = ("prompt", "query")
+
+
+def _pretraining(where: str, name: str, columns: dict[str, str]) -> None:
+    """Check an alpaca entry with no response column: LLaMA-Factory's pre-training data.
+
+    LLaMA-Factory's ``stage: pt`` trains on the prompt column alone (its data/README.md,
+    "Pre-training Dataset": ``"columns": {"prompt": "text"}``), joined with the query column
+    when one is named; other stages drop such records as unsupervised. Columns only a chat or
+    an answer uses are refused rather than silently not read.
+    """
+    if "kto_tag" in columns:
+        raise ValueError(f"{where}: entry '{name}' has kto_tag but no response column to label")
+    other = sorted(set(columns) - set(DOCUMENT_COLUMNS))
+    if other:
+        raise ValueError(
+            f"{where}: entry '{name}' names no response column, so it is pre-training data "
+            f"(documents: its prompt column), which does not read {', '.join(other)}; name a "
+            "response column to read it as instruction data"
+        )
 
 
 def dataset_info(url: str, registry: Path, name: str) -> Path:
@@ -483,7 +528,18 @@ def dataset_info(url: str, registry: Path, name: str) -> Path:
         raise ValueError(f"{where}: entry '{name}': 'ranking' must be true or false")
     defaults = COLUMNS[formatting]
     named = _mapping(f"{where} entry '{name}'", entry.get("columns"), defaults, "columns")
-    columns = {k: v for k, v in defaults.items() if v is not None} | named
+    if formatting == "alpaca" and entry.get("columns") is not None:
+        # LLaMA-Factory: with "columns" given, an alpaca role it does not name is not read
+        columns = dict(named)
+        if "prompt" not in columns:
+            raise ValueError(
+                f"{where}: entry '{name}' has columns but no 'prompt' column (with columns "
+                "given, LLaMA-Factory reads only the columns named)"
+            )
+    else:
+        columns = {k: v for k, v in defaults.items() if v is not None} | named
+    if formatting == "alpaca" and not ranking and "response" not in columns:
+        _pretraining(where, name, columns)
     if ranking:
         columns = {"chosen": "chosen", "rejected": "rejected"} | columns
         columns.pop("response", None)  # a pair's answers are its chosen and rejected ones
@@ -528,6 +584,8 @@ class HfSource:
     name: str  # the JSON-lines file's name
     revision: str = ""  # the hub commit the cached dataset was built from, when known
     rows: int = 0
+    config: str = ""  # the config (subset) named, hf://ORG/NAME:CONFIG
+    rev: str = ""  # the revision as written, hf://ORG/NAME@REV (``revision`` is its commit)
 
 
 def hf_source_of(path: Path | None) -> HfSource | None:
@@ -580,30 +638,137 @@ def load_saved(url: str, folder: Path, split: str | None) -> Path:
     return _write_rows(loaded, url, "saved", str(folder), split)
 
 
-def load_hub(url: str, base_dir: Path | None) -> Path:
-    """``hf://ORG/NAME[#SPLIT]`` as JSON lines in the inputs folder.
+@dataclass(frozen=True)
+class HubReference:
+    """The parts of ``hf://DATASET[:CONFIG][@REVISION][#SPLIT]`` (empty: not given)."""
 
-    Split ``SPLIT`` (default ``train``), loaded by ``datasets.load_dataset``.
+    dataset: str
+    config: str
+    rev: str
+    split: str
+
+
+#: The form of an ``hf://`` reference (``parse_hub``).
+HUB_FORM = "hf://ORG/NAME[:CONFIG][@REVISION][#SPLIT]"
+
+
+def parse_hub(url: str) -> HubReference:
+    """Split an ``hf://`` reference into its parts.
+
+    Hub dataset ids hold only letters, digits, ``-``, ``_`` and ``.`` (one ``/`` between
+    owner and name; ``huggingface_hub.utils.validate_repo_id``), so ``:``, ``@`` and ``#``
+    can only be separators: the split is after the first ``#``, the revision after the first
+    ``@`` before it, the config after the first ``:`` before that.
 
     Raises:
-        ValueError: A malformed reference, or one ``load_dataset`` cannot load, with its reason.
+        ValueError: An empty dataset, config, revision or split after its separator.
+    """
+    rest, hash_sign, split = url[len(HF_SCHEME) :].partition("#")
+    rest, at, rev = rest.partition("@")
+    dataset, colon, config = rest.partition(":")
+    empty = [
+        what
+        for what, sign, part in (
+            ("config after ':'", colon, config),
+            ("revision after '@'", at, rev),
+            ("split after '#'", hash_sign, split),
+        )
+        if sign and not part.strip()
+    ]
+    if not dataset.strip("/") or empty:
+        what = f"empty {empty[0]}" if empty else "no dataset"
+        raise ValueError(f"'{url}': {what}; expected {HUB_FORM}")
+    return HubReference(dataset=dataset, config=config, rev=rev, split=split)
+
+
+def load_hub(url: str, base_dir: Path | None) -> Path:
+    """``hf://ORG/NAME[:CONFIG][@REVISION][#SPLIT]`` as JSON lines in the inputs folder.
+
+    ``datasets.load_dataset(ORG/NAME, name=CONFIG, revision=REVISION, split=SPLIT)``: the
+    config (subset) the dataset's card declares (default: its default one), the revision a
+    branch, tag or commit of the hub repository (default: ``main``), the split default
+    ``train``.
+
+    ``load_dataset`` answers from its cache when the hub cannot be reached (``HF_HUB_OFFLINE``)
+    with the newest cached copy of the config, whatever revision was asked for; so a revision
+    is checked against the commit the rows were cached from: the same commit, or a branch or
+    tag the Hugging Face hub cache records at that commit (``refs/REVISION``), else the
+    reference is refused. ``ORG/NAME`` naming a folder (beside the spec) loads that folder as
+    it is on disk: ``load_dataset`` ignores a revision there, so one is refused.
+
+    Raises:
+        ValueError: A malformed reference, a revision on a folder, or one ``load_dataset``
+            cannot load (an unknown config names those there), with the reason.
     """
     from datasets import Dataset, load_dataset
 
-    dataset, _, split = url[len(HF_SCHEME) :].partition("#")
-    if not dataset.strip("/"):
-        raise ValueError(f"'{url}': expected hf://ORG/NAME or hf://ORG/NAME#SPLIT")
-    split = split or "train"
-    local = _local(dataset, base_dir)
-    path = str(local) if base_dir is not None and local.is_dir() else dataset
+    ref = parse_hub(url)
+    split = ref.split or "train"
+    local = _local(ref.dataset, base_dir)
+    path = str(local) if base_dir is not None and local.is_dir() else ref.dataset
+    folder = Path(path).is_dir()  # load_dataset reads a folder (even one beside the cwd)
+    if folder and ref.rev:
+        raise ValueError(
+            f"'{url}': {path} is a folder, read as it is on disk: datasets.load_dataset "
+            f"ignores a revision for a folder, so '@{ref.rev}' cannot be honoured; drop it "
+            "(check the folder out at that revision instead)"
+        )
+    if not folder:
+        _check_hub_id(url, ref.dataset)
+    call = _call(path, ref.config, ref.rev, split)
     try:
-        loaded = load_dataset(path, split=split)
+        loaded = load_dataset(path, name=ref.config or None, revision=ref.rev or None, split=split)
     except Exception as error:  # hub, cache and builder errors alike: report the reason
-        reason = str(error) or type(error).__name__
-        raise ValueError(f"'{url}': datasets.load_dataset('{path}') failed: {reason}") from None
+        raise ValueError(f"'{url}': {call} failed: {_load_reason(error, ref)}") from None
     if not isinstance(loaded, Dataset):
         raise ValueError(f"'{url}': load_dataset returned {type(loaded).__name__}, not a split")
-    return _write_rows(loaded, url, "hf", path, split)
+    commit = _revision(loaded)
+    if ref.rev:
+        _check_revision(url, ref, commit)
+    return _write_rows(loaded, url, "hf", path, split, config=ref.config, rev=ref.rev)
+
+
+def _call(path: str, config: str, rev: str, split: str) -> str:
+    """The ``load_dataset`` call made, as shown in errors."""
+    extra = "".join(f", {k}={v!r}" for k, v in (("name", config), ("revision", rev)) if v)
+    return f"datasets.load_dataset({path!r}{extra}, split={split!r})"
+
+
+def _check_hub_id(url: str, dataset: str) -> None:
+    """Raise when ``dataset`` (not a folder) is not a valid hub dataset id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(dataset)
+    except HFValidationError as error:
+        raise ValueError(
+            f"'{url}': '{dataset}' is neither a folder nor a hub dataset id ({error}); "
+            f"expected {HUB_FORM}"
+        ) from None
+
+
+#: ``datasets``' messages listing a dataset's configs (unknown, missing or not cached).
+_CONFIGS = re.compile(r"(?:Available(?: configs in the cache)?|available configs): \[(.*?)\]")
+
+
+def _load_reason(error: Exception, ref: HubReference) -> str:
+    """Why ``load_dataset`` failed, in one line; naming the configs when ``datasets`` lists them."""
+    reason = " ".join((str(error) or type(error).__name__).split())
+    listed = _CONFIGS.search(str(error))
+    names = listed.group(1).split(",") if listed else []
+    configs = ", ".join(name.strip().strip("'\"") for name in names)
+    if configs and ref.config and "not found" in reason:
+        return f"no config '{ref.config}' (configs: {configs})"
+    if configs and ref.config and "cache" in reason:
+        return f"config '{ref.config}' is not in the Hugging Face cache (cached: {configs})"
+    if configs and not ref.config:
+        return f"the dataset has several configs, name one as hf://{ref.dataset}:CONFIG ({configs})"
+    if ref.rev and isinstance(error, ConnectionError):
+        return (
+            f"{reason}; revision '{ref.rev}' of {ref.dataset} is not in the Hugging Face cache "
+            "and the hub cannot be reached (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE, or no network)"
+        )
+    return reason
 
 
 #: A hub dataset's cache folder is named by the commit it was built from (40 hex digits).
@@ -619,15 +784,48 @@ def _revision(rows: Any) -> str:
     return folder if _COMMIT.match(folder) else ""
 
 
-def _write_rows(rows: Any, url: str, kind: str, dataset: str, split: str | None) -> Path:
+def _ref_commit(dataset: str, rev: str) -> str:
+    """The commit the Hugging Face hub cache records for branch or tag ``rev``, or ""."""
+    from huggingface_hub import constants
+
+    folder = Path(constants.HF_HUB_CACHE) / ("datasets--" + dataset.replace("/", "--"))
+    try:
+        return (folder / "refs" / rev).read_text(encoding="utf-8").strip()
+    except (OSError, ValueError):
+        return ""
+
+
+def _check_revision(url: str, ref: HubReference, commit: str) -> None:
+    """Raise unless the rows read are revision ``ref.rev`` (see ``load_hub``)."""
+    if commit and (ref.rev.lower() == commit or _ref_commit(ref.dataset, ref.rev) == commit):
+        return
+    read = f"commit {commit}" if commit else "a copy whose commit is unknown"
+    raise ValueError(
+        f"'{url}': revision '{ref.rev}' was asked for, but datasets returned {read} "
+        f"from its cache (without the hub it serves the newest cached copy, whatever the "
+        f"revision) and the cache does not show that this is '{ref.rev}'; load the revision "
+        "once with the hub reachable, or name the cached commit"
+    )
+
+
+def _write_rows(
+    rows: Any,
+    url: str,
+    kind: str,
+    dataset: str,
+    split: str | None,
+    config: str = "",
+    rev: str = "",
+) -> Path:
     """Write ``rows`` (a ``datasets.Dataset``) as JSON lines once per fingerprint."""
     fingerprint = str(getattr(rows, "_fingerprint", "") or "")
     name = f"{split or 'dataset'}.jsonl"
     source = HfSource(
         url=url, kind=kind, dataset=dataset, split=split, fingerprint=fingerprint, name=name,
-        revision=_revision(rows) if kind == "hf" else "", rows=len(rows),
+        revision=_revision(rows) if kind == "hf" else "", rows=len(rows), config=config, rev=rev,
     )  # fmt: skip
-    key = _key(kind, dataset, split or "", fingerprint)
+    # the URL is part of the key: source.json says how the spec wrote it (params, cards)
+    key = _key(kind, url, dataset, config, rev, split or "", fingerprint)
 
     def write(target: Path) -> None:
         # one row at a time: the memory-mapped dataset is never copied into memory

@@ -947,6 +947,10 @@ def detect_format(obj: Any) -> str:
     return "fields"
 
 
+#: The field a pre-training entry's document is read from, once renamed (a name no entry's
+#: column is likely to have, so a reason naming it names the entry's prompt column).
+DOCUMENT_FIELD = "_adaptflow_document"
+
 #: ShareGPT's role names (``SHAREGPT_ROLES``, ``SHAREGPT_TOOL_ROLES``) by the entry tag naming each.
 ROLE_TAGS = {
     "user_tag": "human", "assistant_tag": "gpt", "observation_tag": "observation",
@@ -1051,7 +1055,16 @@ def _view_object(obj: Any, view: DatasetView, id_field: str | None) -> Any:
                 shaped["conversations"] = [{"from": "system", "value": system}, *conversation]
         return shaped
     shape = view.shape
-    if shape == "alpaca":
+    if shape == "text":
+        prompt, query_column = columns["prompt"], columns.get("query")
+        if prompt in obj:
+            document = obj[prompt]
+            query = obj.get(query_column) if query_column is not None else None
+            if isinstance(document, str) and query_column is not None and query not in (None, ""):
+                query = _string(obj, query_column, required=False)
+                document = f"{document}\n{query}" if query.strip() else document
+            shaped[DOCUMENT_FIELD] = document
+    elif shape == "alpaca":
         take("prompt", "instruction")
         take("query", "input")
         take("response", "output")
@@ -1076,6 +1089,8 @@ def _view_object(obj: Any, view: DatasetView, id_field: str | None) -> Any:
 
 def _view_reason(reason: str, view: DatasetView) -> str:
     """A reader's reason with adaptflow's field names put back as the entry's columns."""
+    if view.documents:
+        return reason.replace(f"'{DOCUMENT_FIELD}'", f"'{view.columns['prompt']}'")
     names = {
         "instruction": "prompt", "input": "query", "output": "response", "completion": "response",
         "label": "kto_tag", "chosen": "chosen", "rejected": "rejected", "system": "system",
@@ -1115,7 +1130,39 @@ def _unreadable(items: Items) -> Items:
 
 
 def _view_fields(path: Path, view: DatasetView, fields: Fields) -> Fields:
-    """``fields`` with the format a ``dataset_info.json`` entry's records are renamed to."""
+    """``fields`` with the format a ``dataset_info.json`` entry's records are renamed to.
+
+    A pre-training entry's documents are read as text (``fields``, no label or target): by
+    task ``language-modeling`` (method ``cpt``) and as ``data.general``.
+
+    Raises:
+        DataError: A pre-training entry read for labelled, instruction or chat records, any
+            other entry read as plain text, or an entry read with another ``data.format``.
+    """
+    documents = fields.format == "fields" and fields.label is None and fields.target is None
+    if view.documents:
+        if documents:
+            return replace(fields, text=DOCUMENT_FIELD, format="fields")
+        wanted = (
+            "labelled records (data.label_field)"
+            if fields.label is not None
+            else f"instruction or chat records (data.format '{fields.format}'"
+            + (f", data.target_field '{fields.target}')" if fields.target else ")")
+        )
+        raise DataError(
+            f"{view.url}: the entry names no response column, so it is pre-training data "
+            f"(documents: column '{view.columns['prompt']}', as LLaMA-Factory's stage pt reads "
+            f"it), read as text by task language-modeling (method cpt) and data.general; this "
+            f"spec reads {wanted}: name a response column in the entry for instruction data"
+        )
+    if documents:
+        raise DataError(
+            f"{view.url}: plain text is read here (task language-modeling, data.general, or "
+            "data.format fields with no target_field), but the entry's records are "
+            f"{view.formatting}{' ranking' if view.ranking else ''} records (read as "
+            f"'{view.shape}'); a pre-training entry names a prompt column and no response "
+            '(LLaMA-Factory\'s stage pt data: "columns": {"prompt": "text"})'
+        )
     if fields.format not in ("auto", view.shape, view.formatting):
         raise DataError(
             f"{view.url}: data.format '{fields.format}', but the entry's records are "
