@@ -198,6 +198,14 @@ def _family(config: object, ref: str) -> str:
 DECODER_TYPES = frozenset({"gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "qwen3", "phi"})
 
 
+def model_config(ref: str) -> object:
+    """The transformers config of a base model, read without building or loading weights.
+
+    A catalogue alias built locally answers from its recipe (nothing is built).
+    """
+    return _config(ref)
+
+
 def _config(ref: str) -> object:
     from transformers import AutoConfig
 

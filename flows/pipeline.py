@@ -10,7 +10,13 @@ from prefect import flow
 from adaptflow.catalogue import base_family
 from adaptflow.errors import InvariantError, SpecError
 from adaptflow.hardware import check_capabilities
-from adaptflow.methods import COMPRESS_METHODS, check_method, resolve_method
+from adaptflow.methods import (
+    COMPRESS_METHODS,
+    REWARD_METHODS,
+    TRL_METHODS,
+    check_method,
+    resolve_method,
+)
 from adaptflow.secrets import load_secret_blocks
 from adaptflow.spec import Method, Spec, apply_overrides, load_spec, parse_spec
 from flows.compare import compare
@@ -31,6 +37,7 @@ from tasks.advise import recommend_task
 from tasks.evaluate.gate import compression_decision, decide_promotion
 from tasks.evaluate.win_rate import candidate_win_rate
 from tasks.tracking import close_run, log_stage, open_run
+from tasks.train.methods import check_target_modules
 
 
 @flow(name="adapt-pipeline")
@@ -75,6 +82,10 @@ def adapt_pipeline(
     chosen = resolve_method(spec.task, requested, advice, family)
     if chosen != requested:
         check_capabilities(spec.task, chosen, spec.train.precision, spec.train.devices)
+    # a train.target_modules name the base has no layer for fails here, before curation
+    check_target_modules(
+        spec.base_model, family, adapter_of(spec, chosen), spec.train.target_modules
+    )
     if chosen == "rag":
         return rag_pipeline(spec, advice)
     tags = provenance(spec, chosen)
@@ -122,6 +133,11 @@ def adapt_pipeline(
         spec, chosen, run_id, curation, candidate, refs, registered, gate.reasons, advice
     )
     return result | {"search": searched}
+
+
+def adapter_of(spec: Spec, method: str) -> str:
+    """What trains for ``method``: ``align.adapter`` for preference, RL and reward methods."""
+    return spec.align.adapter if method in (*TRL_METHODS, *REWARD_METHODS) else method
 
 
 def _the_spec(spec_path: str | None, spec: Spec | None, overrides: dict[str, Any]) -> Spec:

@@ -103,6 +103,46 @@ def lora_targets(model: Any, value: str | list[str]) -> str | list[str] | None:
     return list(value)
 
 
+#: What trains through ``train.target_modules``: LoRA and its variants.
+LORA_ADAPTERS = ("lora", "dora", "qlora")
+
+
+def check_target_modules(
+    base_model: str, family: str, adapter: str, value: str | list[str]
+) -> None:
+    """``train.target_modules`` checked against the base's layers before any work.
+
+    The same check model setup makes (``lora_targets``), made when the run starts so a typo
+    stops it in seconds instead of after curation: the model is built from its config alone
+    on PyTorch's ``meta`` device (no weights read, no memory), with the head the family
+    trains with. ``adapter`` is what trains (the method, or ``align.adapter`` for preference,
+    RL and reward methods); other adapters and ``all-linear`` need no check. A config that
+    cannot be read is left to model setup, which reads the real model.
+
+    Raises:
+        SpecError: As ``lora_targets``.
+    """
+    if adapter not in LORA_ADAPTERS or value == "all-linear":
+        return
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
+
+    from adaptflow.catalogue import model_config
+
+    auto = {"decoder": AutoModelForCausalLM, "encoder-decoder": AutoModelForSeq2SeqLM}
+    try:
+        config = model_config(base_model)
+        with torch.device("meta"):
+            model = auto.get(family, AutoModelForSequenceClassification).from_config(config)
+    except Exception:  # an unusual config: setup checks the real model
+        return
+    lora_targets(model, value)
+
+
 def ia3_targets(model: Any) -> dict[str, Any]:
     """IA3 config arguments for ``model``: peft's own table, or ``IA3_DEFAULTS`` where it has none.
 
