@@ -8,8 +8,9 @@ trained against is the score the reward model was judged on.
 
 Input: the prompt rendered as every generative path renders it (``runtime.prompts``: the
 tokenizer's chat template, or the plain format), then the answer, then EOS (TRL's reward
-trainer appends it). Longer inputs keep the end for a decoder (its score is read at the last
-token) and the start for an encoder (its score is read at the first).
+trainer appends it), tokenized as generation tokenizes it: a decoder's with no special token
+added, an encoder's wrapped in its own. Longer inputs keep the end for a decoder (its score is
+read at the last token) and the start for an encoder (its score is read at the first).
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def reward_ids(
     eos = tokenizer.eos_token
     if decoder and eos is not None and not text.endswith(eos):
         text += eos
-    ids: list[int] = tokenizer(text)["input_ids"]
+    # a decoder reads the rendered text as it is (the template writes its special tokens; a
+    # tokenizer that adds a BOS, as Llama 3's and Gemma's do, would double it), as generation
+    # and SFT tokenize it; an encoder needs its own around the text ([CLS] ... [SEP])
+    ids: list[int] = tokenizer(text, add_special_tokens=not decoder)["input_ids"]
     if len(ids) > max_length:
         ids = ids[-max_length:] if decoder else ids[:max_length]
     return ids

@@ -5,7 +5,9 @@ and loaded by path through ``from_pretrained``. Every method that applies to a f
 up on it with its exact trainable parameter count (computed here from the config) and takes one
 training step; one method per family (LoRA) runs the whole pipeline: curate, train, evaluate,
 register in MLflow, predict from the registered version. Then chat templates and stopping:
-a tiny ChatML decoder learns short answers and stops at ``<|im_end|>``.
+a tiny ChatML decoder learns short answers and stops at ``<|im_end|>``. Then preference tuning
+and RL (dpo, orpo, simpo, kto, grpo) on every decoder and reward models on every decoder and
+encoder, each trained a few steps through its recipe and loaded back; and QLoRA, on a GPU.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 import pytest
 import torch
 from helpers import REPO, write_jsonl
+from test_align import TRAIN_WORDS, kto_rows, pairs
 
 from adaptflow.errors import SpecError
 from adaptflow.tiny_families import FAMILIES, FFN, HEADS, KV_HEADS, LAYERS, VOCAB_SIZE, WIDTH
+from tasks.train.align import AlignOptions
 from tasks.train.methods import trainable_parameters
 from tasks.train.peft import Hyper
 
@@ -147,14 +151,14 @@ def seq2seq_expected(name: str, method: str) -> int:
     }[method]
 
 
-def encoder_expected(name: str, method: str) -> int:
-    """Trainable parameters of a classifier method on an encoder (3 labels).
+def encoder_expected(name: str, method: str, labels: int = len(LABELS)) -> int:
+    """Trainable parameters of a classifier method on an encoder (3 labels; a reward model: 1).
 
     Besides the adapter, the modules the checkpoint lacks train and are saved with it: the
     classifier, and BERT's and DeBERTa's pooler (a masked-LM checkpoint has none); RoBERTa's
     head is dense + out_proj. ModernBERT keeps its pretrained ``head``.
     """
-    classifier = linear(WIDTH, len(LABELS))
+    classifier = linear(WIDTH, labels)
     fresh = classifier + (0 if name == "modernbert" else linear(WIDTH, WIDTH))
     if name == "modernbert":  # fused Wqkv (64 -> 192); Wi is gated (64 -> 2 x FFN)
         return fresh + {
@@ -404,16 +408,30 @@ def test_prompts_and_answers_follow_each_base_template(families: dict[str, Path]
         "gemma": "<bos><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n",
         "phi3": "<|user|>\nhi<|end|>\n<|assistant|>\n",
     }
-    # the answer ends with the tokenizer's EOS, the token generation stops on
-    for name, eos in (("llama", "<|eot_id|>"), ("qwen2", "<|im_end|>"), ("mistral", "</s>"),
-                      ("phi3", "<|end|>"), ("gemma", "<eos>")):  # fmt: skip
+    # the answer is the assistant turn as the template closes it, then EOS if that differs;
+    # generation stops at the turn's end (a special token) as well as at EOS
+    from runtime.generate import stop_ids
+    from runtime.prompts import turn_end_id
+
+    for name, eos, answer, turn_end in (
+        ("llama", "<|eot_id|>", "Hello there.<|eot_id|>", "<|eot_id|>"),
+        ("qwen2", "<|im_end|>", "Hello there.<|im_end|>", "<|im_end|>"),
+        ("mistral", "</s>", "Hello there.</s>", None),  # no template: text then EOS
+        # Phi-3's template closes a conversation with EOS after the last <|end|>: cut there
+        ("phi3", "<|end|>", "Hello there.<|end|>", "<|end|>"),
+        # Gemma's turn ends with <end_of_turn>, its EOS is <eos>: both are learned
+        ("gemma", "<eos>", "Hello there.<end_of_turn><eos>", "<end_of_turn>"),
+    ):
         tokenizer = load_base_tokenizer(str(families[name]))
         assert tokenizer.eos_token == eos
         item = encode_sft(tokenizer, "hi", "Hello there.", 64)
-        answer = [t for t in item.labels if t != IGNORE]
-        assert tokenizer.decode(answer) == f"Hello there.{eos}"
-    # Gemma's turns end with <end_of_turn>, not with its EOS: training teaches "<eos>" where the
-    # template (and a real Gemma) writes "<end_of_turn>" (reported: runtime/prompts.encode_sft)
+        answer_ids = [t for t in item.labels if t != IGNORE]
+        assert tokenizer.decode(answer_ids) == answer, name
+        start = item.labels.index(answer_ids[0])
+        assert tokenizer.decode(item.input_ids[:start]) == rendered[name]  # the served prompt
+        end = turn_end_id(tokenizer)
+        assert (end and tokenizer.convert_ids_to_tokens(end)) == (turn_end or None), name
+        assert set(stop_ids(None, tokenizer)) == {tokenizer.eos_token_id} | ({end} - {None})
     gemma = load_base_tokenizer(str(families["gemma"]))
     turn = gemma.apply_chat_template(
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello there."}],
@@ -487,3 +505,259 @@ def test_a_chatml_model_learns_short_answers_and_stops_at_im_end(
     # a full-weights package carries the base's generation config: EOS is <|im_end|>
     config = json.loads((package / "weights" / "generation_config.json").read_text())
     assert config["eos_token_id"] == eos
+
+
+# -- preference tuning, RL and reward models (README "Preference tuning and RL") -------------
+
+ALIGN_METHODS = ("dpo", "orpo", "simpo", "kto", "grpo")
+#: Two optimizer steps of every method: 8 pairs, 8 labelled answers (KTO) or 4 prompts with 2
+#: samples each (GRPO), in batches of 4; nothing cut (the longest pair: 64 tokens, Mistral's)
+ALIGN_HYPER = Hyper(
+    epochs=1, learning_rate=5e-3, batch_size=4, max_length=96, max_new_tokens=6, seed=7
+)
+ALIGN_OPTIONS = AlignOptions(num_generations=2, max_new_tokens=6)
+#: Four steps at a larger rate: a random encoder's first token barely sees the answer, so two
+#: small steps leave its pairs ordered by a margin of 1e-3 (these order them by 1e-2 or more)
+REWARD_HYPER = Hyper(epochs=2, learning_rate=2e-2, batch_size=4, max_length=96, seed=7)
+#: The fast tier (make test) runs these; the rest of the matrix is slow (make test-all)
+FAST_ALIGN = (("llama", "dpo"),)
+FAST_REWARD = ("llama", "roberta")
+
+
+def _align_rows(method: str) -> list[dict[str, Any]]:
+    """tests/test_align.py's separable data: calm answers chosen over angry ones."""
+    if method == "kto":
+        return kto_rows(TRAIN_WORDS[:4])
+    if method == "grpo":  # prompts; the reward comes from a reward model
+        return [{"id": str(i), "text": f"Describe the {w}.", "target": f"A calm {w}."}
+                for i, w in enumerate(TRAIN_WORDS[:4])]  # fmt: skip
+    return pairs(TRAIN_WORDS[:8])
+
+
+def _assert_adapter_trained(package: Path, trainable: int) -> None:
+    """The saved adapter holds exactly what trained, and every LoRA layer moved (B starts at 0)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(package / "adapter" / "adapter_model.safetensors"))
+    assert sum(t.numel() for t in tensors.values()) == trainable
+    lora_b = [t for name, t in tensors.items() if "lora_B" in name]
+    assert lora_b and all(bool(t.abs().sum() > 0) for t in lora_b)
+
+
+def _marked(cases: list[Any], fast: tuple[Any, ...]) -> list[Any]:
+    return [
+        pytest.param(*case if isinstance(case, tuple) else (case,),
+                     marks=() if case in fast else (pytest.mark.slow,))
+        for case in cases
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "method"), _marked([(n, m) for n in DECODERS for m in ALIGN_METHODS], FAST_ALIGN)
+)
+def test_preference_and_rl_methods_train_save_and_load_back(
+    tmp_path: Path, families: dict[str, Path], name: str, method: str
+) -> None:
+    """Each method through the recipe (``train_aligned``, TRL's trainer) on each decoder: a LoRA
+    on the family's default targets with its exact count, every adapted layer moved, and the
+    package, loaded back by ``from_pretrained``, prefers what it was trained to and generates."""
+    from runtime.generate import Generator, answer_logps
+    from tasks.evaluate.preference import preference_metrics
+    from tasks.train.align import train_aligned
+    from tasks.train.reward import train_reward_model
+
+    base = str(families[name])
+    rows = _align_rows(method)
+    rewards = None
+    if method == "grpo":  # RLHF: the judge is a reward model on the same base
+        judged = write_jsonl(tmp_path / "pairs.jsonl", pairs(TRAIN_WORDS[:8]))
+        judge = train_reward_model(judged, base, REWARD_HYPER, AlignOptions(), tmp_path / "judge")
+        rewards = [{"kind": "model", "model": judge.package_dir, "weight": 1.0}]
+    result = train_aligned(
+        write_jsonl(tmp_path / "train.jsonl", rows), base, method, ALIGN_HYPER, ALIGN_OPTIONS,
+        tmp_path / "package", tmp_path / "checkpoints", rewards=rewards,
+    )  # fmt: skip
+    assert result.trainable_params == decoder_expected(name, "lora")
+    assert result.steps == 2
+    package = Path(result.package_dir)
+    _assert_adapter_trained(package, result.trainable_params)
+    generator = Generator.from_package(package)
+    if method == "grpo":  # the adapter, loaded back, changes the policy's log-probs
+        assert (
+            json.loads((package / "adaptflow_model.json").read_text())["options"]["rewards"]
+            == rewards
+        )
+        triples = [(row["text"], row["target"], None) for row in rows]
+        policy = answer_logps(generator.model, generator.tokenizer, triples, "decoder", 96)
+        with generator.model.disable_adapter():
+            start = answer_logps(generator.model, generator.tokenizer, triples, "decoder", 96)
+        assert max(abs(a - b) for a, b in zip(policy, start, strict=True)) > 1e-4
+    else:  # against its reference (the adapter disabled: the base), chosen answers gained
+        assert preference_metrics(generator, rows, 0.1)["reward_margin"] > 0
+    answers = generator.predict(["Describe the ember, take 0."])
+    assert len(answers) == 1 and isinstance(answers[0], str)
+
+
+@pytest.mark.parametrize("name", _marked(list(DECODERS + ENCODERS), FAST_REWARD))
+def test_a_reward_model_on_every_decoder_and_encoder(
+    tmp_path: Path, families: dict[str, Path], name: str
+) -> None:
+    """``method: reward``: a one-output sequence classifier, LoRA plus its fresh head trained
+    and saved (a decoder's bias-free ``score``; an encoder's classifier and pooler), that
+    orders every trained pair and loads back with nothing drawn anew."""
+    from runtime.reward_model import RewardModel
+    from tasks.train.reward import train_reward_model
+
+    rows = pairs(TRAIN_WORDS[:8])
+    base = str(families[name])
+    result = train_reward_model(
+        write_jsonl(tmp_path / "train.jsonl", rows), base, REWARD_HYPER, AlignOptions(),
+        tmp_path / "package",
+    )  # fmt: skip
+    decoder = FAMILIES[name].kind == "decoder"
+    expected = (
+        decoder_expected(name, "lora") + WIDTH if decoder else encoder_expected(name, "lora", 1)
+    )
+    assert result.trainable_params == expected
+    assert result.steps == 4
+    package = Path(result.package_dir)
+    _assert_adapter_trained(package, expected)
+    prompts = [row["text"] for row in rows for _ in range(2)]
+    answers = [answer for row in rows for answer in (row["target"], row["rejected"])]
+    scores = []
+    for seed in (0, 1):  # a module the package lacks would be drawn anew, differently per seed
+        torch.manual_seed(seed)
+        model = RewardModel.from_package(package)
+        assert model.decoder is decoder
+        scores.append(model.score(prompts, answers))
+    assert scores[0] == scores[1]
+    trained = scores[0]
+    assert all(trained[2 * i] > trained[2 * i + 1] for i in range(len(rows))), trained
+    untrained = RewardModel.from_base(base, REWARD_HYPER.max_length, 7).score(prompts, answers)
+    assert untrained != trained
+
+
+def test_preference_recipes_refuse_a_base_they_cannot_tune(families: dict[str, Path]) -> None:
+    from tasks.train.align import setup as align_setup
+    from tasks.train.reward import setup as reward_setup
+
+    for name in ("bert", "modernbert", "t5"):  # an encoder once got as far as AutoModelForCausalLM
+        kind = FAMILIES[name].kind
+        with pytest.raises(SpecError, match=f"method 'dpo' tunes a decoder .* is an {kind}$"):
+            align_setup(str(families[name]), "dpo", ALIGN_HYPER, ALIGN_OPTIONS)
+    with pytest.raises(SpecError, match="'reward' puts a scalar head .* is an encoder-decoder$"):
+        reward_setup(str(families["bart"]), REWARD_HYPER, AlignOptions())
+
+
+@pytest.fixture(scope="module")
+def llama_adding_bos(families: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with a tokenizer that puts BOS before every text, as Llama 3's does."""
+    import dataclasses
+    import shutil
+
+    from adaptflow.tiny_families import family_tokenizer, train_vocabulary
+
+    folder = tmp_path_factory.mktemp("llama-bos") / "llama"
+    shutil.copytree(families["llama"], folder)
+    family = dataclasses.replace(FAMILIES["llama"], wrap=("<|begin_of_text|>", None))
+    family_tokenizer(train_vocabulary(), family).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("base", [*DECODERS, "llama-adding-bos"])
+@pytest.mark.parametrize("method", ALIGN_METHODS)
+def test_trl_trains_on_what_sft_and_the_preference_metrics_read(
+    tmp_path: Path, families: dict[str, Path], llama_adding_bos: Path, base: str, method: str
+) -> None:
+    """The tokens TRL's trainer reads are ``encode_sft``'s, which SFT trains on and
+    ``answer_logps`` (preference_accuracy, reward_margin) scores: the prompt as rendered, with
+    no BOS added to the template's (Llama 3's tokenizer adds one: DPO, KTO and GRPO read two)
+    and none prepended where the template has none (Phi-3, Mistral: ORPO and SimPO did); and
+    the answer ending as the template ends a turn (Gemma: ``<end_of_turn><eos>``, not EOS)."""
+    from runtime.prompts import IGNORE, encode_sft
+    from runtime.rewards import build_rewards
+    from tasks.train.align import _trainer, preference_rows, setup
+
+    folder = llama_adding_bos if base == "llama-adding-bos" else families[base]
+    model, tokenizer, peft = setup(str(folder), method, ALIGN_HYPER, ALIGN_OPTIONS)
+    rows = _align_rows(method)
+    records = preference_rows(tokenizer, rows, method)
+    arguments = {
+        "output_dir": str(tmp_path), "max_steps": 1, "per_device_train_batch_size": 4,
+        "max_length": ALIGN_HYPER.max_length, "report_to": "none", "use_cpu": True,
+        "save_strategy": "no",
+        "bf16": False,
+    }  # fmt: skip
+    rewards = build_rewards([{"kind": "exact_match"}]) if method == "grpo" else None
+    trainer = _trainer(method, model, tokenizer, records, arguments, ALIGN_OPTIONS, peft, rewards)
+    sft = encode_sft(tokenizer, rows[0]["text"], rows[0]["target"], ALIGN_HYPER.max_length)
+    start = next(i for i, label in enumerate(sft.labels) if label != IGNORE)
+    prompt, answer = sft.input_ids[:start], sft.labels[start:]
+    assert prompt.count(tokenizer.bos_token_id) == (base in ("llama", "llama-adding-bos", "gemma"))
+    if method == "grpo":  # text prompts are tokenized by the trainer's tokenizer at each step
+        assert trainer.processing_class(text=[records[0]["prompt"]])["input_ids"] == [prompt]
+        return
+    row = trainer.train_dataset[0]
+    if method in ("orpo", "simpo"):
+        assert row["prompt_input_ids"] == prompt
+        assert row["chosen_input_ids"] == prompt + answer
+        assert [label for label in row["chosen_labels"] if label != IGNORE] == answer
+    else:
+        assert row["prompt_ids"] == prompt
+        assert row["chosen_ids" if method == "dpo" else "completion_ids"] == answer
+
+
+def test_a_reward_model_reads_the_prompt_as_rendered(
+    families: dict[str, Path], llama_adding_bos: Path
+) -> None:
+    """A decoder's input is the rendered prompt, answer and EOS as they are (one BOS, the
+    template's); an encoder's is wrapped in its own special tokens."""
+    from runtime.loading import load_base_tokenizer
+    from runtime.prompts import render_prompt
+    from runtime.reward_model import reward_ids
+
+    llama = load_base_tokenizer(str(llama_adding_bos))
+    ids = reward_ids(llama, "hi", "Hello.", 64, decoder=True)
+    rendered = render_prompt(llama, "hi") + "Hello." + llama.eos_token
+    assert ids == llama(rendered, add_special_tokens=False)["input_ids"]
+    assert ids.count(llama.bos_token_id) == 1
+    bert = load_base_tokenizer(str(families["bert"]))
+    ids = reward_ids(bert, "hi", "Hello.", 64, decoder=False)
+    assert (ids[0], ids[-1]) == (bert.cls_token_id, bert.sep_token_id)
+
+
+# -- QLoRA: a LoRA over a 4-bit base (CUDA and bitsandbytes) ---------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["llama", "phi3"])
+def test_qlora_trains_a_lora_over_a_4bit_base(families: dict[str, Path], name: str) -> None:
+    """``method: qlora``: every block's projections load as NF4 4-bit weights, the LoRA on the
+    family's default targets (Phi-3: adaptflow's ``qkv_proj``) is all that trains, and a step
+    moves it."""
+    from adaptflow.hardware import qlora_missing, this_machine
+
+    missing = qlora_missing(this_machine())
+    if missing:
+        pytest.skip(f"method 'qlora' needs {' and '.join(missing)}")
+    import bitsandbytes
+
+    from tasks.train.sft import setup
+
+    model, tokenizer, family = setup(str(families[name]), "qlora", Hyper())
+    assert trainable_parameters(model)[0] == decoder_expected(name, "lora")
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    projections = {
+        n: m
+        for n, m in model.named_modules()
+        if ".layers." in n and "lora_" not in n and isinstance(m, torch.nn.Linear)
+    }
+    # q, k, v, o, gate, up, down; Phi-3 fuses qkv and gate_up
+    assert len(projections) == LAYERS * (4 if name == "phi3" else 7)
+    for n, module in projections.items():
+        assert isinstance(module, bitsandbytes.nn.Linear4bit), n
+        assert module.weight.dtype == torch.uint8 and module.weight.quant_type == "nf4", n
+    device = next(p.device for p in model.parameters() if p.requires_grad)
+    assert device.type == "cuda"
+    batch = _generative_batch(tokenizer, family)
+    _one_step(model, {key: value.to(device) for key, value in batch.items()})

@@ -7,8 +7,9 @@ releases (ORPO and CPO live in ``trl.experimental``): every import of ``trl`` is
 ``_trainer`` below, so a move breaks this one function.
 
 Prompts are rendered by ``runtime.prompts.render_prompt`` (the tokenizer's chat template, or
-the plain format) and handed to TRL as text, so a tuned model is trained on exactly the prompt
-``predict``, the gate and ``adaptflow serve`` give it. TRL appends EOS to every answer.
+the plain format) and handed to TRL as text, with a tokenizer that adds no special token to
+it (``as_rendered``), so a tuned model is trained on exactly the prompt ``predict``, the gate
+and ``adaptflow serve`` give it. TRL appends EOS to every answer.
 
 What trains is ``align.adapter``: a LoRA or DoRA adapter passed to TRL as a ``peft_config``, in
 which case DPO's and KTO's reference policy is the same model with the adapter disabled (no
@@ -28,11 +29,11 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from adaptflow.catalogue import resolve_base_model
+from adaptflow.catalogue import base_family
 from adaptflow.errors import SpecError
 from adaptflow.hardware import precision_arguments
 from runtime.loading import load_base, load_base_tokenizer
-from runtime.manifest import KINDS, PackageManifest, family_of
+from runtime.manifest import KINDS, PackageManifest
 from runtime.prompts import render_prompt
 from runtime.rewards import Reward
 from tasks.curate.records import read_jsonl
@@ -66,18 +67,42 @@ class AlignOptions:
     max_new_tokens: int = 64  # GRPO: the longest answer sampled (the spec's max_new_tokens)
 
 
+def answer_ending(tokenizer: Any) -> str:
+    """What SFT trains after an answer's text (``runtime.prompts.encode_sft``), as text.
+
+    The template's end of turn, then EOS when that is another token: ``<|im_end|>`` (Qwen2),
+    ``<|eot_id|>`` (Llama 3), ``</s>`` (the plain format), but ``<end_of_turn><eos>`` for Gemma,
+    whose turns do not end with its EOS. TRL only appends EOS, so a Gemma answer was tuned to
+    end ``<eos>`` where SFT taught, and ``answer_logps`` (the preference metrics) scores,
+    ``<end_of_turn><eos>``. Read off ``encode_sft`` on a probe, so the two cannot drift; ""
+    (TRL appends EOS) when the template rewrites the answer's text so that no ending is
+    found after it.
+    """
+    from runtime.prompts import IGNORE, encode_sft
+
+    answer = "adaptflow probe answer"
+    labels = encode_sft(tokenizer, "probe", answer, 4096).labels
+    trained = [label for label in labels if label != IGNORE]
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if trained[: len(ids)] != ids:
+        return ""
+    return str(tokenizer.decode(trained[len(ids) :], clean_up_tokenization_spaces=False))
+
+
 def preference_rows(
     tokenizer: Any, rows: list[dict[str, Any]], method: str
 ) -> list[dict[str, Any]]:
     """Curated rows as TRL's text records, prompts rendered as every other path renders them.
 
     Pairs become ``prompt``, ``chosen``, ``rejected``; KTO rows ``prompt``, ``completion`` and
-    a boolean ``label``.
+    a boolean ``label``. Answers end as SFT ends them (``answer_ending``), so preference tuning
+    trains and the preference metrics score the same tokens.
 
     Raises:
         SpecError: When the rows are not the kind ``method`` trains on.
     """
     out = []
+    ending = answer_ending(tokenizer) if method != "grpo" else ""
     for row in rows:
         prompt = render_prompt(tokenizer, row["text"], row.get("context"))
         if method == "grpo":  # prompts, the user's text and the reference answer
@@ -91,7 +116,7 @@ def preference_rows(
             out.append(
                 {
                     "prompt": prompt,
-                    "completion": row["target"],
+                    "completion": row["target"] + ending,
                     "label": row["label"] == "desirable",
                 }
             )
@@ -101,7 +126,13 @@ def preference_rows(
                     f"method '{method}' trains on preference pairs (data.format preference); "
                     f"record {row.get('id')} has no rejected answer"
                 )
-            out.append({"prompt": prompt, "chosen": row["target"], "rejected": row["rejected"]})
+            out.append(
+                {
+                    "prompt": prompt,
+                    "chosen": row["target"] + ending,
+                    "rejected": row["rejected"] + ending,
+                }
+            )
     return out
 
 
@@ -118,10 +149,38 @@ def trained_tokens(
     if seen or "reference" in (records[0] if records else {}):
         return seen[-1] if seen else 0  # TRL's count: tokenizing everything again costs time
     total = 0
+    eos = tokenizer.eos_token_id
     for record in records:
         answers = [record[k] for k in ("chosen", "rejected", "completion") if k in record]
-        total += sum(len(tokenizer(record["prompt"] + a)["input_ids"]) + 1 for a in answers)
+        text = [record["prompt"] + a for a in answers]  # as TRL reads them: nothing added
+        for ids in tokenizer(text, add_special_tokens=False)["input_ids"]:
+            total += len(ids) + (ids[-1:] != [eos])  # TRL appends EOS where it is missing
     return round(total * epochs)
+
+
+def as_rendered(tokenizer: Any, keep_bos: bool = True) -> Any:
+    """A copy of ``tokenizer`` for TRL that reads a rendered prompt as it is: nothing added.
+
+    The prompts handed to TRL are rendered text that already holds every special token the
+    template writes, and SFT, generation and evaluation tokenize them with
+    ``add_special_tokens=False``. TRL's DPO, KTO and GRPO tokenize text with the tokenizer's
+    defaults, so with a tokenizer that adds a BOS (Llama 3's, Gemma's, Mistral's) they trained
+    on two BOS (the template's and the tokenizer's), or on one the plain format never has; ORPO
+    and CPO (SimPO) prepend ``bos_token`` to every prompt that does not start with it (Phi-3's
+    template, Mistral's plain format, GPT-2). The copy adds no special token and, with
+    ``keep_bos=False``, has no BOS to prepend (ORPO and CPO read ``bos_token_id`` for nothing
+    else). The package keeps the original tokenizer. A tokenizer without transformers'
+    tokenizers backend is copied as it is.
+    """
+    import copy
+
+    clone = copy.deepcopy(tokenizer)
+    if hasattr(clone, "update_post_processor"):
+        clone.add_bos_token = False  # each setter rebuilds the post-processor: "$A", no more
+        clone.add_eos_token = False
+    if not keep_bos:
+        clone.bos_token = None
+    return clone
 
 
 def _reward_function(reward: Reward) -> Any:
@@ -149,7 +208,11 @@ def _trainer(
     from datasets import Dataset
 
     dataset = Dataset.from_list(records)
-    common = {"model": model, "train_dataset": dataset, "processing_class": tokenizer}
+    common = {
+        "model": model,
+        "train_dataset": dataset,
+        "processing_class": as_rendered(tokenizer, keep_bos=method not in REFERENCE_FREE),
+    }
     config: Any  # each trainer has its own config class
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
@@ -208,9 +271,12 @@ def setup(
     Raises:
         SpecError: When the base is not a decoder.
     """
-    from transformers import AutoConfig, set_seed
+    from transformers import set_seed
 
-    family = family_of(AutoConfig.from_pretrained(resolve_base_model(base_model)))
+    # base_family, not runtime.manifest.family_of: that one knows only decoders and
+    # encoder-decoders, so an encoder (BERT, ModernBERT) passed as a "decoder" and failed
+    # inside transformers ("Unrecognized configuration class ... AutoModelForCausalLM")
+    family = base_family(base_model)
     if family != "decoder":
         raise SpecError(
             f"method '{method}' tunes a decoder (TRL's preference trainers); base model "
