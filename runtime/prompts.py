@@ -59,9 +59,46 @@ def render_prompt(
         return chat.render(chat.messages, True)
     turns = [*(context or ()), {"role": "user", "content": text}]
     if getattr(tokenizer, "chat_template", None):
-        return str(tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False))
+        return apply_template(tokenizer, turns, True)
     earlier = "".join(PLAIN_TURNS[t["role"]].format(content=t["content"]) for t in turns[:-1])
     return earlier + PLAIN_TEMPLATE.format(text=text)
+
+
+def apply_template(
+    tokenizer: Any,
+    turns: list[dict[str, Any]],
+    generation_prompt: bool,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
+    """``turns`` through the tokenizer's chat template, as text.
+
+    A template that refuses a system turn (Gemma's raises "System role not supported") gets
+    the system text at the head of the first user turn instead, a blank line between, as
+    Gemma's own documentation advises; the same fold in training, scoring and serving.
+
+    Raises:
+        ValueError: The template fails on the turns for another reason, with its message.
+    """
+    from jinja2 import TemplateError
+
+    try:
+        return str(
+            tokenizer.apply_chat_template(
+                turns, tools=tools, add_generation_prompt=generation_prompt, tokenize=False
+            )
+        )
+    except TemplateError as error:
+        if not turns or turns[0]["role"] != "system" or len(turns) < 2:
+            raise ValueError(
+                f"the chat template cannot render this conversation: {error}"
+            ) from None
+        system, first, *rest = turns
+        if first["role"] != "user":
+            raise ValueError(
+                f"the chat template cannot render this conversation: {error}"
+            ) from None
+        folded = {**first, "content": f"{system['content']}\n\n{first['content']}"}
+        return apply_template(tokenizer, [folded, *rest], generation_prompt, tools)
 
 
 def uses_tools(
@@ -207,11 +244,7 @@ class _Chat:
         if renders_tools(tokenizer):
 
             def native(turns: list[dict[str, Any]], generation_prompt: bool) -> str:
-                return str(
-                    tokenizer.apply_chat_template(
-                        turns, tools=tools, add_generation_prompt=generation_prompt, tokenize=False
-                    )
-                )
+                return apply_template(tokenizer, turns, generation_prompt, tools)
 
             return cls(messages, train, native, tokenizer)
         turns, trained = as_text_turns(messages, tools, train)
@@ -219,11 +252,7 @@ class _Chat:
             return cls(list(turns), trained, _plain, tokenizer)
 
         def template(turns: list[dict[str, Any]], generation_prompt: bool) -> str:
-            return str(
-                tokenizer.apply_chat_template(
-                    turns, add_generation_prompt=generation_prompt, tokenize=False
-                )
-            )
+            return apply_template(tokenizer, turns, generation_prompt)
 
         return cls(list(turns), trained, template, tokenizer)
 

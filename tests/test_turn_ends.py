@@ -88,3 +88,29 @@ def test_encoder_decoder_sources_carry_the_specials_generation_adds(
     for item, source, limit in ((short, "hello world", 64), (long, text, 10)):
         served = tokenizer(source, truncation=True, max_length=limit)["input_ids"]
         assert item.input_ids == served
+
+
+def test_a_template_that_refuses_a_system_turn_gets_it_in_the_first_user_turn(
+    families: dict[str, Path],
+) -> None:
+    from runtime.loading import load_base_tokenizer
+    from runtime.prompts import IGNORE, encode_sft, render_prompt
+
+    gemma = load_base_tokenizer(str(families["gemma"]))
+    system = [{"role": "system", "content": "Be brief."}]
+    prompt = render_prompt(gemma, "hi", system)
+    assert prompt == (
+        "<bos><start_of_turn>user\nBe brief.\n\nhi<end_of_turn>\n<start_of_turn>model\n"
+    )
+    item = encode_sft(gemma, "hi", "Yes.", 64, system)
+    answer = [t for t in item.labels if t != IGNORE]
+    assert gemma.decode(item.input_ids[: item.labels.index(answer[0])]) == prompt
+    assert gemma.decode(answer) == "Yes.<end_of_turn><eos>"
+    earlier = [*system, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert render_prompt(gemma, "hi", earlier).startswith(
+        "<bos><start_of_turn>user\nBe brief.\n\na<end_of_turn>\n<start_of_turn>model\nb"
+    )
+    # a template that fails for another reason says so, as a ValueError with its message
+    gemma.chat_template = "{{ raise_exception('Roles must alternate') }}"
+    with pytest.raises(ValueError, match="cannot render this conversation: Roles must alternate"):
+        render_prompt(gemma, "hi")
