@@ -319,4 +319,18 @@ def base_family(ref: str) -> str:
         config = AutoConfig.from_pretrained(ref, trust_remote_code=False)
     except Exception as exc:  # transformers wraps every hub failure in OSError/ValueError
         raise _unresolvable(ref, exc) from None
+    folder = Path(ref)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise SpecError(
+            f"base_model: {folder} holds a model but no tokenizer (none of "
+            f"{', '.join(TOKENIZER_FILES)}); save the base's tokenizer beside it with "
+            f"tokenizer.save_pretrained('{folder}')"
+        )
     return _family(config, ref)
+
+
+#: Files one of which every saved tokenizer writes (fast, SentencePiece, WordPiece, BPE).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model",
+    "vocab.txt", "vocab.json", "sentencepiece.bpe.model",
+)  # fmt: skip

@@ -70,3 +70,17 @@ def test_early_check_covers_adapters_of_every_kind(
     check_target_modules(spec.base_model, base_family(base), "ia3", ["wq"])
     real = ["c_attn"] if base == "tiny-gpt" else ["query", "value"]
     check_target_modules(spec.base_model, base_family(base), adapter, real)
+
+
+def test_a_model_folder_without_a_tokenizer_is_refused_by_name(tmp_path: Path) -> None:
+    from adaptflow.catalogue import base_family
+    from adaptflow.tiny_families import build_family
+
+    folder = build_family("qwen2", tmp_path / "qwen2")
+    assert base_family(str(folder)) == "decoder"
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        (folder / name).unlink(missing_ok=True)
+    with pytest.raises(SpecError) as raised:
+        base_family(str(folder))
+    assert str(raised.value).startswith(f"base_model: {folder} holds a model but no tokenizer")
+    assert f"tokenizer.save_pretrained('{folder}')" in str(raised.value)
