@@ -96,22 +96,56 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+#: The embedded Prefect server, starting in the background (``_prepare``), if one is.
+_EMBEDDED: Any = None
+
+
+def _prefect_ready() -> None:
+    """Wait for the embedded Prefect server ``_prepare`` started, if any, before a flow runs."""
+    if _EMBEDDED is not None:
+        _EMBEDDED.wait()
+
+
+def _reuse_running_servers(settings: Any, prefect: bool) -> Any:
+    """The settings with the servers ``adaptflow up`` runs for this home, where they run.
+
+    With no ``MLFLOW_TRACKING_URI`` set, the home's MLflow server (the runs its worker
+    records keep their artifacts behind it, as ``mlflow-artifacts:`` URIs the bare store
+    cannot read); with ``prefect`` and no ``PREFECT_API_URL``, its Prefect server, so flows
+    run there (seen in its UI) instead of on a fresh ephemeral server, whose start is most of
+    a short run's fixed cost. Set before MLflow and Prefect are imported.
+    """
+    import dataclasses
+    import os
+
+    from adaptflow.servers import running_url
+
+    if not os.environ.get("MLFLOW_TRACKING_URI") and (url := running_url(settings, "mlflow")):
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        settings = dataclasses.replace(settings, mlflow_tracking_uri=url)
+    if prefect and not settings.prefect_api_url and (url := running_url(settings, "prefect")):
+        os.environ["PREFECT_API_URL"] = url
+        settings = dataclasses.replace(settings, prefect_api_url=url)
+    return settings
+
+
 def _prepare(check_prefect: bool = True) -> Any:
     """Apply settings (before prefect/mlflow import) and check configured servers."""
-    from adaptflow.settings import apply_settings
+    from adaptflow.settings import apply_settings, load_settings
     from registry import health
 
     _quiet_libraries()
-    settings = apply_settings()
+    settings = apply_settings(_reuse_running_servers(load_settings(), check_prefect))
     health.check_mlflow(settings.mlflow_tracking_uri)
     if settings.chroma_url:
         health.check_chroma(settings.chroma_url)
     if check_prefect:
         health.check_prefect(settings.prefect_api_url)
         if not settings.prefect_api_url:
-            from flows.embedded import start_embedded_prefect
+            from flows.embedded import Starting
 
-            start_embedded_prefect(settings.prefect_home)
+            global _EMBEDDED
+            _EMBEDDED = Starting(settings.prefect_home)  # waited for in _prefect_ready
         # Logger-level filters see every record these loggers create, whichever handlers
         # Prefect's logging set-up attaches later.
         for name in ("prefect.flow_runs", "prefect.task_runs"):
@@ -178,22 +212,27 @@ def run(
         overrides = parse_overrides(set_ or [])
         parsed = load_spec(spec, overrides)  # a bad spec fails here, before any server starts
         registered = registered_reference(parsed.base_model) is not None
-        # the base model's config, read before any work: a typo or an unreachable hub fails
-        # here in seconds, and an encoder base rules out the generative methods
-        if not registered:  # a registered version: once the registry is reachable, below
-            check_method(parsed.task, method or parsed.method, base_family(parsed.base_model))
         if parsed.task == "retrieval-qa":
             parsed.require_questions()
         train = parsed.train
         check_capabilities(parsed.task, method or parsed.method, train.precision, train.devices)
+        # the embedded Prefect server starts in the background from here: the checks and
+        # imports below overlap with it
         _prepare()
+        # the base model's config, read before any work: a typo or an unreachable hub fails
+        # here in seconds, and an encoder base rules out the generative methods
+        if not registered:  # a registered version: once the registry is reachable, below
+            check_method(parsed.task, method or parsed.method, base_family(parsed.base_model))
         if registered:  # no such version, or not a generative one, fails before any work
             from flows.steps import with_registered_base
 
             pinned = with_registered_base(parsed, method or parsed.method)
             check_method(parsed.task, method or parsed.method, base_family(pinned.base_model))
         from flows.pipeline import adapt_pipeline
+        from registry.tracking import client
 
+        client()  # the MLflow store's set-up, while the embedded Prefect server starts
+        _prefect_ready()
         # check_method above let through only names in the spec's Method literal
         summary = adapt_pipeline(str(spec), cast("Method | None", method), overrides=overrides)
     ladder_missed = summary["ladder"] is not None and not summary["ladder"]["target_met"]
@@ -347,6 +386,7 @@ def curate(
         if parsed.task == "retrieval-qa":
             parsed.require_questions()  # before any server starts
         _prepare()
+        _prefect_ready()
         if parsed.task == "retrieval-qa":
             from flows.rag import curate_knowledge
 

@@ -304,8 +304,13 @@ def service_status(settings: Settings, name: str, marker: str) -> int | None:
 
 def running_prefect_url(settings: Settings) -> str | None:
     """The API URL of the Prefect server ``adaptflow up`` runs for this home, if it runs."""
-    url = read_state(settings).get("prefect", {}).get("url")
-    if url and service_status(settings, "prefect", "prefect") and healthy(f"{url}/health"):
+    return running_url(settings, "prefect")
+
+
+def running_url(settings: Settings, name: str) -> str | None:
+    """The URL of service ``name`` (``prefect``, ``mlflow``) ``adaptflow up`` runs, if it runs."""
+    url = read_state(settings).get(name, {}).get("url")
+    if url and service_status(settings, name, name) and healthy(f"{url}/health"):
         return str(url)
     return None
 

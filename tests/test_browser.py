@@ -144,7 +144,8 @@ def test_custom_run_from_the_prefect_ui_then_champion_in_mlflow(
     shots = artifacts_dir()
     with capsys.disabled():
         print(f"\nbrowser test screenshots: {shots}")
-    data = write_tiny_icl_spec(tmp_path / "spec", MODEL).parent / "data" / "chars.jsonl"
+    spec_file = write_tiny_icl_spec(tmp_path / "spec", MODEL)
+    data = spec_file.parent / "data" / "chars.jsonl"
     home = tmp_path / "home"
     env = clean_env(
         home,
@@ -248,6 +249,19 @@ def test_custom_run_from_the_prefect_ui_then_champion_in_mlflow(
                 raise
             finally:
                 browser.close()
+
+        # 5. `adaptflow run` in the same home runs its flow on the server `up` runs (seen in
+        # its UI), not on an ephemeral server of its own
+        ran = adaptflow("run", str(spec_file), "--json", env=env)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        banner = " ".join(ran.stderr.split())  # the banner wraps at the terminal's width
+        assert f"Prefect {api}" in banner
+        # ... and records it in the MLflow server `up` runs (the same store the UI shows)
+        recorded = registry.get_run(json.loads(ran.stdout)["mlflow_run_id"])
+        flow_run = get_json(f"{api}/flow_runs/{recorded.data.tags['adaptflow.flow_run_id']}")
+        assert flow_run["state"]["type"] == "COMPLETED"
+        assert f"MLflow {mlflow_ui}" in banner
+        assert "Starting temporary server" not in ran.stderr
     finally:
         stopped = adaptflow("down", "--json", env=env)
     assert stopped.returncode == 0, stopped.stderr
