@@ -89,6 +89,7 @@ SERVING_REQUIREMENTS = (
     "torch",
     "transformers",
     "tokenizers",
+    "Jinja2",  # chat templates (runtime.prompts catches their errors)
     "safetensors",
     "peft",
     "sentence-transformers",
