@@ -17,6 +17,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.cache import cached_baseline
 from tasks.curate.general import load_general
 from tasks.curate.records import read_jsonl
 
@@ -121,5 +122,6 @@ def forgetting_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 evaluate_lm_task = task(name="evaluate_lm", cache_policy=NO_CACHE)(evaluate_lm)
-base_lm_baseline_task = task(name="base_lm_baseline", cache_policy=NO_CACHE)(base_lm_baseline)
+# scored once per (data, base model, settings) and home: tasks/cache.py
+base_lm_baseline_task = cached_baseline("base_lm_baseline", ("eval_path",))(base_lm_baseline)
 forgetting_check_task = task(name="forgetting_check", cache_policy=NO_CACHE)(forgetting_check)

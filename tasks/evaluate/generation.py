@@ -19,6 +19,7 @@ from runtime.generate import Generator, score_generator
 from runtime.manifest import PackageManifest
 from runtime.reward_model import RewardModel
 from runtime.rewards import reward_metrics
+from tasks.cache import cached_baseline
 from tasks.curate.records import read_jsonl
 from tasks.evaluate.preference import answer_rows, is_preference, preference_metrics
 from tasks.evaluate.win_rate import win_rate
@@ -138,6 +139,7 @@ def base_model_baseline(
 
 
 evaluate_generator_task = task(name="evaluate_generator", cache_policy=NO_CACHE)(evaluate_generator)
-base_model_baseline_task = task(name="base_model_baseline", cache_policy=NO_CACHE)(
+# scored once per (data, base model, settings) and home: tasks/cache.py
+base_model_baseline_task = cached_baseline("base_model_baseline", ("eval_path",))(
     base_model_baseline
 )

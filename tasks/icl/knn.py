@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from runtime.knn import KIND, embed, knn_vote, nearest, vote
 from runtime.loading import load_encoder
 from runtime.manifest import PackageManifest
+from tasks.cache import cached_baseline
 from tasks.curate.records import read_jsonl, write_jsonl
 from tasks.evaluate.classification import classification_metrics
 
@@ -157,5 +158,6 @@ def majority_baseline(train_path: Path, eval_path: Path) -> dict[str, Any]:
 build_knn_classifier_task = task(name="build_knn_index", cache_policy=NO_CACHE)(
     build_knn_classifier
 )
-knn_baseline_task = task(name="knn_baseline", cache_policy=NO_CACHE)(knn_baseline)
+# scored once per (data, base model, settings) and home: tasks/cache.py
+knn_baseline_task = cached_baseline("knn_baseline", ("train_path", "eval_path"))(knn_baseline)
 majority_baseline_task = task(name="majority_baseline", cache_policy=NO_CACHE)(majority_baseline)

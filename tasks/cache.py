@@ -1,0 +1,85 @@
+"""No-training baselines scored once per (data, base model, settings), through Prefect's cache.
+
+A run compares its candidate with the base model's own score on the same eval split (the
+nearest-neighbour vote, the base answering zero-shot, its perplexity). Retraining on the same
+data, a search over learning rates, ``dvc exp run -S ...``: each run scored the same baseline
+again, seconds to minutes of every run's fixed cost (issue 23). The baseline tasks therefore
+use Prefect's own task cache (results persisted under ``PREFECT_HOME/storage``, so per home)
+with a key that reads what the result depends on:
+
+- the data files by content (SHA-256), not by path: curation writes the same split to the
+  same bytes, and a changed split misses;
+- a local base model folder by the name, size and modification time of every file in it (a
+  rebuilt or re-saved model misses); a hub id is not cached (its snapshot can change);
+- every other argument by value, and the task's source code (Prefect's ``TASK_SOURCE``), so a
+  changed scoring function misses too.
+
+Rewards that run user code or a registered model (``python``, ``model``) are not cached: their
+code or weights can change under the same arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
+
+#: Reward kinds whose result depends on more than their arguments.
+UNCACHEABLE_REWARDS = ("python", "model")
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_digest(reference: str) -> str | None:
+    """A digest of a local model's files (name, size, mtime), or None for a hub id."""
+    from adaptflow.catalogue import resolve_base_model
+
+    folder = Path(resolve_base_model(reference))
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256(str(folder.resolve()).encode())
+    for item in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = item.stat()
+        digest.update(f"{item.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def baseline_cache(files: tuple[str, ...], model: str = "base_model") -> CachePolicy:
+    """The cache policy of a baseline task whose ``files`` parameters are data files."""
+
+    def key(_context: Any, parameters: dict[str, Any]) -> str | None:
+        parts = []
+        for name, value in sorted(parameters.items()):
+            if name in files:
+                parts.append(f"{name}={file_digest(Path(value))}")
+            elif name == model:
+                found = model_digest(str(value))
+                if found is None:
+                    return None
+                parts.append(f"{name}={found}")
+            elif name == "rewards" and any(
+                r.get("kind") in UNCACHEABLE_REWARDS for r in value or ()
+            ):
+                return None
+            else:
+                parts.append(f"{name}={value!r}")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    return TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=key)
+
+
+def cached_baseline(name: str, files: tuple[str, ...]) -> Callable[[Any], Any]:
+    """``prefect.task`` for a baseline function, cached per home with ``baseline_cache``."""
+    from prefect import task
+
+    return task(name=name, cache_policy=baseline_cache(files), persist_result=True)

@@ -1,0 +1,69 @@
+"""No-training baselines are scored once per (data, base model, settings) in a home."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from helpers import write_jsonl
+
+from adaptflow.samples import example_rows
+
+
+def _split(folder: Path, train: int, held_out: int) -> tuple[Path, Path]:
+    rows = [json.loads(line) for line in example_rows()][: train + held_out]
+    return (
+        write_jsonl(folder / "train.jsonl", rows[:train]),
+        write_jsonl(folder / "eval.jsonl", rows[train:]),
+    )
+
+
+def test_the_knn_baseline_is_scored_once_per_data_and_model(tmp_path: Path) -> None:
+    from prefect import flow
+
+    from tasks.icl.knn import knn_baseline_task
+
+    train, held_out = _split(tmp_path / "a", 60, 20)
+    copy_train, copy_eval = _split(tmp_path / "b", 60, 20)  # the same bytes, elsewhere
+
+    @flow(name="baseline-cache-test")
+    def score(train: Path, held_out: Path, metric: str = "f1_macro") -> list[object]:
+        return [knn_baseline_task(train, held_out, "minilm", metric, return_state=True)]
+
+    [first] = score(train, held_out)
+    [again] = score(train, held_out)
+    [moved] = score(copy_train, copy_eval)
+    assert (first.name, again.name, moved.name) == ("Completed", "Cached", "Cached")
+    assert again.result() == first.result() == moved.result()
+    # another eval split, or another metric to tune k for: scored anew
+    write_jsonl(held_out, [json.loads(line) for line in example_rows()][80:100])
+    [changed] = score(train, held_out)
+    [other_metric] = score(train, copy_eval, "accuracy")
+    assert (changed.name, other_metric.name) == ("Completed", "Completed")
+    assert changed.result()["metrics"] != first.result()["metrics"]
+
+
+def test_the_key_reads_model_files_and_refuses_code_it_cannot_see(tmp_path: Path) -> None:
+    from tasks.cache import baseline_cache, model_digest
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights")
+    before = model_digest(str(model))
+    assert before == model_digest(str(model))
+    stat = (model / "model.safetensors").stat()
+    os.utime(model / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert model_digest(str(model)) != before  # re-saved weights: a new key
+    assert model_digest("some-org/some-model") is None  # a hub id: never cached
+
+    data = write_jsonl(tmp_path / "eval.jsonl", [{"text": "a", "target": "b"}])
+    key = baseline_cache(("eval_path",)).policies[1].cache_key_fn  # after TASK_SOURCE
+    args = {"base_model": str(model), "eval_path": data, "max_length": 64, "rewards": None}
+    assert key(None, args) == key(None, dict(args))
+    assert key(None, args | {"max_length": 32}) != key(None, args)
+    python = [{"kind": "python", "function": "mine:score"}]
+    assert key(None, args | {"rewards": python}) is None
+    assert key(None, args | {"rewards": [{"kind": "exact_match"}]}) is not None
+    assert key(None, args | {"base_model": "some-org/some-model"}) is None
