@@ -653,7 +653,12 @@ class ForgettingSpec(_Strict):
 class PruneSpec(_Strict):
     """How much of the teacher ``method: prune`` removes: a block count or a share."""
 
-    blocks: int | None = Field(None, ge=1, description="Transformer blocks to remove")
+    blocks: int | None = Field(
+        None,
+        ge=0,
+        description="Transformer blocks to remove; 0 removes none and trains nothing (with "
+        "compress.quantize: the teacher itself, quantized)",
+    )
     ratio: float | None = Field(
         None, gt=0, lt=1, description="Share of the blocks to remove (default 0.5)"
     )
@@ -666,7 +671,7 @@ class PruneSpec(_Strict):
 
 
 class CompressSpec(_Strict):
-    """Compression (``method: prune``): the teacher, what to remove, and the trade accepted."""
+    """Compression (``method: prune``): the teacher, what goes, int8 or not, the trade made."""
 
     teacher: str | None = Field(
         None,
@@ -678,6 +683,11 @@ class CompressSpec(_Strict):
         0.5, ge=0, le=1, description="Weight of the label loss; 1 - alpha weighs the teacher's"
     )
     temperature: float = Field(2.0, gt=0, description="Distillation temperature")
+    quantize: Literal["int8"] | None = Field(
+        None,
+        description="int8: store the candidate dynamically quantized (linear layers int8 per "
+        "output channel, embeddings 8-bit per row; CPU inference); none: fp32",
+    )
     min_retained: float | None = Field(
         None, gt=0, description="Least share of the teacher's target metric to keep (e.g. 0.95)"
     )
@@ -700,6 +710,15 @@ class CompressSpec(_Strict):
                 "package folder (no adaptflow_model.json there)"
             )
         return str(path.resolve())
+
+    @model_validator(mode="after")
+    def _something_compressed(self) -> CompressSpec:
+        if self.prune.blocks == 0 and self.quantize is None:
+            raise ValueError(
+                "compress.prune.blocks 0 removes no block; without compress.quantize the "
+                "candidate would be the teacher itself"
+            )
+        return self
 
 
 class Spec(_Strict):

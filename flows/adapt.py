@@ -119,7 +119,7 @@ def adapt(
     validation = Path(validation_file) if validation_file else None
     if spec.task in LM_TASKS:
         result = continue_pretraining(spec, Path(train_file), hyper, out, work, validation)
-    elif method == "prune":  # the teacher's least influential blocks removed, then distilled
+    elif method == "prune":  # the least influential blocks removed, distilled, maybe int8
         if spec.compress.teacher is None:
             raise InvariantError("the spec checks that method prune names compress.teacher")
         result = prune_and_distill_task(
@@ -132,6 +132,7 @@ def adapt(
                 ratio=spec.compress.prune.ratio,
                 alpha=spec.compress.alpha,
                 temperature=spec.compress.temperature,
+                quantize=spec.compress.quantize,
             ),
             out,
         )

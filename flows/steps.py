@@ -188,7 +188,8 @@ def check_compression(
     """The compressed candidate's cost next to its teacher's (``tasks.evaluate.compression``).
 
     Logs the candidate's ``retained``, ``speedup``, ``params``, ``size_mb`` and latency
-    percentiles, and the teacher's metrics and costs as ``teacher.*``.
+    percentiles, and the teacher's metrics and costs as ``teacher.*``; tags the run with the
+    removed blocks and the quantization (``adaptflow.quantize``: ``int8`` or ``none``).
     """
     if spec.compress.teacher is None:
         raise InvariantError("the spec checks that method prune names compress.teacher")
@@ -204,11 +205,16 @@ def check_compression(
     options = PackageManifest.read(package).options
     report["removed_blocks"] = options.get("removed_blocks", [])
     report["block_influence"] = options.get("block_influence", [])
+    report["quantize"] = options.get("quantize")
+    report["quantization"] = options.get("quantization")
     report["metric"], report["candidate_metric"] = spec.metric, metrics[spec.metric]
     log_stage(
         run_id,
         report["metrics"],
-        tags={"adaptflow.removed_blocks": json.dumps(report["removed_blocks"])},
+        tags={
+            "adaptflow.removed_blocks": json.dumps(report["removed_blocks"]),
+            "adaptflow.quantize": report["quantize"] or "none",
+        },
     )
     log_stage(run_id, report["teacher"], prefix="teacher.")
     return report

@@ -226,12 +226,17 @@ def _compression_rows(report: dict[str, Any] | None) -> list[str]:
         return []
     metric, ours, theirs = report["metric"], report["metrics"], report["teacher"]
     candidate = report["candidate_cost"] | {metric: report["candidate_metric"]}
+    removed = report["removed_blocks"]
     rows = [
         "## Compression (against the teacher, measured in this run on CPU)",
-        f"- Removed blocks (the lowest Block Influence): {report['removed_blocks']}",
+        f"- Removed blocks (the lowest Block Influence): {removed}"
+        if removed
+        else "- Removed blocks: none (the teacher's weights, quantized; nothing trained)",
+        *_quantization_rows(report.get("quantization")),
         "",
         "| | candidate | teacher |",
         "|---|---|---|",
+        f"| quantize | {report.get('quantize') or 'none (fp32)'} | none (fp32) |",
     ]
     for key, fmt in ((metric, ".4f"), ("params", ",.0f"), ("size_mb", ".1f"),
                      ("latency_p50_ms", ".2f"), ("latency_p95_ms", ".2f"),
@@ -244,3 +249,15 @@ def _compression_rows(report: dict[str, Any] | None) -> list[str]:
         "",
     ]
     return rows
+
+
+def _quantization_rows(quantization: dict[str, Any] | None) -> list[str]:
+    """What an int8 candidate's quantization made 8-bit (``runtime.int8.quantize_int8``)."""
+    if not quantization:
+        return []
+    total = quantization["params_int8"] + quantization["params_fp32"]
+    return [
+        f"- Quantized: {quantization['scheme']}; {quantization['linear_layers']} linear and "
+        f"{quantization.get('embedding_layers', 0)} embedding layers, "
+        f"{quantization['params_int8']:,} of {total:,} weights 8-bit; CPU inference only"
+    ]

@@ -100,7 +100,7 @@ def load_generator(folder: Path) -> tuple[Any, Any, PackageManifest]:
     family = family_of(manifest.kind)
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     if manifest.options.get("quantize") == "int8":  # written by tasks.train.export
-        model = load_int8(folder / "weights", family)
+        model = load_int8(folder / "weights", auto_class(family))
     elif (folder / "weights").is_dir():
         model = auto_class(family).from_pretrained(str(folder / "weights"), use_safetensors=True)
     else:
@@ -120,6 +120,9 @@ def load_generator(folder: Path) -> tuple[Any, Any, PackageManifest]:
 def load_classifier(folder: Path) -> tuple[Any, Any, PackageManifest]:
     """Load a saved classifier package for inference.
 
+    A package whose manifest says ``quantize: int8`` (a ``prune`` candidate with
+    ``compress.quantize``) is rebuilt by ``runtime.int8.load_int8``: CPU only.
+
     Args:
         folder: A package folder written by a training recipe.
 
@@ -136,7 +139,10 @@ def load_classifier(folder: Path) -> tuple[Any, Any, PackageManifest]:
         "label2id": {label: i for i, label in enumerate(labels)},
     }
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-    if (folder / "weights").is_dir():
+    if manifest.options.get("quantize") == "int8":  # written by tasks.train.compress
+        # the saved config carries the label maps; the weights are the integers saved
+        model = load_int8(folder / "weights", AutoModelForSequenceClassification)
+    elif (folder / "weights").is_dir():
         model = AutoModelForSequenceClassification.from_pretrained(
             str(folder / "weights"), use_safetensors=True, **label_maps
         )

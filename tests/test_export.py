@@ -14,7 +14,7 @@ from adaptflow.errors import AdaptflowError
 from runtime.generate import Generator
 from runtime.int8 import INT8_WEIGHTS, load_int8, quantize_int8, save_int8
 from runtime.loading import load_base, load_base_tokenizer
-from runtime.manifest import PackageManifest
+from runtime.manifest import PackageManifest, auto_class
 from runtime.prompts import render_prompt
 from tasks.train.export import export_package
 from tasks.train.peft import Hyper
@@ -150,7 +150,7 @@ def test_int8_safetensors_round_trip_is_exact(base: str, tmp_path: Path) -> None
     with torch.inference_mode():
         quantized = model(**inputs).logits
     save_int8(model, tmp_path)
-    loaded = load_int8(tmp_path, family).eval()
+    loaded = load_int8(tmp_path, auto_class(family)).eval()
     with torch.inference_mode():
         reloaded = loaded(**inputs).logits
 

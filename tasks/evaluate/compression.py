@@ -2,9 +2,12 @@
 
 Measured in the run, on this machine's CPU, the same way for the candidate and the teacher:
 
-- ``params``: parameters of the model as served (a LoRA teacher: base + adapter, merged).
-- ``size_mb``: bytes on disk of what serving loads (a ``weights/`` package: its weights; an
-  adapter package: the base model's weights plus the adapter), in MB (10^6 bytes).
+- ``params``: weights of the model as served (a LoRA teacher: base + adapter, merged; an int8
+  candidate: its quantized weights too, which ``parameters()`` leaves out, so it counts as
+  many as its fp32 source: ``runtime.int8.parameter_count``).
+- ``size_mb``: bytes on disk of what serving loads (a ``weights/`` package: its weights folder,
+  the int8 file for an int8 package; an adapter package: the base model's weights plus the
+  adapter), in MB (10^6 bytes).
 - ``latency_p50_ms`` / ``latency_p95_ms``: one example at a time over the first ``LATENCY_TEXTS``
   eval texts, after ``WARMUP`` untimed calls.
 - throughput: examples per second over ``THROUGHPUT_ROUNDS`` passes of one fixed batch of
@@ -53,6 +56,7 @@ def serving_cost(package_dir: Path, texts: list[str]) -> dict[str, float]:
     import torch
 
     from runtime.classifier import predict_proba
+    from runtime.int8 import parameter_count
     from runtime.loading import load_classifier
 
     model, tokenizer, manifest = load_classifier(package_dir)
@@ -76,7 +80,7 @@ def serving_cost(package_dir: Path, texts: list[str]) -> dict[str, float]:
             run(batch)
         seconds = time.perf_counter() - started
     return {
-        "params": float(sum(p.numel() for p in model.parameters())),
+        "params": float(parameter_count(model)),
         "size_mb": served_bytes(package_dir) / 1e6,
         "latency_p50_ms": _percentile(latencies, 0.5),
         "latency_p95_ms": _percentile(latencies, 0.95),

@@ -1,6 +1,7 @@
-"""Recipe: prune whole transformer blocks of a trained encoder classifier, then distill.
+"""Recipe: prune whole transformer blocks of a trained encoder classifier, distill, quantize.
 
-setup -> prune -> distill -> save, as top-level functions.
+setup -> prune -> distill -> save (fp32, or int8 with ``compress.quantize``), as top-level
+functions.
 
 **Which blocks go.** Block Influence (BI) from ShortGPT (Men et al. 2024, "ShortGPT: Layers in
 Large Language Models are More Redundant Than You Expect", arXiv:2403.03853): a block whose
@@ -21,8 +22,18 @@ each example. Written as a ``Trainer.compute_loss`` override: transformers has n
 distillation trainer for sequence classification, and TRL's GKD trainer is for generative
 decoders.
 
-The package is a full-weights classifier package (``weights/``), loaded by ``from_pretrained``
-like any other; its manifest records the removed blocks, every block's BI and the teacher.
+**int8** (``compress.quantize: int8``). The distilled student is saved dynamically quantized
+(``runtime.int8``, the format ``adaptflow export --int8`` writes): linear layers int8 per output
+channel with activations quantized at run time, and the embedding tables weight-only 8-bit per
+row, which is where most of an encoder classifier's bytes are. Post-training and without
+calibration data, so nothing trains for it. ``compress.prune.blocks: 0`` removes no block and
+skips distillation: the candidate is the teacher itself, quantized (a quantize-only
+candidate), gated against the teacher like any other.
+
+The package is a full-weights classifier package (``weights/``): fp32 safetensors loaded by
+``from_pretrained``, or the int8 format, which ``runtime.loading.load_classifier`` rebuilds from
+the manifest's ``quantize: int8``. Its manifest records the removed blocks, every block's BI,
+the teacher and, when quantized, what became int8.
 """
 
 from __future__ import annotations
@@ -64,7 +75,8 @@ def teacher_folder(reference: str) -> Path:
 
     if registered_reference(reference) is not None:
         root = load_settings().work_dir / "teachers"
-        return registered_package(reference, root, "compress.teacher", TEACHER_KINDS, NEED)
+        folder = registered_package(reference, root, "compress.teacher", TEACHER_KINDS, NEED)
+        return _not_quantized(reference, folder)
     folder = Path(reference)
     try:
         raw = read_raw(folder)
@@ -73,6 +85,23 @@ def teacher_folder(reference: str) -> Path:
     trained = (folder / "weights").is_dir() or (folder / "adapter").is_dir()
     if raw["kind"] not in TEACHER_KINDS or not trained:
         raise SpecError(f"compress.teacher: {folder} is a '{raw['kind']}' package; {NEED}")
+    return _not_quantized(reference, folder)
+
+
+def _not_quantized(reference: str, folder: Path) -> Path:
+    """``folder``, unless its package is int8: its blocks cannot train, nor quantize again.
+
+    Raises:
+        SpecError: The teacher is an int8 package.
+    """
+    from adaptflow.errors import SpecError
+    from runtime.manifest import read_raw
+
+    if (read_raw(folder).get("options") or {}).get("quantize"):
+        raise SpecError(
+            f"compress.teacher: {reference} is an int8-quantized package; compression starts "
+            "from full-precision weights: name the version it was made from"
+        )
     return folder
 
 
@@ -95,6 +124,7 @@ class PruneOptions:
     ratio: float | None = None
     alpha: float = 0.5  # weight of the hard-label loss (1 - alpha: the teacher's)
     temperature: float = 2.0
+    quantize: str | None = None  # "int8": save the student dynamically quantized
 
 
 @dataclass
@@ -107,11 +137,16 @@ class PruneReport:
 
 
 def blocks_to_remove(depth: int, options: PruneOptions) -> int:
-    """How many of ``depth`` blocks to remove (at least one, at most ``depth - 1``).
+    """How many of ``depth`` blocks to remove (at most ``depth - 1``).
+
+    Zero only for ``blocks: 0`` with ``quantize`` (a quantize-only candidate); otherwise at
+    least one.
 
     Raises:
-        ValueError: When the spec asks to remove every block or none.
+        ValueError: When the spec asks to remove every block, or none without quantizing.
     """
+    if options.blocks == 0 and options.quantize is not None:
+        return 0
     count = options.blocks if options.blocks is not None else round(depth * (options.ratio or 0.5))
     if not 1 <= count < depth:
         raise ValueError(
@@ -291,10 +326,35 @@ def distill(
     return history, int(output.global_step), seconds, tokens
 
 
+def save_student(model: Any, tokenizer: Any, manifest: PackageManifest, out: Path) -> None:
+    """Write a classifier package: ``weights/`` (fp32, or int8 per the manifest), tokenizer.
+
+    With ``quantize: int8`` in the manifest's options, ``model`` is quantized in place
+    (``runtime.int8.quantize_int8``, embeddings included) and what became int8 is added to the
+    manifest's options as ``quantization``.
+    """
+    from dataclasses import replace
+
+    from runtime.int8 import quantize_int8, save_int8
+
+    model.eval()
+    options = dict(manifest.options)
+    if options.get("quantize") == "int8":
+        options["quantization"] = quantize_int8(model, embeddings=True)
+        save_int8(model, out / "weights")
+    else:
+        model.save_pretrained(str(out / "weights"), safe_serialization=True)
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+    replace(manifest, options=options).write(out)
+
+
 def prune_and_distill(
     train_path: Path, teacher_dir: Path, hyper: Hyper, options: PruneOptions, out: Path
 ) -> TrainResult:
     """Prune the teacher package's lowest-influence blocks, distill, and save a package.
+
+    With ``options.quantize`` the package is int8 (``save_student``); with no block to remove
+    (``blocks: 0``, quantizing) nothing trains and the package is the teacher, quantized.
 
     Args:
         train_path: Curated training JSONL (``text``, ``label``).
@@ -303,13 +363,18 @@ def prune_and_distill(
         options: The spec's ``compress`` block.
         out: Package folder to write.
 
+    Returns:
+        What training cost; with ``quantize``, ``train_seconds`` includes quantizing and
+        saving, and a quantize-only candidate reports no trainable parameters, steps or tokens.
+
     Raises:
         DataError: A training label the teacher does not know.
-        ValueError: A block count that removes all blocks or none.
+        ValueError: A block count that removes all blocks, or none without quantizing.
     """
     from transformers import set_seed
 
     from adaptflow.errors import DataError
+    from runtime.int8 import parameter_count
     from runtime.loading import load_classifier
 
     teacher, tokenizer, manifest = load_classifier(teacher_dir)
@@ -330,37 +395,49 @@ def prune_and_distill(
     report = PruneReport(
         importance, removed, [i for i in range(len(importance)) if i not in removed]
     )
-    logits = teacher_logits(teacher, tokenizer, texts, hyper.max_length)
-    set_seed(hyper.seed)
-    student = prune_blocks(teacher, removed)
-    history, steps, seconds, tokens = distill(
-        student, tokenizer, texts, label_ids, logits, hyper, options, out
+    history: list[tuple[int, float]] = []
+    steps, seconds, tokens = 0, 0.0, 0
+    student = teacher  # quantize-only (no block removed): the teacher's weights, nothing trains
+    if removed:
+        logits = teacher_logits(teacher, tokenizer, texts, hyper.max_length)
+        set_seed(hyper.seed)
+        student = prune_blocks(teacher, removed)
+        history, steps, seconds, tokens = distill(
+            student, tokenizer, texts, label_ids, logits, hyper, options, out
+        )
+    total = parameter_count(student)
+    trained = total if removed else 0  # distillation trains every weight of the student
+    started = time.perf_counter()
+    save_student(
+        student,
+        tokenizer,
+        PackageManifest(
+            kind="encoder-classifier",
+            method="prune",
+            base_model=manifest.base_model,
+            labels=manifest.labels,
+            max_length=hyper.max_length,
+            trainable_params=int(trained),
+            total_params=int(total),
+            options={
+                "teacher": options.teacher,
+                "removed_blocks": report.removed,
+                "kept_blocks": report.kept,
+                "block_influence": [round(v, 6) for v in report.importance],
+                "alpha": options.alpha,
+                "temperature": options.temperature,
+                "distilled": bool(removed),
+            }
+            | ({"quantize": options.quantize} if options.quantize else {}),
+        ),
+        out,
     )
-    student.eval()
-    student.save_pretrained(str(out / "weights"), safe_serialization=True)
-    tokenizer.save_pretrained(str(out / "tokenizer"))
-    total = sum(p.numel() for p in student.parameters())
-    PackageManifest(
-        kind="encoder-classifier",
-        method="prune",
-        base_model=manifest.base_model,
-        labels=manifest.labels,
-        max_length=hyper.max_length,
-        trainable_params=int(total),
-        total_params=int(total),
-        options={
-            "teacher": options.teacher,
-            "removed_blocks": report.removed,
-            "kept_blocks": report.kept,
-            "block_influence": [round(v, 6) for v in report.importance],
-            "alpha": options.alpha,
-            "temperature": options.temperature,
-        },
-    ).write(out)
+    if options.quantize:
+        seconds += time.perf_counter() - started
     return TrainResult(
         package_dir=str(out),
         method="prune",
-        trainable_params=int(total),
+        trainable_params=int(trained),
         total_params=int(total),
         train_seconds=seconds,
         train_tokens=tokens * max(1, round(hyper.epochs)),
