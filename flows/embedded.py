@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 #: Longest wait for another process's first start of the same home.
 LOCK_TIMEOUT_SECONDS = 600
@@ -42,31 +43,119 @@ def _start() -> None:
 
 
 class Starting:
-    """The embedded server starting in a background thread; ``wait`` before any flow runs.
+    """This process's embedded Prefect server, started at once in the background.
 
-    The server is a separate process whose start (importing Prefect's server, opening and,
-    on a new home, migrating its database) takes 7-15 s on 2 cores: started first, it overlaps
-    with the command's own imports, checks and the MLflow store's set-up instead of following
-    them (``benchmarks/bench_pipeline_overhead.py``).
+    ``PREFECT_API_URL`` is set to it before Prefect is imported, so this process's flows use
+    it as they would any server. It is the same server Prefect's ephemeral mode runs
+    (``uvicorn --factory prefect.server.api.server:create_app``, UI off, the ephemeral
+    flags), spawned here rather than by Prefect because Prefect's ``SubprocessASGIServer``
+    lives in ``prefect.server.api.server``, whose import alone costs this process ~4 s on 2
+    cores, and starts only when the first flow runs. Spawned first, the server's start
+    (7-15 s: importing Prefect's server, opening and, on a new home, migrating its database)
+    overlaps with the command's own imports, checks and the MLflow store's set-up on the
+    other core (``benchmarks/bench_pipeline_overhead.py``). A home's first start still
+    happens under the lock ``start_embedded_prefect`` takes. The server stops when the
+    process exits, as Prefect's does.
     """
 
     def __init__(self, prefect_home: Path) -> None:
+        import atexit
+        import os
         import threading
 
+        prefect_home.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self._process: Any = None
         self._failure: BaseException | None = None
+        self._env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        }
+        os.environ["PREFECT_API_URL"] = self.api_url  # read when Prefect is imported
+        os.environ.setdefault("PREFECT_UI_URL", "")  # its UI is off: no "View at" links
         self._thread = threading.Thread(
             target=self._run, args=(prefect_home,), name="prefect-server-start", daemon=True
         )
         self._thread.start()
+        atexit.register(self.stop)
 
     def _run(self, prefect_home: Path) -> None:
+        from filelock import FileLock
+
         try:
-            start_embedded_prefect(prefect_home)
+            marker = prefect_home / f".adaptflow-ready-{version('prefect')}"
+            if marker.exists():
+                self._spawn_and_wait()
+                return
+            lock = FileLock(str(prefect_home / ".adaptflow-init.lock"))
+            with lock.acquire(timeout=LOCK_TIMEOUT_SECONDS):
+                self._spawn_and_wait()  # migrations and block types, one home at a time
+                marker.touch()
         except BaseException as failure:  # handed to the thread that waits
             self._failure = failure
+
+    def _spawn_and_wait(self) -> None:
+        import importlib.util
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        spec = importlib.util.find_spec("prefect")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("the prefect package is not installed")
+        app_dir = str(Path(next(iter(spec.submodule_search_locations))).parent)
+        self._process = subprocess.Popen(  # noqa: S603 - Prefect's own server, fixed arguments
+            [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+            env=self._env,
+        )  # fmt: skip
+        deadline = time.monotonic() + float(
+            self._env.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+        )
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"the embedded Prefect server exited with code {self._process.returncode} "
+                    f"while starting on port {self.port}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as answer:  # noqa: S310
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the embedded Prefect server did not answer on port {self.port}")
 
     def wait(self) -> None:
         """Block until the server answers; raise what made its start fail."""
         self._thread.join()
         if self._failure is not None:
             raise self._failure
+
+    def stop(self) -> None:
+        """Stop the server (at exit): terminate, then kill if it lingers past 5 s."""
+        import subprocess
+
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
