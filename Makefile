@@ -44,7 +44,7 @@ demo: setup
 # The CI command (under 30 minutes on 2 cores): every test but those marked slow, which repeat
 # a path faster tests cover (on another model family, task or server); test-all runs them too.
 test: setup
-	$(BIN)/pytest -q -m "not slow" --durations=15
+	$(BIN)/pytest -q -m "not slow"
 
 test-all: setup
 	$(BIN)/pytest -q
