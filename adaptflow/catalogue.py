@@ -203,10 +203,6 @@ def model_config(ref: str) -> object:
 
     A catalogue alias built locally answers from its recipe (nothing is built).
     """
-    return _config(ref)
-
-
-def _config(ref: str) -> object:
     from transformers import AutoConfig
 
     entry = CATALOGUE.get(ref)
@@ -228,7 +224,7 @@ def model_shape(ref: str) -> ModelShape:
         import torch
         from transformers import AutoModel
 
-        config = _config(ref)
+        config = model_config(ref)
         with torch.device("meta"):
             model = AutoModel.from_config(config)
         params = sum(p.numel() for p in model.parameters())

@@ -1,11 +1,10 @@
 """The embedded Prefect server of a home, started safely when several runs begin at once.
 
-With no ``PREFECT_API_URL``, each ``adaptflow`` process starts Prefect's ephemeral server on
-the home's SQLite database, and the server migrates that database and registers block types
-as it starts, with no lock: two first runs started together (two terminals, a script) raced
-and one died in the migration. The first start of a home happens here under a file lock; a
-marker per Prefect version then skips the lock. The server started here is the one the
-process's flows use (Prefect keeps one ephemeral server per process), so this costs nothing.
+With no ``PREFECT_API_URL``, each ``adaptflow`` process starts its own server (``Starting``)
+on the home's SQLite database, and the server migrates that database and registers block
+types as it starts, with no lock: two first runs started together (two terminals, a script)
+raced and one died in the migration. The first start of a home happens here under a file
+lock; a marker per Prefect version then skips the lock.
 """
 
 from __future__ import annotations
@@ -16,30 +15,6 @@ from typing import Any
 
 #: Longest wait for another process's first start of the same home.
 LOCK_TIMEOUT_SECONDS = 600
-
-
-def start_embedded_prefect(prefect_home: Path) -> None:
-    """Start this process's ephemeral Prefect server; the first time per home under a lock."""
-    from filelock import FileLock
-
-    prefect_home.mkdir(parents=True, exist_ok=True)
-    marker = prefect_home / f".adaptflow-ready-{version('prefect')}"
-    if marker.exists():
-        _start()
-        return
-    with FileLock(str(prefect_home / ".adaptflow-init.lock"), timeout=LOCK_TIMEOUT_SECONDS):
-        _start()
-        marker.touch()
-
-
-def _start() -> None:
-    """Start the ephemeral server (migrations and block types on a new home) and wait for it."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as prefect:
-        failure = prefect.api_healthcheck()  # starts the server and waits until it answers
-    if failure is not None:
-        raise failure
 
 
 class Starting:
@@ -53,9 +28,9 @@ class Starting:
     cores, and starts only when the first flow runs. Spawned first, the server's start
     (7-15 s: importing Prefect's server, opening and, on a new home, migrating its database)
     overlaps with the command's own imports, checks and the MLflow store's set-up on the
-    other core (``benchmarks/bench_pipeline_overhead.py``). A home's first start still
-    happens under the lock ``start_embedded_prefect`` takes. The server stops when the
-    process exits, as Prefect's does.
+    other core (``benchmarks/bench_pipeline_overhead.py``). A home's first start happens under
+    the file lock (see the module docstring). The server stops when the process exits, as
+    Prefect's does.
     """
 
     def __init__(self, prefect_home: Path) -> None:

@@ -88,15 +88,11 @@ def apply_template(
             )
         )
     except TemplateError as error:
-        if not turns or turns[0]["role"] != "system" or len(turns) < 2:
+        if [turn["role"] for turn in turns[:2]] != ["system", "user"]:
             raise ValueError(
                 f"the chat template cannot render this conversation: {error}"
             ) from None
         system, first, *rest = turns
-        if first["role"] != "user":
-            raise ValueError(
-                f"the chat template cannot render this conversation: {error}"
-            ) from None
         folded = {**first, "content": f"{system['content']}\n\n{first['content']}"}
         return apply_template(tokenizer, [folded, *rest], generation_prompt, tools)
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prefect import task
 from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
 
 #: Reward kinds whose result depends on more than their arguments.
@@ -80,6 +81,4 @@ def baseline_cache(files: tuple[str, ...], model: str = "base_model") -> CachePo
 
 def cached_baseline(name: str, files: tuple[str, ...]) -> Callable[[Any], Any]:
     """``prefect.task`` for a baseline function, cached per home with ``baseline_cache``."""
-    from prefect import task
-
     return task(name=name, cache_policy=baseline_cache(files), persist_result=True)
