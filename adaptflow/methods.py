@@ -34,13 +34,13 @@ TRL_METHODS = ALIGNMENT_METHODS + RL_METHODS
 #: (``tasks.train.reward``); a judge of answers and a reward for ``grpo``.
 REWARD_METHODS = ("reward",)
 #: Compression of a trained model (``tasks.train.compress``): never chosen by auto or the ladder.
-COMPRESS_METHODS = ("prune",)
+COMPRESS_METHODS = ("prune", "distill")
 RUNNABLE: dict[str, tuple[str, ...]] = {
     "classification": ("icl", "lora", "dora", "ia3", *COMPRESS_METHODS),
     "retrieval-qa": ("rag",),
-    "instruction": GENERATIVE + TRL_METHODS + REWARD_METHODS,
-    "qa": GENERATIVE + TRL_METHODS + REWARD_METHODS,
-    "summarization": GENERATIVE + TRL_METHODS + REWARD_METHODS,
+    "instruction": GENERATIVE + TRL_METHODS + REWARD_METHODS + COMPRESS_METHODS,
+    "qa": GENERATIVE + TRL_METHODS + REWARD_METHODS + COMPRESS_METHODS,
+    "summarization": GENERATIVE + TRL_METHODS + REWARD_METHODS + COMPRESS_METHODS,
     "language-modeling": ("cpt",),
 }
 #: Tasks whose candidates generate text (scored by ``tasks.evaluate.generation``).

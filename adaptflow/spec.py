@@ -58,6 +58,7 @@ Method = Literal[
     "grpo",
     "reward",
     "prune",
+    "distill",
 ]
 Hardware = Literal["cpu", "t4", "a10", "l4", "a100", "h100"]
 
@@ -671,12 +672,38 @@ class PruneSpec(_Strict):
 
 
 class CompressSpec(_Strict):
-    """Compression (``method: prune``): the teacher, what goes, int8 or not, the trade made."""
+    """Compression (``prune``, ``distill``): the teacher, what goes, int8 or not, the trade."""
 
     teacher: str | None = Field(
         None,
-        description="The model to compress: a registered version (models:/NAME@ALIAS or "
-        "models:/NAME/VERSION) or a classifier package folder",
+        description="The model to compress or imitate: a registered version (models:/NAME@ALIAS "
+        "or models:/NAME/VERSION) or a package folder; for generative distill also a base model "
+        "(catalogue alias or model folder)",
+    )
+    unlabelled: Path | None = Field(
+        None,
+        description="distill: more inputs without labels or answers (a JSONL or text file, one "
+        "per record; data.text_field or data.prompt_field read from JSONL): the teacher labels "
+        "them (classification: its soft labels) or answers them (generative)",
+    )
+    objective: Literal["sequence", "logit"] = Field(
+        "sequence",
+        description="Generative distill: sequence (the teacher answers the prompts; the student "
+        "is fine-tuned on those answers) or logit (on-policy: the student answers and learns the "
+        "teacher's token distributions, TRL's DistillationTrainer; teacher and student must "
+        "share a tokenizer)",
+    )
+    beta: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="objective logit: the generalized Jensen-Shannon interpolation (0 forward "
+        "KL, 0.5 JSD, 1 reverse KL)",
+    )
+    student_method: Literal["full", "lora", "dora", "ia3", "freeze"] = Field(
+        "full",
+        description="Generative distill: how the student (base_model) trains on the teacher's "
+        "answers",
     )
     prune: PruneSpec = Field(default_factory=PruneSpec)
     alpha: float = Field(
@@ -704,12 +731,18 @@ class CompressSpec(_Strict):
         path = Path(value).expanduser()
         if not path.is_absolute() and base is not None:
             path = Path(base) / path
-        if not (path / "adaptflow_model.json").is_file():
-            raise ValueError(
-                f"'{value}' is neither a registered version (models:/NAME@ALIAS) nor a "
-                "package folder (no adaptflow_model.json there)"
-            )
-        return str(path.resolve())
+        if (path / "adaptflow_model.json").is_file():
+            return str(path.resolve())
+        # not a package: a base model (generative distill only; the cross-checks say so)
+        return normalize_reference(value, Path(base) if base is not None else None)
+
+    @field_validator("unlabelled")
+    @classmethod
+    def _unlabelled(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        path = _resolve(value, info)
+        if path is not None and not path.is_file():
+            raise ValueError(f"expected an existing file of records or lines: {path}")
+        return path
 
     @model_validator(mode="after")
     def _something_compressed(self) -> CompressSpec:
@@ -794,17 +827,8 @@ class Spec(_Strict):
                 f"expected one of {', '.join(allowed)}"
             )
         self._format_checks()
-        if self.method == "prune":
-            if self.task != "classification":
-                raise ValueError(
-                    f"method 'prune' compresses encoder classifiers in this version, not task "
-                    f"'{self.task}'"
-                )
-            if self.compress.teacher is None:
-                raise ValueError(
-                    "method 'prune' needs compress.teacher: the trained classifier to compress "
-                    "(models:/NAME@ALIAS or a package folder)"
-                )
+        if self.method in ("prune", "distill"):
+            self._compress_checks()
         if self.task == "classification" and not self.data.label_field:
             raise ValueError("task 'classification' needs data.label_field")
         if self.task == "retrieval-qa":
@@ -936,6 +960,36 @@ class Spec(_Strict):
             raise ValueError(
                 f"task '{self.task}' generates text, which needs a decoder or an "
                 f"encoder-decoder (an encoder can be a reward model: method reward); {base}"
+            )
+
+    def _compress_checks(self) -> None:
+        """``prune`` and ``distill``: a teacher of the right kind for the task."""
+        compress = self.compress
+        if self.task not in ("classification", *GENERATIVE_TASKS):
+            raise ValueError(
+                f"method '{self.method}' compresses classifiers and generators, not task "
+                f"'{self.task}'"
+            )
+        if compress.teacher is None:
+            raise ValueError(
+                f"method '{self.method}' needs compress.teacher: the trained model to "
+                "compress (models:/NAME@ALIAS or a package folder)"
+            )
+        package = registered_reference(compress.teacher) is not None or (
+            Path(compress.teacher) / "adaptflow_model.json"
+        ).is_file()
+        if not package and (self.method == "prune" or self.task == "classification"):
+            raise ValueError(
+                f"compress.teacher '{compress.teacher}' is neither a registered version "
+                "(models:/NAME@ALIAS) nor a package folder (no adaptflow_model.json there); "
+                f"method '{self.method}' on task '{self.task}' needs a trained model"
+            )
+        if self.method == "prune" and compress.unlabelled is not None:
+            raise ValueError("compress.unlabelled is for method 'distill'")
+        if self.method == "distill" and compress.quantize is not None:
+            raise ValueError(
+                "compress.quantize is for method 'prune' (prune.blocks: 0 quantizes the teacher "
+                "alone); distill a student, then compress it with method 'prune'"
             )
 
     def _format_checks(self) -> None:

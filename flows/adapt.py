@@ -16,11 +16,12 @@ from flows.curate import curate
 from tasks.icl.knn import build_knn_classifier_task
 from tasks.tracking import log_stage
 from tasks.train.align import AlignOptions, train_aligned_task
-from tasks.train.compress import PruneOptions, prune_and_distill_task, teacher_folder
+from tasks.train.compress import PruneOptions, prune_and_distill_task
 from tasks.train.cpt import CptResult, train_cpt_task
 from tasks.train.peft import Hyper, TrainResult, train_peft_classifier_task
 from tasks.train.reward import train_reward_model_task
 from tasks.train.sft import train_generator_task
+from tasks.train.teachers import teacher_folder
 
 
 def continue_pretraining(

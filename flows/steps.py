@@ -30,7 +30,7 @@ from tasks.evaluate.forgetting import forgetting_check_task, forgetting_metrics
 from tasks.evaluate.gate import GateDecision
 from tasks.rewards import pin_reward_models
 from tasks.tracking import log_stage
-from tasks.train.compress import pinned_teacher, teacher_folder
+from tasks.train.teachers import pinned_teacher, teacher_folder
 from tasks.train.tune import keys_to_choose
 
 TRAIN_KEYS = ("trainable_params", "trainable_percent", "train_seconds", "tokens_per_second")
@@ -118,8 +118,8 @@ def with_registered_base(spec: Spec, method: str) -> Spec:
     """
     # reward models (GRPO's, the judge): checked now, before any work, and pinned to a version
     spec = pin_reward_models(spec)
-    if method == "prune" and spec.compress.teacher is not None:  # the model being compressed
-        spec = spec.with_pinned_teacher(pinned_teacher(spec.compress.teacher))
+    if method in COMPRESS_METHODS and spec.compress.teacher is not None:  # compressed/imitated
+        spec = spec.with_pinned_teacher(pinned_teacher(spec.compress.teacher, spec.task))
     if registered_reference(spec.base_model) is None:
         return spec
     base = materialize_base(spec.base_model, load_settings().work_dir / "bases", method)

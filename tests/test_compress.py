@@ -228,7 +228,7 @@ def test_the_distilled_student_in_int8_answers_as_the_fp32_one(
 def test_a_quantize_only_candidate_is_the_teacher_in_int8(
     teacher: Path, data: dict[str, Path], tmp_path: Path
 ) -> None:
-    from tasks.train.compress import teacher_folder
+    from tasks.train.teachers import teacher_folder
 
     int8 = tmp_path / "int8"
     options = PruneOptions(teacher=str(teacher), blocks=0, quantize="int8")

@@ -55,66 +55,6 @@ from tasks.train.peft import Hyper, TrainResult
 
 #: Calibration texts for Block Influence (the first ones of the training set).
 CALIBRATION = 256
-#: What ``compress.teacher`` must be in this version.
-TEACHER_KINDS = ("encoder-classifier",)
-NEED = "compress.teacher needs a trained encoder classifier (lora, dora, ia3 or prune)"
-
-
-def teacher_folder(reference: str) -> Path:
-    """The local package of ``compress.teacher`` (a registered version, fetched once, or a folder).
-
-    Raises:
-        SpecError: No such version or folder, or not a trained classifier.
-        ServiceError: The registry could not be read.
-    """
-    from adaptflow.catalogue import registered_reference
-    from adaptflow.errors import RegistryError, SpecError
-    from adaptflow.settings import load_settings
-    from registry.models import registered_package
-    from runtime.manifest import read_raw
-
-    if registered_reference(reference) is not None:
-        root = load_settings().work_dir / "teachers"
-        folder = registered_package(reference, root, "compress.teacher", TEACHER_KINDS, NEED)
-        return _not_quantized(reference, folder)
-    folder = Path(reference)
-    try:
-        raw = read_raw(folder)
-    except RegistryError as error:
-        raise SpecError(f"compress.teacher: {error}") from None
-    trained = (folder / "weights").is_dir() or (folder / "adapter").is_dir()
-    if raw["kind"] not in TEACHER_KINDS or not trained:
-        raise SpecError(f"compress.teacher: {folder} is a '{raw['kind']}' package; {NEED}")
-    return _not_quantized(reference, folder)
-
-
-def _not_quantized(reference: str, folder: Path) -> Path:
-    """``folder``, unless its package is int8: its blocks cannot train, nor quantize again.
-
-    Raises:
-        SpecError: The teacher is an int8 package.
-    """
-    from adaptflow.errors import SpecError
-    from runtime.manifest import read_raw
-
-    if (read_raw(folder).get("options") or {}).get("quantize"):
-        raise SpecError(
-            f"compress.teacher: {reference} is an int8-quantized package; compression starts "
-            "from full-precision weights: name the version it was made from"
-        )
-    return folder
-
-
-def pinned_teacher(reference: str) -> str:
-    """``compress.teacher`` pinned: an alias as ``models:/NAME/N`` (fetched and checked)."""
-    from adaptflow.catalogue import registered_reference
-
-    folder = teacher_folder(reference)
-    if registered_reference(reference) is None:
-        return str(folder)
-    return f"models:/{folder.parent.name}/{folder.name}"
-
-
 @dataclass(frozen=True)
 class PruneOptions:
     """The spec's ``compress`` block, flattened."""
