@@ -28,9 +28,26 @@ Cost model (each number comes from one of these formulas; the constants are belo
   answers of a pair: the scalar model's forward and backward on an adapter, no reference.
 - ``grpo``: ``8·N·D`` with ``D = G·(prompt + max_new_tokens)·epochs``: sampling G answers
   per prompt (``2·N`` per token), the policy update (``4·N·D``) and the KL reference (``2·N·D``).
-- ``prune`` (compression): ``6·N_student·D + 2·N·D``: the student (the teacher less
-  ``PRUNE_SHARE`` of its blocks, so ``N_student = N·(1 - PRUNE_SHARE)``) trains every weight
-  on the distillation loss, and the teacher's logits take one forward pass over the data.
+- ``prune`` (compression): ``6·N_student·D + 2·N·D``: the student (the teacher less a share
+  of its blocks: ``compress.prune.blocks`` over the depth, else ``compress.prune.ratio``, else
+  ``PRUNE_SHARE``; ``N_student = N·(1 - share)``) trains every weight on the distillation loss,
+  and the teacher's logits take one forward pass over the data. Quantize-only
+  (``compress.prune.blocks: 0`` with ``compress.quantize: int8``) trains nothing:
+  ``2·N·D_calibration``, the teacher's forward over the Block Influence calibration texts
+  (``min(labelled, PRUNE_CALIBRATION)·mean tokens``); int8 rounds each weight once (~0 FLOPs).
+- ``distill`` (compression): the spec's ``base_model`` is the student (N), ``compress.teacher``
+  the teacher (``N_teacher``; when its size is not read, assumed ``N / (1 - PRUNE_SHARE)``, the
+  size ratio a prune rung makes). ``D`` is the input tokens of the training records plus
+  ``compress.unlabelled``; ``S·D`` the student's training FLOPs per token of its
+  ``compress.student_method`` (``6·N`` full, ``4·N`` LoRA-style, ``2·N + 4·N_top`` freeze; a
+  classifier student trains in full).
+  Classification: ``2·N_teacher·D + 6·N·D·epochs`` (the teacher's soft labels once, then the
+  student). Generative, ``objective: sequence``: ``2·N_teacher·D_gen + S·D_gen·epochs`` with
+  ``D_gen = D + prompts·max_new_tokens`` (the teacher answers every prompt once, KV-cached,
+  ~2·N_teacher per token; the student fine-tunes on prompts and answers). ``objective: logit``
+  (on-policy, every step): ``epochs·(2·N·prompts·max_new_tokens + 2·N_teacher·D_gen + S·D_gen)``
+  (the student samples, the teacher scores the sample, the student learns). Peak memory: the
+  frozen teacher (2 bytes/parameter) plus the student's training memory.
 - hours = FLOPs / (peak FLOP/s × utilisation) / 3600, for the hardware in ``HARDWARE``.
 - peak training memory: AdamW full training 16 bytes/parameter; LoRA-style 2 bytes/parameter of
   frozen 16-bit weights plus 16 bytes per trainable parameter (QLoRA: 0.516 bytes/parameter of
@@ -39,14 +56,32 @@ Cost model (each number comes from one of these formulas; the constants are belo
   ``s·b·h·(34 + 5·a·s/h)`` bytes per layer (Korthikanti et al. 2022, 16-bit, no recomputation).
 - inference tokens per query: the query itself, plus shown examples (decoder ICL), retrieved
   passages (RAG) or virtual tokens (prefix / prompt tuning).
+
+Serving cost: the compression rung. ``prune`` and ``distill`` compress a trained model, so
+``auto`` and the ladder never run them (``BY_NAME_ONLY``): their input is a teacher, which the
+quality rungs have to make and register first. When the spec says serving cost matters
+(``needs.low_latency`` or ``needs.latency_budget_ms``) and names no teacher, but a trained quality
+method is suitable (and runnable, when runnability is given), ``prune`` is judged as if
+``compress.teacher`` were this run's champion (``Facts.champion_teacher``): it becomes suitable,
+marked ``then`` (ranked after every other suitable method, never ``recommended``), and
+``Advice.compression_rung`` (``then`` in ``recommend --json``) names it as the step after the
+ladder, with its estimate (half the blocks, int8) and the spec lines that run it:
+``method: prune`` with ``compress.teacher: models:/NAME@champion``. It is a separate run, not a
+last ladder rung: the teacher must be a registered (or packaged) trained version, and the
+ladder's winner is registered only after every rung. ``distill`` is not offered there: its
+student is ``base_model``, the champion's own size, so it would shrink nothing; the rung's
+reasons say to distill the champion into a smaller ``base_model`` instead. Without a
+serving-cost need nothing of this applies and compression is judged as before.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+import yaml
 
 from adaptflow.spec import CptSpec, TrainSpec
 
@@ -112,15 +147,21 @@ PREFERENCE = (*PAIRED, "kto")
 RL = ("grpo",)
 #: A reward model: a scalar head trained on pairs (a judge, and GRPO's reward).
 REWARD = ("reward",)
-#: Compression of a trained model (blocks pruned, then distilled from it).
-COMPRESS = ("prune",)
+#: Compression of a trained model: blocks pruned, then distilled from it (``prune``), or a
+#: smaller student taught by it (``distill``).
+COMPRESS = ("prune", "distill")
 #: Asked for by name, never picked by ``auto`` or the ladder: their metrics or their input
 #: (a judge of answers; a model to compress) are not what those choose between.
 BY_NAME_ONLY = (*REWARD, *COMPRESS)
 TRAINED = (*FINE_TUNING, "cpt", "pretrain", *PREFERENCE, *RL, *REWARD, *COMPRESS)
 METHODS = ("icl", "rag", *FINE_TUNING, "cpt", "pretrain", *PREFERENCE, *RL, *REWARD, *COMPRESS)
+#: Methods that train the task's model from the data: the quality rungs a compression rung
+#: follows (their champion is its teacher).
+QUALITY_TRAINED = tuple(m for m in TRAINED if m not in BY_NAME_ONLY)
 #: The share of the teacher's blocks ``prune`` removes by default (``compress.prune.ratio``).
 PRUNE_SHARE = 0.5
+#: Texts the teacher reads to measure Block Influence (``tasks.train.compress.CALIBRATION``).
+PRUNE_CALIBRATION = 256
 #: Methods with a reference policy in the loss: one more forward pass per sequence.
 WITH_REFERENCE = ("dpo", "kto")
 
@@ -147,6 +188,7 @@ COST_RANK: dict[str, float] = {
     "grpo": 4.5,  # G sampled answers per prompt: the costliest fine-tuning
     "reward": 3.2,  # LoRA-priced on both answers of a pair; answers nothing itself
     "prune": 3.8,  # a half-size student trained in full, plus the teacher's logits
+    "distill": 3.9,  # a student trained in full, plus a larger teacher's outputs
 }
 #: Which family a method belongs to (the ladder climbs one rung per family).
 FAMILY = (
@@ -160,7 +202,7 @@ FAMILY = (
         "pretrain": "pretrain",
     }
     | {m: "preference" for m in PREFERENCE}
-    | {"grpo": "rl", "reward": "reward", "prune": "compress"}
+    | {"grpo": "rl", "reward": "reward", "prune": "compress", "distill": "compress"}
 )
 
 
@@ -198,6 +240,19 @@ class Facts:
     teacher: bool = False  # the spec names a trained model to compress (compress.teacher)
     num_generations: int = 4  # grpo's G
     max_new_tokens: int = 64  # the longest answer sampled
+    low_latency: bool = False  # needs.low_latency: serving cost matters
+    latency_budget_ms: float | None = None  # needs.latency_budget_ms (per example, CPU)
+    name: str = ""  # the spec's name: the registered model a compression rung compresses
+    teacher_params: int | None = None  # compress.teacher's parameters, when read
+    unlabelled: int = 0  # compress.unlabelled: inputs the teacher labels or answers (distill)
+    unlabelled_tokens: int = 0  # their tokens
+    prune_blocks: int | None = None  # compress.prune.blocks
+    prune_ratio: float | None = None  # compress.prune.ratio
+    quantize: str | None = None  # compress.quantize
+    distill_objective: str = "sequence"  # compress.objective (generative distill)
+    student_method: str = "full"  # compress.student_method (generative distill)
+    champion_teacher: bool = False  # set by advise(): the champion a quality rung trains can
+    # be the teacher of a compression rung (serving cost matters, no compress.teacher)
     notes: tuple[str, ...] = ()  # how the facts were measured (shown with the advice)
 
     @property
@@ -209,6 +264,27 @@ class Facts:
     def generative(self) -> bool:
         """Whether the task produces text (rather than a label)."""
         return self.task != "classification"
+
+    @property
+    def serving_cost_matters(self) -> bool:
+        """Whether the spec asks for a cheaper served model (low latency or a latency budget)."""
+        return self.low_latency or self.latency_budget_ms is not None
+
+    @property
+    def prune_share(self) -> float:
+        """The share of the teacher's blocks ``prune`` removes (0: quantize-only)."""
+        if self.prune_blocks is not None and self.layers:
+            return min(1.0, self.prune_blocks / self.layers)
+        if self.prune_blocks == 0:
+            return 0.0
+        return self.prune_ratio if self.prune_ratio is not None else PRUNE_SHARE
+
+    @property
+    def distill_teacher_params(self) -> float:
+        """``N_teacher`` for ``distill``: read, else assumed ``N / (1 - PRUNE_SHARE)``."""
+        if self.teacher_params is not None:
+            return float(self.teacher_params)
+        return (self.params or 0) / (1 - PRUNE_SHARE)
 
 
 @dataclass(frozen=True)
@@ -249,7 +325,10 @@ def _trainable(method: str, f: Facts) -> int | None:
         "pretrain": f.params,
     } | {m: layers * LORA_MATRICES_PER_LAYER * f.lora_r * 2 * h for m in (*PREFERENCE, *RL)}
     sizes["reward"] = sizes["lora"] + h  # the adapter and the new scalar head
-    sizes["prune"] = f.params * (1 - PRUNE_SHARE)  # every weight of the student trains
+    # every weight of the student trains; quantize-only (no block removed) trains nothing
+    sizes["prune"] = f.params * (1 - f.prune_share) if f.prune_share > 0 else 0
+    # the student is base_model: a classifier trains in full, a generator by student_method
+    sizes["distill"] = f.params if not f.generative else sizes.get(f.student_method, f.params)
     value = sizes.get(method)
     return None if value is None else int(value)
 
@@ -282,6 +361,48 @@ def _inference_tokens(method: str, f: Facts) -> float:
     if method in ("prefix", "prompt-tuning", "p-tuning"):
         return query + VIRTUAL_TOKENS + answer
     return query + answer
+
+
+def _student_rate(f: Facts, n: float, trainable: float) -> tuple[float, str]:
+    """Training FLOPs per token of a distilled student (``S``) and how it is written."""
+    how = f.student_method if f.generative else "full"
+    if how == "full":
+        return 6.0 * n, "6·N"
+    if how == "freeze":
+        return 2.0 * n + 4.0 * trainable, "(2·N + 4·N_top)"
+    return 4.0 * n, "4·N"
+
+
+def _distill_cost(f: Facts, n: float, trainable: float) -> tuple[float, str, float]:
+    """``distill``'s FLOPs, formula and peak memory (see the module docstring)."""
+    teacher = f.distill_teacher_params
+    d = f.labelled_tokens + f.unlabelled_tokens
+    rate, s = _student_rate(f, n, trainable)
+    assumed = "" if f.teacher_params is not None else "; N_teacher = 2·N assumed (size not read)"
+    if not f.generative:
+        flops = 2.0 * teacher * d + rate * d * f.epochs
+        formula = f"2·N_teacher·D + {s}·D·epochs (teacher soft labels once, then the student)"
+    else:
+        prompts = f.labelled + f.unlabelled
+        d_gen = d + prompts * f.max_new_tokens
+        if f.distill_objective == "logit":
+            sampled = 2.0 * n * prompts * f.max_new_tokens
+            flops = f.epochs * (sampled + 2.0 * teacher * d_gen + rate * d_gen)
+            formula = (
+                f"epochs·(2·N·prompts·max_new_tokens + 2·N_teacher·D_gen + {s}·D_gen), "
+                "D_gen = D + prompts·max_new_tokens (on-policy: the student samples, the "
+                "teacher scores)"
+            )
+        else:
+            flops = 2.0 * teacher * d_gen + rate * d_gen * f.epochs
+            formula = (
+                f"2·N_teacher·D_gen + {s}·D_gen·epochs, D_gen = D + prompts·max_new_tokens "
+                "(the teacher answers once, the student fine-tunes)"
+            )
+    full = not f.generative or f.student_method == "full"
+    student = 16 * n if full else 2 * n + 16 * trainable
+    memory = 2 * teacher + student + _activation_bytes(f)
+    return flops, formula + assumed, memory
 
 
 def estimate(method: str, f: Facts) -> Estimate:
@@ -318,12 +439,21 @@ def estimate(method: str, f: Facts) -> Estimate:
             # the scalar model's forward + backward on both answers of every pair (adapter)
             flops, formula = 4.0 * n * d, "4·N·D, D = chosen + rejected tokens"
             memory = 2 * n + 16 * (trainable or 0) + _activation_bytes(f)
-        elif method in COMPRESS:
-            # the student (the teacher less PRUNE_SHARE of its blocks) trains in full; the
+        elif method == "prune" and f.prune_share == 0:
+            # quantize-only: nothing trains; Block Influence still reads the calibration texts
+            # (the teacher's forward) and int8 rounds each weight once
+            calibration = min(f.labelled, PRUNE_CALIBRATION) * f.mean_tokens
+            flops = 2.0 * n * calibration
+            formula = "2·N·D_calibration (forward only; nothing trains; int8 ~0 FLOPs)"
+            memory = 2.0 * n
+        elif method == "prune":
+            # the student (the teacher less a share of its blocks) trains in full; the
             # teacher's logits are computed once (a forward pass over the data)
-            student = n * (1 - PRUNE_SHARE)
+            student = n * (1 - f.prune_share)
             flops, formula = 6.0 * student * d + 2.0 * n * d, "6·N_student·D + 2·N·D"
             memory = 2 * n + 16 * student + _activation_bytes(f)
+        elif method == "distill":
+            flops, formula, memory = _distill_cost(f, n, trainable or 0)
         elif method in RL:
             # sampling (2·N per token), the policy update (4·N·D) and the KL reference (2·N·D)
             flops, formula = 8.0 * n * d, "8·N·D, D = G·(prompt + answer)·epochs"
@@ -471,13 +601,40 @@ RULES: tuple[Rule, ...] = (
     Rule(RL, lambda f, e: f.rewards > 0 and f.tuned_base, 5.5,
          "{rewards} reward(s) score sampled answers of {labelled:,} prompts: GRPO samples "
          "{num_generations} per prompt and learns from the better ones"),
-    Rule(COMPRESS, lambda f, e: f.task != "classification", BLOCK,
+    # Compression: a teacher (named, or the champion a quality rung trains) made cheaper to serve.
+    Rule(("prune",), lambda f, e: f.task != "classification", BLOCK,
          "compresses encoder classifiers in this version"),
-    Rule(COMPRESS, lambda f, e: not f.teacher, BLOCK,
+    Rule(("distill",), lambda f, e: f.task in ("retrieval-qa", "language-modeling"), BLOCK,
+         "task '{task}' has no classifier or generator to distill"),
+    Rule(("prune",), lambda f, e: not f.teacher and not f.champion_teacher, BLOCK,
          "no trained model to compress (compress.teacher: models:/NAME@champion)"),
-    Rule(COMPRESS, lambda f, e: f.teacher, 1,
+    Rule(("distill",), lambda f, e: not f.teacher, BLOCK,
+         "no teacher to imitate (compress.teacher): distill trains base_model, a smaller "
+         "student, on a trained or larger model's outputs"),
+    Rule(("distill",), lambda f, e: not f.teacher and f.champion_teacher, BLOCK,
+         "this run's champion is base_model's own size: distilled into base_model it serves no "
+         "cheaper; once registered, distill it into a smaller base_model "
+         "(compress.teacher: {champion})"),
+    Rule(("distill",), lambda f, e: f.teacher and (f.teacher_params or 0) > 0
+         and (f.teacher_params or 0) <= (f.params or 0), BLOCK,
+         "the student ({params:,} parameters) is not smaller than the teacher "
+         "({teacher_params:,}): serving cost would not drop"),
+    Rule(("prune",), lambda f, e: f.teacher and f.prune_share > 0, 1,
          "compress.teacher is made cheaper to serve: its least influential blocks removed, "
          "then distilled from it; gated on retained quality and speed-up"),
+    Rule(("prune",), lambda f, e: f.teacher and f.prune_share == 0, 1,
+         "compress.teacher itself in int8 (compress.prune.blocks: 0): nothing trains; gated on "
+         "retained quality and speed-up"),
+    Rule(("distill",), lambda f, e: f.teacher, 1,
+         "base_model, the student, learns to imitate compress.teacher (classification: its "
+         "soft labels; generative: objective {distill_objective}); serving costs the student's "
+         "size; gated on retained quality and speed-up"),
+    Rule(COMPRESS, lambda f, e: f.teacher and f.serving_cost_matters, 1,
+         "serving cost matters ({serving}): what compression buys"),
+    Rule(("prune",), lambda f, e: f.champion_teacher, 1,
+         "serving cost matters ({serving}): a rung after the quality rungs prunes the champion "
+         "they register (compress.teacher: {champion}), distills it and stores it in int8; a "
+         "separate run, gated on retained quality and speed-up"),
     Rule(REWARD, lambda f, e: not f.generative or f.task == "language-modeling", BLOCK,
          "task '{task}' has no answers to judge"),
     Rule(REWARD, lambda f, e: f.pairs == 0, BLOCK,
@@ -508,13 +665,16 @@ class Assessment:
     reasons: list[str]
     estimate: Estimate
     runnable: bool = False
+    #: Suitable only after this run: it compresses the champion the quality rungs register.
+    then: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        """The contract's ranking entry (plus ``runnable`` and ``score``)."""
+        """The contract's ranking entry (plus ``runnable``, ``then`` and ``score``)."""
         return {
             "method": self.method,
             "suitable": self.suitable,
             "runnable": self.runnable,
+            "then": self.then,
             "score": round(self.score, 2),
             "reasons": self.reasons,
             "estimate": self.estimate.as_dict(),
@@ -531,8 +691,11 @@ class Advice:
 
     @property
     def recommended(self) -> str | None:
-        """The best suitable method (runnable or not); None if none is suitable."""
-        return next((a.method for a in self.ranking if a.suitable), None)
+        """The best suitable method (runnable or not); None if none is suitable.
+
+        Never a ``then`` method: compressing the champion is a step after this run.
+        """
+        return next((a.method for a in self.ranking if a.suitable and not a.then), None)
 
     @property
     def recommended_runnable(self) -> str | None:
@@ -561,8 +724,69 @@ class Advice:
                 best.setdefault(FAMILY[item.method], item)
         return sorted(best.values(), key=lambda a: COST_RANK[a.method])
 
+    def compression_rung(self) -> dict[str, Any] | None:
+        """The step after the quality rungs when serving cost matters: compress their champion.
+
+        None unless a method was judged against this run's champion (``then``; see the module
+        docstring). Not run by ``auto`` or the ladder: it is its own run once a trained champion
+        is registered, with this spec's ``method`` replaced by ``spec_lines``.
+
+        Returns:
+            ``method``, ``after`` (the quality rung whose champion it compresses), ``reasons``,
+            ``estimate`` (for ``spec``'s settings), ``spec`` and ``spec_lines`` (the same as YAML).
+        """
+        rung = next((a for a in self.ranking if a.then), None)
+        if rung is None:
+            return None
+        f = replace(self.facts, prune_blocks=None, prune_ratio=PRUNE_SHARE, quantize="int8")
+        climbed = [a.method for a in self.ladder()]
+        trained = [m for m in climbed if m in QUALITY_TRAINED] or [
+            a.method for a in self.ranking if a.suitable and a.method in QUALITY_TRAINED
+        ]
+        after = trained[-1] if trained else None
+        champion = _champion(f)
+        spec = {
+            "method": rung.method,
+            "compress": {"teacher": champion, "prune": {"ratio": PRUNE_SHARE}, "quantize": "int8"},
+        }
+        cost = estimate(rung.method, f)
+        reasons = [
+            f"serving cost matters ({_serving(f)}): compression comes after the quality rungs "
+            f"({' → '.join(climbed or trained)}), not among them: their champion is its teacher",
+            f"its own run once this one has registered a trained champion (a {after} version): "
+            f"this spec with the lines below; ~{_fmt_hours(cost.train_hours)} h on {f.hardware} "
+            f"({cost.formula}: half the blocks removed, distilled from the champion; int8 "
+            "trains nothing)",
+            "the gate keeps it only if it retains compress.min_retained of the champion's metric "
+            "(default 95%) at compress.min_speedup of its CPU throughput (default: no slower)",
+        ]
+        if "icl" in climbed:
+            reasons.append(
+                "if the champion is icl (an example vote, no weights) there is nothing to prune: "
+                f"compress a trained version instead (compress.teacher: models:/"
+                f"{f.name or 'NAME'}/VERSION)"
+            )
+        if f.latency_budget_ms is not None:
+            reasons.append(
+                f"needs.latency_budget_ms: {f.latency_budget_ms:g}: measure the champion's "
+                f"per-example CPU latency L; compress.min_speedup: L / {f.latency_budget_ms:g} "
+                "makes the gate hold the budget"
+            )
+        reasons.append(
+            "or distill the champion into a smaller base_model (method: distill, "
+            f"compress.teacher: {champion})"
+        )
+        return {
+            "method": rung.method,
+            "after": after,
+            "reasons": reasons,
+            "estimate": cost.as_dict(),
+            "spec": spec,
+            "spec_lines": yaml.safe_dump(spec, sort_keys=False),
+        }
+
     def as_dict(self) -> dict[str, Any]:
-        """JSON for ``adaptflow recommend --json``."""
+        """JSON for ``adaptflow recommend --json`` (``then``: ``compression_rung``, or None)."""
         facts = asdict(self.facts)
         facts["budget_hours"] = self.facts.budget_hours
         return {
@@ -570,6 +794,7 @@ class Advice:
             "recommended_runnable": self.recommended_runnable,
             "ranking": [a.as_dict() for a in self.ranking],
             "ladder": [a.method for a in self.ladder()],
+            "then": self.compression_rung(),
             "facts": facts,
             "notes": list(self.notes),
         }
@@ -592,7 +817,23 @@ def _context(f: Facts, e: Estimate) -> dict[str, Any]:
         "memory": f"{e.peak_memory_gb:.1f}" if e.peak_memory_gb is not None else "?",
         "device_memory": f"{HARDWARE[f.hardware].memory_gb:g}",
         "tokens_needed": CHINCHILLA_TOKENS_PER_PARAM * (f.params or 0),
+        "teacher_params": f.teacher_params or 0,
+        "serving": _serving(f),
+        "champion": _champion(f),
     }
+
+
+def _serving(f: Facts) -> str:
+    """The needs that make serving cost matter, as the spec writes them."""
+    said = ["needs.low_latency"] if f.low_latency else []
+    if f.latency_budget_ms is not None:
+        said.append(f"needs.latency_budget_ms: {f.latency_budget_ms:g}")
+    return ", ".join(said)
+
+
+def _champion(f: Facts) -> str:
+    """The registered champion a compression rung compresses."""
+    return f"models:/{f.name or 'NAME'}@champion"
 
 
 def assess(method: str, f: Facts, runnable: bool = False) -> Assessment:
@@ -618,8 +859,31 @@ def advise(f: Facts, runnable: tuple[str, ...] = ()) -> Advice:
         runnable: Methods this version can run for the task (marks ``runnable`` in the ranking).
 
     Returns:
-        Every method, suitable ones first, then by score, then cheapest first.
+        Every method, suitable ones first (``then`` methods last among them), then by score,
+        then cheapest first. When serving cost matters and no teacher is named, ``prune`` is
+        judged against the champion a suitable quality method would train (see the module
+        docstring).
     """
     items = [assess(m, f, m in runnable) for m in METHODS]
-    items.sort(key=lambda a: (not a.suitable, -a.score, COST_RANK[a.method]))
-    return Advice(ranking=items, facts=f, notes=list(f.notes))
+    notes = list(f.notes)
+    if f.serving_cost_matters and not f.teacher:
+        quality = [
+            a
+            for a in items
+            if a.suitable and a.method in QUALITY_TRAINED and (a.runnable or not runnable)
+        ]
+        if quality:
+            f = replace(f, champion_teacher=True)
+            items = [assess(m, f, m in runnable) for m in METHODS]
+            for item in items:
+                item.then = item.method in COMPRESS and item.suitable
+        if not any(item.then for item in items):
+            prune = next(a for a in items if a.method == "prune")
+            why = f"prune: {prune.reasons[0]}" if quality else "no suitable method trains one"
+            notes.append(
+                f"serving cost matters ({_serving(f)}) but no compression rung follows ({why}); "
+                "once a trained champion is registered, distill it into a smaller base_model "
+                f"(method: distill, compress.teacher: {_champion(f)})"
+            )
+    items.sort(key=lambda a: (not a.suitable, a.then, -a.score, COST_RANK[a.method]))
+    return Advice(ranking=items, facts=f, notes=notes)

@@ -132,6 +132,7 @@ def spec_facts(spec: Spec) -> Facts:
     """The advisor's inputs for ``spec``: its fields plus the measured data and model."""
     data = measure_data(spec)
     shape = model_shape(spec.base_model)
+    unlabelled = unlabelled_texts(spec)
     notes = data.notes + ((shape.note,) if shape.note else ())
     return Facts(
         task=spec.task,
@@ -160,8 +161,48 @@ def spec_facts(spec: Spec) -> Facts:
         teacher=spec.compress.teacher is not None,
         num_generations=spec.align.num_generations,
         max_new_tokens=spec.train.max_new_tokens,
+        name=spec.name,
+        teacher_params=teacher_params(spec),
+        unlabelled=len(unlabelled),
+        unlabelled_tokens=_TokenCounter(spec.base_model).count(unlabelled) if unlabelled else 0,
+        prune_blocks=spec.compress.prune.blocks,
+        prune_ratio=spec.compress.prune.ratio,
+        quantize=spec.compress.quantize,
+        distill_objective=spec.compress.objective,
+        student_method=spec.compress.student_method,
         notes=notes,
     )
+
+
+def unlabelled_texts(spec: Spec) -> list[str]:
+    """``compress.unlabelled``'s usable inputs (none when unset or unreadable here)."""
+    from tasks.train.distill import read_unlabelled
+
+    try:
+        return read_unlabelled(spec.compress.unlabelled, spec.data.text_field).texts
+    except AdaptflowError:
+        return []
+
+
+def teacher_params(spec: Spec) -> int | None:
+    """``compress.teacher``'s parameters when they can be read here without the registry.
+
+    A base model (generative distill) from its config; a package folder from its manifest. A
+    registered version is not fetched for advice: None (the advisor then assumes, and says so).
+    """
+    from adaptflow.catalogue import registered_reference
+    from runtime.manifest import read_raw
+
+    teacher = spec.compress.teacher
+    if teacher is None or registered_reference(teacher) is not None:
+        return None
+    if (Path(teacher) / "adaptflow_model.json").is_file():
+        try:
+            total = read_raw(Path(teacher)).get("total_params")
+        except AdaptflowError:
+            return None
+        return int(total) if total else None
+    return model_shape(teacher).params
 
 
 def recommend(spec: Spec) -> Advice:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from adaptflow.advisor import (
     CPT_MIN_CORPUS_TOKENS,
     HARDWARE,
     METHODS,
+    PRUNE_CALIBRATION,
     UNSTATED_BUDGET_HOURS,
     Facts,
     advise,
@@ -289,7 +292,7 @@ def test_the_alignment_cost_formulas() -> None:
     assert estimate("grpo", facts).train_flops == pytest.approx(8 * n * rl)
     # a reward model: its forward and backward on both answers, no reference
     assert estimate("reward", facts).train_flops == pytest.approx(4 * n * d)
-    assert METHODS[-7:] == ("dpo", "orpo", "simpo", "kto", "grpo", "reward", "prune")
+    assert METHODS[-8:] == ("dpo", "orpo", "simpo", "kto", "grpo", "reward", "prune", "distill")
 
 
 def test_prune_needs_a_teacher_and_is_never_picked_by_auto_or_the_ladder() -> None:
@@ -312,3 +315,215 @@ def test_pairs_make_a_reward_model_suitable_but_not_first() -> None:
     assert reward.suitable and advice.recommended == "dpo"
     assert any("2,000 preference pairs teach a reward model" in r for r in reward.reasons)
     assert not _by_method(advise(_facts(**_ALIGNMENT)))["reward"].suitable  # no pairs
+
+
+# --- serving cost: the compression rung (issue 22) -------------------------------------------
+
+_CLASSIFIER = {"labelled": 500, "labelled_tokens": 10_000, "mean_tokens": 20.0, "epochs": 2.0}
+
+
+def _activations(f: Facts) -> float:
+    """``s·b·h·(34 + 5·a·s/h)`` bytes per layer (the module docstring's formula)."""
+    s, b, h, a = f.max_length, f.batch_size, f.hidden, f.heads
+    return f.layers * s * b * h * (34 + 5 * a * s / h)
+
+
+def test_low_latency_adds_a_compression_rung_after_the_quality_rungs() -> None:
+    facts = _facts(**_CLASSIFIER, low_latency=True, name="triage")
+    advice = advise(facts, runnable_methods("classification", "encoder"))
+    by = _by_method(advice)
+    # prune is judged against the champion the quality rungs register: suitable, but later
+    assert by["prune"].suitable and by["prune"].then
+    assert any("prunes the champion" in r for r in by["prune"].reasons)
+    suitable = [a for a in advice.ranking if a.suitable]
+    assert suitable[-1].method == "prune"  # after every quality method
+    # distill would train base_model, the champion's own size: not offered, and says why
+    assert not by["distill"].suitable and not by["distill"].then
+    assert any("base_model's own size" in r for r in by["distill"].reasons)
+    # auto and the ladder are what they were: compression is never one of their rungs
+    assert advice.recommended == advice.recommended_runnable == "icl"
+    assert [a.method for a in advice.ladder()] == ["icl", "lora"]
+    rung = advice.compression_rung()
+    assert rung is not None and rung["method"] == "prune" and rung["after"] == "lora"
+    assert rung["spec"] == {
+        "method": "prune",
+        "compress": {
+            "teacher": "models:/triage@champion",
+            "prune": {"ratio": 0.5},
+            "quantize": "int8",
+        },
+    }
+    assert yaml.safe_load(rung["spec_lines"]) == rung["spec"]
+    assert "comes after the quality rungs (icl → lora)" in rung["reasons"][0]
+    assert any("nothing to prune" in r for r in rung["reasons"])  # the champion may be icl
+    # the estimate, from its stated formula: 6·N_student·D + 2·N·D, N_student = N/2, D = 10k·2
+    n, d = MINILM["params"], 10_000 * 2.0
+    flops = 6 * (n * 0.5) * d + 2 * n * d
+    cpu = HARDWARE["cpu"]
+    est = rung["estimate"]
+    assert est["formula"] == "6·N_student·D + 2·N·D"
+    assert est["train_flops"] == pytest.approx(flops) == pytest.approx(2.27132160e12)
+    hours = flops / (cpu.peak_flops * cpu.utilisation) / 3600
+    assert est["train_gpu_hours"] == pytest.approx(hours)
+    memory = 2 * n + 16 * n * 0.5 + _activations(facts)  # teacher + student in full + activations
+    assert est["peak_memory_gb"] == pytest.approx(memory / 1e9)
+    assert est["trainable_params"] == n // 2
+    out = advice.as_dict()
+    assert out["then"] == rung and out["recommended"] == "icl" and out["ladder"] == ["icl", "lora"]
+    assert {"method", "suitable", "reasons", "estimate", "then"} <= set(out["ranking"][0])
+
+
+def test_a_latency_budget_also_adds_the_rung_and_says_how_the_gate_holds_it() -> None:
+    facts = _facts(**_CLASSIFIER, latency_budget_ms=5.0)
+    rung = advise(facts, runnable_methods("classification", "encoder")).compression_rung()
+    assert rung is not None and rung["spec"]["compress"]["teacher"] == "models:/NAME@champion"
+    assert "serving cost matters (needs.latency_budget_ms: 5)" in rung["reasons"][0]
+    assert any("compress.min_speedup: L / 5" in r for r in rung["reasons"])
+
+
+def test_without_a_serving_need_compression_stays_out_as_before() -> None:
+    runnable = runnable_methods("classification", "encoder")
+    plain = advise(_facts(**_CLASSIFIER), runnable)
+    fast = advise(_facts(**_CLASSIFIER, low_latency=True), runnable)
+    assert plain.compression_rung() is None and plain.as_dict()["then"] is None
+    assert not any(a.then for a in plain.ranking)
+    by = _by_method(plain)
+    for method in ("prune", "distill"):
+        assert not by[method].suitable
+        assert any("compress.teacher" in r for r in by[method].reasons)
+    assert not plain.facts.champion_teacher and fast.facts.champion_teacher
+    # the rung changes nothing else: same picks, same order of every other method
+    assert (plain.recommended, plain.recommended_runnable) == (fast.recommended, "icl")
+    assert [a.method for a in plain.ladder()] == [a.method for a in fast.ladder()]
+    others = [a.method for a in plain.ranking if a.method != "prune"]
+    assert others == [a.method for a in fast.ranking if a.method != "prune"]
+    # too few examples to train a champion: nothing to compress, and the notes say so
+    few = advise(_facts(labelled=12, labelled_tokens=100, low_latency=True), runnable)
+    assert few.compression_rung() is None and not _by_method(few)["prune"].suitable
+    assert any("no compression rung" in note for note in few.notes)
+
+
+def test_a_generative_spec_gets_no_prune_rung_in_this_version_and_a_note_why() -> None:
+    advice = advise(_facts(**_ALIGNMENT, low_latency=True), runnable_methods("instruction"))
+    assert advice.compression_rung() is None
+    assert not _by_method(advice)["prune"].suitable
+    assert any(
+        "prune: compresses encoder classifiers" in n and "method: distill" in n
+        for n in advice.notes
+    )
+
+
+def test_quantize_only_prune_trains_nothing() -> None:
+    facts = _facts(**_CLASSIFIER, teacher=True, prune_blocks=0, quantize="int8")
+    cost = estimate("prune", facts)
+    n = MINILM["params"]
+    # only the teacher's Block Influence forward over the calibration texts: no 6·N·D term
+    assert cost.train_flops == pytest.approx(2 * n * 256 * 20.0)
+    assert cost.trainable_params == 0
+    assert "nothing trains" in cost.formula and cost.peak_memory_gb == pytest.approx(2 * n / 1e9)
+    assert (cost.train_flops or 0) < 2 * n * 10_000  # less than one forward pass over the data
+    prune = _by_method(advise(facts))["prune"]
+    assert prune.suitable and any("itself in int8" in r for r in prune.reasons)
+    # a block count sets the share: 2 of 6 blocks go
+    two = estimate("prune", replace(facts, prune_blocks=2))
+    student, d = n * (1 - 2 / 6), 10_000 * 2.0
+    assert two.train_flops == pytest.approx(6 * student * d + 2 * n * d)
+    from tasks.train.compress import CALIBRATION
+
+    assert PRUNE_CALIBRATION == CALIBRATION
+
+
+BERT_BASE = 109_482_240
+
+
+def test_distill_estimates_follow_their_stated_formulas() -> None:
+    n, teacher = MINILM["params"], BERT_BASE
+    # classification: the teacher's soft labels once (2·N_teacher·D), the student in full
+    facts = _facts(**_CLASSIFIER, teacher=True, teacher_params=teacher, unlabelled_tokens=5_000)
+    cost = estimate("distill", facts)
+    d = 10_000 + 5_000
+    assert cost.train_flops == pytest.approx(2 * teacher * d + 6 * n * d * 2.0)
+    assert cost.formula.startswith("2·N_teacher·D + 6·N·D·epochs")
+    assert cost.trainable_params == n
+    assert cost.peak_memory_gb == pytest.approx((2 * teacher + 16 * n + _activations(facts)) / 1e9)
+    # generative, sequence: the teacher answers every prompt once; a LoRA student fine-tunes
+    gen = {
+        "task": "instruction",
+        "family": "decoder",
+        **LLAMA_1B,
+        "labelled": 100,
+        "labelled_tokens": 20_000,
+        "unlabelled": 50,
+        "unlabelled_tokens": 5_000,
+        "max_new_tokens": 64,
+        "epochs": 1.0,
+        "teacher": True,
+        "teacher_params": 8_030_261_248,
+        "student_method": "lora",
+    }
+    student, big = LLAMA_1B["params"], 8_030_261_248
+    d_gen = 25_000 + 150 * 64
+    sequence = estimate("distill", _facts(**gen))
+    assert sequence.train_flops == pytest.approx(2 * big * d_gen + 4 * student * d_gen)
+    assert "D_gen = D + prompts·max_new_tokens" in sequence.formula
+    # logit (on-policy): the student samples, the teacher scores, the student learns
+    logit = estimate("distill", _facts(**gen, distill_objective="logit"))
+    sampled = 2 * student * 150 * 64
+    assert logit.train_flops == pytest.approx(sampled + 2 * big * d_gen + 4 * student * d_gen)
+    # a teacher of unknown size is assumed twice the student, and the formula says so
+    unread = estimate("distill", _facts(**(gen | {"teacher_params": None})))
+    assert unread.train_flops == pytest.approx(2 * 2 * student * d_gen + 4 * student * d_gen)
+    assert "N_teacher = 2·N assumed" in unread.formula
+
+
+def test_distill_suits_a_larger_teacher_when_serving_cost_matters() -> None:
+    runnable = runnable_methods("classification", "encoder")
+    none = _by_method(advise(_facts(**_CLASSIFIER), runnable))["distill"]
+    assert not none.suitable and any("no teacher to imitate" in r for r in none.reasons)
+    facts = _facts(**_CLASSIFIER, teacher=True, teacher_params=BERT_BASE, low_latency=True)
+    advice = advise(facts, runnable)
+    distill = _by_method(advice)["distill"]
+    assert distill.suitable and not distill.then  # the teacher is named: runnable by name now
+    assert any("serving cost matters (needs.low_latency)" in r for r in distill.reasons)
+    assert advice.recommended_runnable != "distill" and advice.compression_rung() is None
+    assert "distill" not in [a.method for a in advice.ladder()]
+    # a teacher no larger than the student: serving cost would not drop
+    same = _by_method(advise(replace(facts, teacher_params=MINILM["params"]), runnable))
+    assert not same["distill"].suitable
+    assert any("not smaller than the teacher" in r for r in same["distill"].reasons)
+    # no distill for tasks without a classifier or generator
+    lm = _facts(task="language-modeling", family="decoder", teacher=True)
+    assert not _by_method(advise(lm))["distill"].suitable
+
+
+def test_recommend_json_shows_the_compression_rung(tmp_path: Path) -> None:
+    from helpers import run_cli
+
+    from adaptflow.spec import load_spec
+
+    example = REPO / "examples" / "unicode-categories"
+    raw = yaml.safe_load((example / "spec.yaml").read_text())
+    raw["data"]["train"] = str(example / raw["data"]["train"])
+    raw["needs"]["low_latency"] = True
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    result = run_cli("recommend", str(spec), "--json")
+    assert result.returncode == 0, result.stderr
+    advice = json.loads(result.stdout)
+    assert advice["recommended"] == "lora" and advice["ladder"] == ["icl", "lora"]  # as before
+    assert advice["facts"]["low_latency"] is True
+    rung = advice["then"]
+    assert rung["method"] == "prune" and rung["after"] == "lora"
+    by = {item["method"]: item for item in advice["ranking"]}
+    assert by["prune"]["suitable"] and by["prune"]["then"]
+    assert {"method", "suitable", "reasons", "estimate"} <= set(by["prune"])
+    facts = advice["facts"]
+    n, d = facts["params"], facts["labelled_tokens"] * facts["epochs"]
+    assert rung["estimate"]["train_flops"] == pytest.approx(6 * (n / 2) * d + 2 * n * d)
+    teacher = rung["spec"]["compress"]["teacher"]
+    assert teacher.startswith("models:/") and teacher.endswith("@champion")
+    # the spec lines make a valid spec that runs the rung
+    (tmp_path / "prune.yaml").write_text(yaml.safe_dump(raw | yaml.safe_load(rung["spec_lines"])))
+    pruned = load_spec(tmp_path / "prune.yaml")
+    assert pruned.method == "prune" and pruned.compress.quantize == "int8"
+    assert pruned.compress.prune.ratio == 0.5

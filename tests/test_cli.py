@@ -118,7 +118,7 @@ def test_recommend_prints_the_ranking_of_every_method() -> None:
     assert sorted(methods) == sorted(
         ["icl", "rag", "lora", "dora", "ia3", "prefix", "prompt-tuning", "p-tuning", "qlora"]
         + ["freeze", "full", "cpt", "pretrain", "dpo", "orpo", "simpo", "kto", "grpo", "reward"]
-        + ["prune"]
+        + ["prune", "distill"]
     )
     by_method = {item["method"]: item for item in advice["ranking"]}
     assert by_method["cpt"]["suitable"] is False and by_method["icl"]["suitable"] is True
