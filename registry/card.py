@@ -13,7 +13,12 @@ def _metric_rows(metrics: dict[str, float], baseline: dict[str, float] | None) -
     return rows
 
 
-def _task_limit(task: str) -> str:
+def _task_limit(task: str, generation: dict[str, Any] | None = None) -> str:
+    if generation and generation["temperature"] > 0:
+        return (
+            "- Answers are sampled: the scores are one seeded draw, other draws differ; lexical "
+            "metrics (EM, F1, ROUGE) miss paraphrases."
+        )
     if task == "classification":
         return "- Labels outside the training label set can never be predicted."
     if task == "language-modeling":
@@ -42,6 +47,25 @@ def _forgetting_rows(report: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _generation_rows(generation: dict[str, Any] | None) -> list[str]:
+    """How a generative version answers by default (what was scored and is served)."""
+    if not generation:
+        return []
+    if generation["temperature"] > 0:
+        decoding = (
+            f"sampled at temperature {generation['temperature']}, top_p {generation['top_p']} "
+            f"(the evaluation's draw seeded with {generation['seed']})"
+        )
+    else:
+        decoding = "greedy"
+    return [
+        "## Generation (scored by the gate; served unless a request sets its own)",
+        f"- Decoding: {decoding}; repetition penalty {generation['repetition_penalty']}; at "
+        f"most {generation['max_new_tokens']} new tokens",
+        "",
+    ]
+
+
 def _choice_rows(choice: dict[str, Any] | None) -> list[str]:
     """What was chosen on validation, on what, and why (empty when nothing was)."""
     if not choice:
@@ -62,7 +86,8 @@ def render_model_card(facts: dict[str, Any]) -> str:
         facts: ``name``, ``task``, ``method``, ``base_model``, ``target`` (metric, min),
             ``needs``, ``data`` (paths), ``curation`` (summary), ``metrics``, ``baseline``,
             ``trainable_params``, ``total_params``, ``gate`` (reasons), ``git_commit``,
-            ``flow_run_id``, ``mlflow_run_id``.
+            ``flow_run_id``, ``mlflow_run_id``; a generative version's ``generation``
+            (``temperature``, ``top_p``, ``max_new_tokens``, ``repetition_penalty``, ``seed``).
 
     Returns:
         Markdown text.
@@ -94,6 +119,7 @@ def render_model_card(facts: dict[str, Any]) -> str:
         f"- Trainable parameters: {facts['trainable_params']:,} of {facts['total_params']:,}"
         f" ({share:.2f}%)",
         "",
+        *_generation_rows(facts.get("generation")),
         "## Data provenance",
         f"- Training source: `{facts['data'].get('train')}`",
         f"- Eval source: `{facts['data'].get('eval') or 'held-out split of the training source'}`",
@@ -116,7 +142,7 @@ def render_model_card(facts: dict[str, Any]) -> str:
         "",
         "## Known limits",
         f"- Evaluated on {cur['eval_examples']} examples; small eval sets give wide error bars.",
-        _task_limit(facts["task"]),
+        _task_limit(facts["task"], facts.get("generation")),
         "- Inherits the base model's biases and its language coverage.",
         "",
     ]

@@ -29,11 +29,35 @@ from runtime.text_metrics import generation_metrics, perplexity
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings of one request; temperature 0 means greedy (what the gate scores)."""
+    """How answers are decoded: temperature 0 is greedy (the default), above 0 sampled.
+
+    ``top_p`` applies to sampling only; ``repetition_penalty`` (1: none) to both. A ``seed``
+    makes sampling repeatable: the same texts, settings and seed give the same answers.
+    """
 
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    repetition_penalty: float = 1.0
+
+
+def package_decoding(options: dict[str, Any]) -> tuple[Sampling, int]:
+    """The decoding a package's manifest options record, and its longest answer.
+
+    A generative package records its spec's ``generation`` settings (``temperature``,
+    ``top_p``, ``max_new_tokens``, ``repetition_penalty``, and the spec's ``seed`` its sampled
+    answers were scored with). Packages without them answer greedily, with no repetition
+    penalty, at most their ``max_new_tokens``.
+    """
+    generation = options.get("generation") or {}
+    limit = generation.get("max_new_tokens") or options.get("max_new_tokens", 64)
+    sampling = Sampling(
+        temperature=float(generation.get("temperature", 0.0)),
+        top_p=float(generation.get("top_p", 1.0)),
+        seed=generation.get("seed"),
+        repetition_penalty=float(generation.get("repetition_penalty", 1.0)),
+    )
+    return sampling, int(limit)
 
 
 def model_inputs(
@@ -100,7 +124,8 @@ def generate(
 ) -> list[str]:
     """Answers to ``texts`` (prompts rendered as in training), decoded without specials.
 
-    Greedy unless ``sampling`` asks for a temperature; generation stops at the tokenizer's EOS.
+    Greedy unless ``sampling`` asks for a temperature (seeded when it has a seed); its
+    repetition penalty applies either way. Generation stops at the tokenizer's EOS.
     ``contexts``, when given, holds each text's earlier conversation turns (or None). ``raw``
     continues each text as it is, with no prompt format (a CPT model continues text).
     ``streamer`` (a transformers streamer, one text only) receives the tokens as they come.
@@ -119,6 +144,10 @@ def generate(
         }
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
+    if sampling is not None:
+        # always passed: a base's generation_config may set its own, and the package's is the
+        # one recorded, served and scored
+        decoding["repetition_penalty"] = sampling.repetition_penalty
     if streamer is not None:
         decoding["streamer"] = streamer
     answers: list[str] = []
@@ -284,7 +313,7 @@ def score_texts(
 
 
 class Generator:
-    """A generative model ready to answer: model, tokenizer, family and decoding limits."""
+    """A generative model ready to answer: model, tokenizer, family and decoding settings."""
 
     def __init__(
         self,
@@ -294,6 +323,7 @@ class Generator:
         max_length: int,
         max_new_tokens: int,
         raw: bool = False,
+        sampling: Sampling | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -301,18 +331,25 @@ class Generator:
         self.max_length = max_length
         self.max_new_tokens = max_new_tokens
         self.raw = raw  # continue the text as it is (CPT packages), no prompt format
+        # how it answers when the caller says nothing: the package's settings (greedy default)
+        self.sampling = sampling if sampling is not None else Sampling()
 
     @classmethod
     def from_package(cls, folder: Path) -> Generator:
-        """Load a trained package (``causal-lm`` or ``seq2seq-lm``)."""
+        """Load a trained package (``causal-lm`` or ``seq2seq-lm``) with its decoding settings.
+
+        See ``package_decoding``: packages from before generation settings answer greedily.
+        """
         model, tokenizer, manifest = load_generator(folder)
+        sampling, max_new_tokens = package_decoding(manifest.options)
         return cls(
             model,
             tokenizer,
             family_of(manifest.kind),
             manifest.max_length,
-            int(manifest.options.get("max_new_tokens", 64)),
+            max_new_tokens,
             raw=manifest.options.get("prompt") == "raw",
+            sampling=sampling,
         )
 
     @classmethod
@@ -337,8 +374,9 @@ class Generator:
     ) -> list[str]:
         """One answer per text (after its earlier conversation turns, if given).
 
-        Greedy with the package's ``max_new_tokens`` unless told otherwise: exactly what the
-        gate scored.
+        With the package's decoding settings (``self.sampling``: greedy unless its spec set a
+        temperature, sampled then with the seed it was scored with) and ``max_new_tokens``
+        unless told otherwise: exactly what the gate scored.
         """
         return generate(
             self.model,
@@ -349,7 +387,7 @@ class Generator:
             max_length=self.max_length,
             contexts=contexts,
             raw=self.raw,
-            sampling=sampling,
+            sampling=sampling if sampling is not None else self.sampling,
             streamer=streamer,
             tools=tools,
             steps=steps,

@@ -2,7 +2,8 @@
 
 FastAPI on uvicorn (the ASGI stack the project already ships). Every route answers with the
 package code the gate scored (``runtime.predictor``): the same prompt rendering, chat template,
-truncation and EOS, greedy unless the request sets a temperature. Each answer names the
+truncation and EOS, and the package's decoding settings (its spec's ``generation``: greedy
+unless it set a temperature) for whatever the request does not set. Each answer names the
 version that gave it (the ``model`` field, ``NAME/VERSION``, and the ``X-Adaptflow-Version``
 header); its ``id`` is the interaction id that ``POST /v1/feedback`` names. Every answered
 request is written to the interaction store (texts redacted first). User mistakes get a 4xx
@@ -297,6 +298,22 @@ def create_app(
             )
         return limit
 
+    def sampling_of(loaded: Loaded, req: Decoding) -> Sampling:
+        """The request's decoding: what it sets, the package's settings for the rest.
+
+        The package's seed is not used: a sampled answer repeats only when the request sends a
+        seed.
+        """
+        package: Sampling = getattr(loaded.predictor, "sampling", Sampling())
+        return Sampling(
+            temperature=package.temperature if req.temperature is None else req.temperature,
+            top_p=package.top_p if req.top_p is None else req.top_p,
+            seed=req.seed,
+            repetition_penalty=package.repetition_penalty
+            if req.repetition_penalty is None
+            else req.repetition_penalty,
+        )
+
     def check_prompt(
         loaded: Loaded, text: str, context: list[dict[str, str]] | None, param: str = "messages"
     ) -> int:
@@ -337,10 +354,12 @@ def create_app(
             )
         limit = token_limit(loaded, req)
         used = check_prompt(loaded, text, context, param)
-        if req.temperature == 0 and loaded.batcher is not None:
+        sampling = sampling_of(loaded, req)
+        if sampling.temperature == 0 and loaded.batcher is not None:
             # greedy: n answers are one answer n times; batched with whatever else queued
-            return [loaded.batcher.answer(text, context, limit)] * req.n, {"limit": limit}, used
-        sampling = Sampling(req.temperature, req.top_p, req.seed)
+            penalty = sampling.repetition_penalty
+            replies = [loaded.batcher.answer(text, context, limit, penalty)] * req.n
+            return replies, {"limit": limit}, used
         with loaded.lock:
             replies = loaded.predictor.predict(
                 [text] * req.n, [context] * req.n, max_new_tokens=limit, sampling=sampling
@@ -393,7 +412,7 @@ def create_app(
                             [text],
                             [context],
                             max_new_tokens=limit,
-                            sampling=Sampling(req.temperature, req.top_p, req.seed),
+                            sampling=sampling_of(loaded, req),
                             streamer=streamer,
                         )
                     except BaseException as exc:  # the stream ends with an error event
@@ -606,9 +625,11 @@ def create_app(
         loaded = version_of(None)
 
         def run() -> list[Any]:
-            if loaded.batcher is not None:  # the package's own greedy decoding, batched
-                limit = loaded.predictor.max_new_tokens
-                return loaded.batcher.answer_many(texts, [None] * len(texts), limit)
+            generator = loaded.predictor
+            if loaded.batcher is not None and generator.sampling.temperature == 0:  # batched
+                limit, penalty = generator.max_new_tokens, generator.sampling.repetition_penalty
+                return loaded.batcher.answer_many(texts, [None] * len(texts), limit, penalty)
+            # the package's own decoding (a sampling one seeded as it was scored), as predict
             with loaded.lock:
                 return list(loaded.predictor.predict(texts))
 

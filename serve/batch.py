@@ -2,12 +2,13 @@
 
 A generative model answers one batch at a time (``Loaded.lock``). Greedy requests that arrive
 while it is busy wait in a queue; when it is free, up to ``max_batch`` of them with the same
-``max_new_tokens`` go through one ``Generator.predict`` call, as the gate scored its eval set
-(in batches, left-padded). On a CPU a batch of 8 short prompts costs little more than one, so
-under concurrent load throughput grows with the batch while a lone request waits for nobody:
-there is no timer, only what already queued. (The idea of TGI's and vLLM's schedulers, at the
-scale of one process; written here because neither runs on a CPU-only machine, and the point
-is to answer through the package's own ``Generator``.)
+``max_new_tokens`` and repetition penalty go through one ``Generator.predict`` call, greedy
+whatever the package's default decoding (sampling requests never come here), as the gate
+scored its eval set (in batches, left-padded). On a CPU a batch of 8 short prompts costs
+little more than one, so under concurrent load throughput grows with the batch while a lone
+request waits for nobody: there is no timer, only what already queued. (The idea of TGI's and
+vLLM's schedulers, at the scale of one process; written here because neither runs on a
+CPU-only machine, and the point is to answer through the package's own ``Generator``.)
 
 The worker thread ends when its queue has been empty for ``idle_seconds``, so a version that
 was replaced (the alias moved) leaves no thread behind holding its model.
@@ -21,12 +22,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.generate import Sampling
+
 
 @dataclass
 class _Item:
     text: str
     context: list[dict[str, str]] | None
     limit: int
+    penalty: float
     future: Future[str]
 
 
@@ -44,16 +48,26 @@ class Batcher:
         self.batches: list[int] = []  # sizes of the batches run, for tests and benchmarks
         self.taken = 0  # requests taken from the queue, waiting for the model
 
-    def answer(self, text: str, context: list[dict[str, str]] | None, limit: int) -> str:
+    def answer(
+        self,
+        text: str,
+        context: list[dict[str, str]] | None,
+        limit: int,
+        repetition_penalty: float = 1.0,
+    ) -> str:
         """The greedy answer to one turn (blocks until its batch has run)."""
-        return self.answer_many([text], [context], limit)[0]
+        return self.answer_many([text], [context], limit, repetition_penalty)[0]
 
     def answer_many(
-        self, texts: list[str], contexts: list[list[dict[str, str]] | None], limit: int
+        self,
+        texts: list[str],
+        contexts: list[list[dict[str, str]] | None],
+        limit: int,
+        repetition_penalty: float = 1.0,
     ) -> list[str]:
         """Greedy answers to several turns (queued together, so they batch together)."""
         items = [
-            _Item(text, context, limit, Future())
+            _Item(text, context, limit, repetition_penalty, Future())
             for text, context in zip(texts, contexts, strict=True)
         ]
         with self._guard:
@@ -101,15 +115,16 @@ class Batcher:
             raise
 
     def _run(self, batch: list[_Item]) -> None:
-        """Answer one batch: one ``predict`` call per ``max_new_tokens`` in it."""
-        for limit in dict.fromkeys(item.limit for item in batch):
-            group = [item for item in batch if item.limit == limit]
+        """Answer one batch: one greedy ``predict`` call per (max_new_tokens, penalty) in it."""
+        for limit, penalty in dict.fromkeys((item.limit, item.penalty) for item in batch):
+            group = [item for item in batch if (item.limit, item.penalty) == (limit, penalty)]
             try:
                 with self.lock:
                     answers = self.generator.predict(
                         [item.text for item in group],
                         [item.context for item in group],
                         max_new_tokens=limit,
+                        sampling=Sampling(repetition_penalty=penalty),
                     )
             except BaseException as exc:  # each waiting request gets the error
                 for item in group:

@@ -2,8 +2,10 @@
 
 Fields OpenAI clients may send that adaptflow does not use (``logprobs``, ``presence_penalty``,
 ``stream_options``…) are accepted and ignored, as most OpenAI-compatible servers do, so a
-stock client works unchanged. ``temperature`` defaults to 0 (greedy), the decoding the gate
-scored, rather than OpenAI's 1: served answers are the scored answers unless a client asks.
+stock client works unchanged. The decoding fields a request leaves out (``temperature``,
+``top_p``, ``max_tokens``, ``repetition_penalty``) take the package's own settings (its spec's
+``generation`` block: greedy unless it set a temperature), the decoding the gate scored, rather
+than OpenAI's defaults: served answers are the scored answers unless a client asks.
 """
 
 from __future__ import annotations
@@ -39,13 +41,16 @@ class Message(_Lenient):
 
 
 class Decoding(_Lenient):
-    """Generation settings shared by chat and plain completions."""
+    """Generation settings shared by chat and plain completions (None: the package's)."""
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    #: An extension (vLLM and TGI take it too); OpenAI's ``frequency_penalty`` and
+    #: ``presence_penalty`` are other penalties, accepted and ignored
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
     n: int = Field(default=1, ge=1, le=8)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: bool = False

@@ -4,6 +4,11 @@ One ``Generator`` (a loaded package, or the bare base model) and one ``score_gen
 (both in ``runtime.generate``) serve the candidate, the baseline, the champion's re-scoring and
 ``predict``, so every number the gate compares comes from the same prompts, decoding and
 metrics.
+
+The gate scores what is served: a package answers with its own decoding settings (its spec's
+``generation`` block, recorded in the manifest; ``runtime.generate.package_decoding``), greedy
+unless they set a temperature; a sampling package's eval answers are sampled with the spec's
+``seed``, so they are the same on every re-scoring. The no-training baseline decodes greedily.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def score_generative(
     ones, of KTO rows the desirable ones). Preference rows add ``preference_accuracy`` and
     ``reward_margin`` (the reference: the package's base with its adapter disabled, the base
     loaded again for a full-weight package, the model itself without a ``manifest``: margin 0).
-    ``rewards`` add ``reward_mean`` of the greedy answers; ``versus`` (a judge and the base's
+    ``rewards`` add ``reward_mean`` of its answers; ``versus`` (a judge and the base's
     answers to the same rows) adds ``win_rate`` (``tasks.evaluate.win_rate``).
 
     Returns:
@@ -94,7 +99,11 @@ def package_rewards(manifest: PackageManifest) -> tuple[list[dict[str, Any]] | N
 
 
 def evaluate_generator(package_dir: Path, eval_path: Path, out_dir: Path) -> dict[str, Any]:
-    """Score a generative package on the curated eval split.
+    """Score a generative package on the curated eval split, decoding as it is served.
+
+    The package's ``generation`` settings decide the decoding: greedy by default; with a
+    temperature above 0 the answers are sampled with the seed they record (the spec's
+    ``seed``), so a re-run gives the same answers and metrics.
 
     Returns:
         ``metrics``, ``artifacts`` (the per-example answers, JSONL) and ``eval_examples``.
