@@ -50,6 +50,30 @@ an existing teacher package (one this benchmark trained and kept) is reused and 
 training seconds reported, which saves the teacher's training (~10 min on 2 busy cores).
 
 Results go to ``benchmarks/measured/bench_compress.json`` (``--out``).
+
+**Decoder** (``--decoder``; ``--decoder-epochs``, ``--decoder-lrs``, ``--alpha``,
+``--temperature``, ``--repeats``, ``--threads``): issue 22's decoder benchmark. Data:
+``examples/unicode-lowercase`` (600 pairs), eval held out as curation holds it out
+(``held_out``, 0.2, seed 42: 480 train / 120 eval; validation carved from train as above:
+384 fit / 96 validation). *teacher*: tiny-gpt fully fine-tuned on the 480 train pairs with the
+example spec's recipe (``TEACHER_LM``). *pruned + distilled*:
+``tasks.train.compress_lm.prune_and_distill_lm``, a quarter of the blocks (1 of 4, lowest Block
+Influence) removed, then token-level distillation from the teacher (``--alpha`` x CE +
+(1 - alpha) x T^2 x KL over answer tokens); the learning rate is chosen from ``--decoder-lrs``
+by validation ROUGE-L (trained on the fit part; ties: the lower lr), then the student is
+retrained on all 480 train pairs. *pruned + labels*: the same at the chosen lr with alpha 1
+(the pairs' answers alone). *pruned only*: the block removed, nothing trained. *int8*:
+the teacher with no block removed, quantized (``prune.blocks: 0``, ``quantize: int8``). Every
+package is scored on the eval part by ``evaluate_generator`` (the gate's scoring: ROUGE-L of
+greedy answers, ``max_new_tokens`` 24; perplexity of the reference answers), and ``retained``
+is ROUGE-L ÷ the teacher's and the teacher's perplexity ÷ the package's. Cost:
+``tasks.evaluate.compression.generator_costs`` over all five in turn (each prompt and each
+batch round goes to every model before the next): latency p50/p95 of one prompt at a time
+(16 eval prompts after 5 warm-up calls), examples and tokens per second over 5 rounds of a batch
+of 32 prompts; every answer is exactly 16 greedy tokens, so the models do the same work.
+``--repeats`` such measurements; each number is the median, ``speedup`` the median of the
+per-measurement ratios to the teacher. Size: ``generator_bytes`` (the ``weights/`` folder).
+Results go to ``benchmarks/measured/bench_compress_decoder.json``.
 """
 
 from __future__ import annotations
@@ -84,6 +108,17 @@ TEACHER = {
 GOAL = {"retained": 0.95, "speedup": 1.8}
 #: Written next to a teacher this benchmark trained: its training seconds, for a rerun.
 TEACHER_TIME = "bench_compress_teacher.json"
+#: The decoder benchmark: examples/unicode-lowercase and its spec's recipe (spec.yaml).
+LM_DATA = REPO / "examples" / "unicode-lowercase" / "data" / "pairs.jsonl"
+LM_RESULTS_FILE = REPO / "benchmarks" / "measured" / "bench_compress_decoder.json"
+TEACHER_LM: dict[str, Any] = {
+    "epochs": 12,
+    "learning_rate": 0.003,
+    "batch_size": 16,
+    "max_length": 64,
+    "max_new_tokens": 24,
+    "seed": SEED,
+}
 
 
 def split(folder: Path) -> dict[str, Path]:
@@ -204,6 +239,223 @@ def measure(packages: dict[str, Path], eval_path: Path, repeats: int) -> dict[st
     return result
 
 
+def lm_split(folder: Path) -> dict[str, Path]:
+    """The pairs split as curation splits a generative task (one stratum), as JSONL files."""
+    from adaptflow.jsonl import read_jsonl, write_jsonl
+    from tasks.curate.split import held_out
+    from tasks.evaluate.search import split_validation
+
+    rows = read_jsonl(LM_DATA)
+    out = held_out([None] * len(rows), 0.2, SEED)
+    paths = {"train": folder / "train.jsonl", "eval": folder / "eval.jsonl"}
+    write_jsonl(paths["train"], [row for i, row in enumerate(rows) if i not in out])
+    write_jsonl(paths["eval"], [row for i, row in enumerate(rows) if i in out])
+    paths["fit"], paths["validation"] = split_validation(paths["train"], 0.2, SEED, folder)
+    return paths
+
+
+def lm_pruned_only(teacher: Path, removed: list[int], out: Path) -> Path:
+    """The teacher without the ``removed`` blocks and no training, as a weights package."""
+    from runtime.manifest import PackageManifest
+    from tasks.train.compress_lm import load_teacher, prune_decoder, save_generator
+
+    model, tokenizer, manifest = load_teacher(teacher)
+    pruned = prune_decoder(model, removed)
+    total = sum(p.numel() for p in pruned.parameters())
+    options = {"max_new_tokens": TEACHER_LM["max_new_tokens"], "removed_blocks": removed}
+    save_generator(
+        pruned,
+        tokenizer,
+        PackageManifest(
+            "causal-lm",
+            "prune",
+            manifest.base_model,
+            [],
+            manifest.max_length,
+            total,
+            total,
+            options | {"distilled": False},
+        ),  # fmt: skip
+        out,
+    )
+    return out
+
+
+def lm_measure(packages: dict[str, Path], texts: list[str], repeats: int) -> dict[str, dict]:
+    """``generator_costs`` of every package (in turns), ``repeats`` times; medians, speedups."""
+    from runtime.generate import Generator
+    from tasks.evaluate.compression import generator_bytes, generator_costs
+
+    generators = {name: Generator.from_package(folder) for name, folder in packages.items()}
+    rounds = []
+    for r in range(repeats):
+        rounds.append(generator_costs(generators, texts))
+        print(
+            f"cost round {r + 1}/{repeats}: "
+            + ", ".join(f"{n} {c['throughput']:.1f}/s" for n, c in rounds[-1].items())
+        )
+    result = {}
+    for name, folder in packages.items():
+        costs = {k: statistics.median(one[name][k] for one in rounds) for k in rounds[0][name]}
+        speedups = [one[name]["throughput"] / one["teacher"]["throughput"] for one in rounds]
+        result[name] = costs | {
+            "size_mb": generator_bytes(folder, generators[name].model) / 1e6,
+            "speedup": statistics.median(speedups),
+            "rounds": [one[name] | {"speedup": s} for one, s in zip(rounds, speedups, strict=True)],
+        }
+    return result
+
+
+def decoder(args: Any) -> None:
+    """The decoder benchmark (see the module docstring): train, prune, score, measure, write."""
+    import torch
+
+    from tasks.evaluate.generation import evaluate_generator
+    from tasks.train.compress import PruneOptions
+    from tasks.train.compress_lm import prune_and_distill_lm
+    from tasks.train.peft import Hyper
+    from tasks.train.sft import train_generator
+
+    started_all = time.perf_counter()
+    root = Path(tempfile.mkdtemp(prefix="bench-compress-lm-"))
+    try:
+        paths = lm_split(root)
+        sizes = {k: sum(1 for _ in v.open()) for k, v in paths.items()}
+        print(f"split: {sizes}")
+        teacher = root / "teacher"
+        taught = train_generator(
+            paths["train"], "tiny-gpt", "full", Hyper(**TEACHER_LM), teacher, root / "ck"
+        )
+        print(f"teacher trained in {taught.train_seconds:.1f}s")
+
+        def prune(alpha: float, lr: float, out: Path, train: str = "train", **extra: Any) -> Any:
+            hyper = Hyper(**TEACHER_LM | {"epochs": args.decoder_epochs, "learning_rate": lr})
+            options = PruneOptions(
+                str(teacher), ratio=0.25, alpha=alpha, temperature=args.temperature, **extra
+            )
+            return prune_and_distill_lm(paths[train], teacher, hyper, options, out)
+
+        grid = []
+        for lr in sorted(float(v) for v in args.decoder_lrs.split(",")):
+            trained = prune(args.alpha, lr, root / "trial", "fit")
+            score = evaluate_generator(root / "trial", paths["validation"], root / "trials")
+            grid.append({"learning_rate": lr, "validation": score["metrics"],
+                         "train_seconds": trained.train_seconds})  # fmt: skip
+            print(f"trial lr {lr:g}: validation rougeL {score['metrics']['rougeL']:.4f}")
+            shutil.rmtree(root / "trial")
+        lr = max(grid, key=lambda t: (t["validation"]["rougeL"], -t["learning_rate"]))[
+            "learning_rate"
+        ]
+        print(f"chosen: lr {lr:g}")
+        student = prune(args.alpha, lr, root / "student")
+        options = json.loads((root / "student" / "adaptflow_model.json").read_text())["options"]
+        labels_only = prune(1.0, lr, root / "labels-only")
+        int8 = prune(args.alpha, lr, root / "int8", blocks=0, quantize="int8")
+        packages = {
+            "teacher": teacher,
+            "pruned+distilled": root / "student",
+            "pruned+labels": root / "labels-only",
+            "pruned only": lm_pruned_only(teacher, options["removed_blocks"], root / "pruned"),
+            "int8": root / "int8",
+        }
+        scores = {
+            name: evaluate_generator(folder, paths["eval"], root / "scores" / name)["metrics"]
+            for name, folder in packages.items()
+        }
+        for name, metrics in scores.items():
+            print(f"{name}: rougeL {metrics['rougeL']:.4f}, perplexity {metrics['perplexity']:.3f}")
+        from adaptflow.jsonl import read_jsonl
+
+        texts = [str(row["text"]) for row in read_jsonl(paths["eval"])]
+        costs = lm_measure(packages, texts, args.repeats)
+        train_s = {
+            "teacher": taught.train_seconds,
+            "pruned+distilled": student.train_seconds,
+            "pruned+labels": labels_only.train_seconds,
+            "pruned only": 0.0,
+            "int8": int8.train_seconds,
+        }
+        best = scores["teacher"]
+        rows = {
+            name: {k: scores[name][k] for k in ("rougeL", "perplexity", "exact_match")}
+            | {
+                "retained_rougeL": scores[name]["rougeL"] / best["rougeL"] if best["rougeL"] else 0,
+                "retained_perplexity": best["perplexity"] / scores[name]["perplexity"],
+            }
+            | {k: v for k, v in costs[name].items() if k != "rounds"}
+            | {"train_seconds": train_s[name], "rounds": costs[name]["rounds"]}
+            for name in packages
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    print(
+        f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats} cost measurements"
+    )
+    print(
+        f"{'model':<18}{'ROUGE-L':>8}{'ret':>7}{'ppl':>8}{'ret':>7}{'params':>11}{'MB':>6}"
+        f"{'p50 ms':>8}{'p95 ms':>8}{'ex/s':>7}{'tok/s':>7}{'speedup':>8}{'train s':>8}"
+    )
+    for name, r in rows.items():
+        print(
+            f"{name:<18}{r['rougeL']:>8.4f}{r['retained_rougeL']:>7.3f}{r['perplexity']:>8.3f}"
+            f"{r['retained_perplexity']:>7.3f}{r['params']:>11,.0f}{r['size_mb']:>6.2f}"
+            f"{r['latency_p50_ms']:>8.1f}{r['latency_p95_ms']:>8.1f}{r['throughput']:>7.1f}"
+            f"{r['token_throughput']:>7.0f}{r['speedup']:>7.2f}x{r['train_seconds']:>8.1f}"
+        )
+
+    import transformers
+
+    from tasks.evaluate import compression
+
+    results = {
+        "command": "ADAPTFLOW_MODELS_DIR=... .venv/bin/python benchmarks/bench_compress.py "
+        + " ".join(sys.argv[1:]),
+        "date": datetime.date.today().isoformat(),
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_count": __import__("os").cpu_count(),
+        },
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "data": {
+            "file": str(LM_DATA.relative_to(REPO)),
+            "split": sizes,
+            "how": "held_out(one stratum, 0.2, seed 42) for eval; split_validation(train, 0.2, "
+            "seed 42) for the validation part",
+        },
+        "teacher_recipe": TEACHER_LM | {"method": "full", "base_model": "tiny-gpt"},
+        "distillation_grid": grid,
+        "student_recipe": {
+            "ratio": 0.25,
+            "epochs": args.decoder_epochs,
+            "learning_rate": lr,
+            "alpha": args.alpha,
+            "temperature": args.temperature,
+        },
+        "removed_blocks": options["removed_blocks"],
+        "kept_blocks": options["kept_blocks"],
+        "block_influence": options["block_influence"],
+        "measured": {
+            "generated_tokens": compression.GENERATED_TOKENS,
+            "latency_texts": compression.GENERATOR_LATENCY_TEXTS,
+            "warmup": compression.WARMUP,
+            "batch": compression.BATCH,
+            "rounds": compression.THROUGHPUT_ROUNDS,
+            "repeats": args.repeats,
+        },
+        "results": rows,
+        "wall_seconds": time.perf_counter() - started_all,
+    }
+    out = args.out or LM_RESULTS_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {out}")
+
+
 def main() -> None:
     """Train, compress, score and measure; print the table and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -220,12 +472,20 @@ def main() -> None:
         help="the teacher package: used if it exists, else trained there and kept (with its "
         "training seconds, reported on a rerun)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS_FILE)
+    parser.add_argument("--out", type=Path, help=f"default {RESULTS_FILE.name} (decoder: "
+                        f"{LM_RESULTS_FILE.name})")  # fmt: skip
+    parser.add_argument("--decoder", action="store_true", help="the tiny-gpt decoder benchmark")
+    parser.add_argument("--decoder-epochs", type=float, default=3.0, help="distillation epochs")
+    parser.add_argument("--decoder-lrs", default="3e-4,1e-3", help="distillation lr grid")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.decoder:
+        decoder(args)
+        return
+    args.out = args.out or RESULTS_FILE
     from tasks.train.peft import Hyper, train_peft_classifier
 
     started_all = time.perf_counter()

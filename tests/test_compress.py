@@ -302,8 +302,12 @@ def test_the_spec_names_what_prune_needs(tmp_path: Path) -> None:
     assert parse_spec(raw | {"compress": teacher}, tmp_path).compress.quantize is None
     generative = raw | {"task": "instruction", "base_model": "tiny-gpt",
                         "compress": {"teacher": "models:/t@champion"}}  # fmt: skip
-    with pytest.raises(SpecError, match="method 'prune' compresses encoder classifiers"):
-        parse_spec(generative, tmp_path)
+    assert parse_spec(generative, tmp_path).compress.teacher == "models:/t@champion"
+    with pytest.raises(SpecError, match="method 'prune' compresses classifiers and generators"):
+        parse_spec(generative | {"task": "language-modeling"}, tmp_path)
+    needs = "a package folder .*; method 'prune' on task 'instruction'"
+    with pytest.raises(SpecError, match=needs):
+        parse_spec(generative | {"compress": {"teacher": "tiny-gpt"}}, tmp_path)
 
 
 @pytest.mark.integration
