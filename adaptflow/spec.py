@@ -214,6 +214,17 @@ class Needs(_Strict):
     custom_behavior: bool = False
     new_domain_language: bool = False
     hallucination_tolerance: Literal["low", "medium", "high"] = "medium"
+    low_latency: bool = Field(
+        False,
+        description="Serving cost matters: the advisor adds a compression rung (prune the "
+        "champion, int8) after the quality rungs",
+    )
+    latency_budget_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Per-example CPU latency the served model must meet, in milliseconds; like "
+        "low_latency, it adds the advisor's compression rung",
+    )
 
 
 class Budget(_Strict):
@@ -228,6 +239,51 @@ class Target(_Strict):
 
     metric: str | None = Field(None, description="Default: the task's first metric")
     min: float | None = Field(None, description="The value that counts as good enough")
+
+
+class GenerationSpec(_Strict):
+    """How a generative candidate answers (an extension; tasks instruction, qa, summarization).
+
+    The settings are recorded in the package (its manifest's ``generation`` option), logged as
+    the run's ``generation.*`` params and shown on its card. They are what serving uses when a
+    request sets none, and what the gate scores: greedy by default; with a temperature the eval
+    answers are sampled, seeded with the spec's ``seed``.
+    """
+
+    temperature: float = Field(
+        0.0,
+        ge=0,
+        le=2,
+        description="0: greedy decoding (the default); above 0: sampled at this temperature, "
+        "and scored sampled with the spec's seed",
+    )
+    top_p: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Sampling only: draw from the smallest set of tokens holding this much "
+        "probability (1: all of them)",
+    )
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Longest answer. None: train.max_new_tokens; when set it wins, and "
+        "train.max_new_tokens takes its value (validation, evaluation and the baseline answer "
+        "as long)",
+    )
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0,
+        description="Scores of tokens already in the prompt or answer are divided by it "
+        "(transformers' repetition_penalty): above 1 discourages repeats, 1 is none; greedy or "
+        "sampled",
+    )
+
+    def changed(self) -> list[str]:
+        """The settings given values other than the defaults (``generation.KEY``)."""
+        defaults = GenerationSpec().model_dump()
+        return [f"generation.{k}" for k, v in self.model_dump().items() if v != defaults[k]]
 
 
 class TrainSpec(_Strict):
@@ -709,7 +765,12 @@ class CompressSpec(_Strict):
     alpha: float = Field(
         0.5, ge=0, le=1, description="Weight of the label loss; 1 - alpha weighs the teacher's"
     )
-    temperature: float = Field(2.0, gt=0, description="Distillation temperature")
+    temperature: float = Field(
+        2.0,
+        gt=0,
+        description="Distillation temperature (generative distill with objective logit: 1.0 "
+        "unless set, as it is also the temperature the student samples its answers at)",
+    )
     quantize: Literal["int8"] | None = Field(
         None,
         description="int8: store the candidate dynamically quantized (linear layers int8 per "
@@ -734,7 +795,13 @@ class CompressSpec(_Strict):
         if (path / "adaptflow_model.json").is_file():
             return str(path.resolve())
         # not a package: a base model (generative distill only; the cross-checks say so)
-        return normalize_reference(value, Path(base) if base is not None else None)
+        try:
+            return normalize_reference(value, Path(base) if base is not None else None)
+        except ValueError as error:
+            raise ValueError(
+                f"'{value}' is neither a registered version (models:/NAME@ALIAS) nor a package "
+                f"folder (no adaptflow_model.json there), nor a base model: {error}"
+            ) from None
 
     @field_validator("unlabelled")
     @classmethod
@@ -743,6 +810,13 @@ class CompressSpec(_Strict):
         if path is not None and not path.is_file():
             raise ValueError(f"expected an existing file of records or lines: {path}")
         return path
+
+    @property
+    def distill_temperature(self) -> float:
+        """``temperature`` as ``distill`` uses it: 1.0 for the logit objective unless set."""
+        if self.objective == "logit" and "temperature" not in self.model_fields_set:
+            return 1.0
+        return self.temperature
 
     @model_validator(mode="after")
     def _something_compressed(self) -> CompressSpec:
@@ -787,6 +861,11 @@ class Spec(_Strict):
     )
     forgetting: ForgettingSpec = Field(default_factory=ForgettingSpec)
     compress: CompressSpec = Field(default_factory=CompressSpec)
+    generation: GenerationSpec = Field(
+        default_factory=GenerationSpec,
+        description="How a generative candidate answers: recorded in its package, served by "
+        "default and scored by the gate (greedy unless a temperature is set)",
+    )
 
     _source: Path | None = PrivateAttr(None)
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -864,7 +943,29 @@ class Spec(_Strict):
         self._training_checks()
         self._family_checks()
         self._alignment_checks()
+        self._generation_checks()
         return self
+
+    def _generation_checks(self) -> None:
+        """``generation`` only where answers are generated; its ``max_new_tokens`` wins.
+
+        The winner is copied into ``train.max_new_tokens``, which every step that answers
+        reads (training's validation, the evaluation, the baseline, GRPO's sampling).
+        """
+        changed = self.generation.changed()
+        if changed and (self.task not in GENERATIVE_TASKS or self.method == "reward"):
+            if self.task == "retrieval-qa":
+                why = "a retrieval-qa generator answers greedily, at most retrieval.max_new_tokens"
+            elif self.task in GENERATIVE_TASKS:
+                why = "method 'reward' trains a reward model, which scores answers and writes none"
+            else:
+                why = f"task '{self.task}' generates no answers"
+            raise ValueError(
+                f"{', '.join(changed)}: generation settings apply to the answers of tasks "
+                f"{', '.join(GENERATIVE_TASKS)}; {why}"
+            )
+        if self.generation.max_new_tokens is not None:
+            self.train.max_new_tokens = self.generation.max_new_tokens
 
     def _alignment_checks(self) -> None:
         """Preference methods against their data format, metric and base model."""
@@ -975,12 +1076,13 @@ class Spec(_Strict):
                 f"method '{self.method}' needs compress.teacher: the trained model to "
                 "compress (models:/NAME@ALIAS or a package folder)"
             )
-        package = registered_reference(compress.teacher) is not None or (
-            Path(compress.teacher) / "adaptflow_model.json"
-        ).is_file()
+        package = (
+            registered_reference(compress.teacher) is not None
+            or (Path(compress.teacher) / "adaptflow_model.json").is_file()
+        )
         if not package and (self.method == "prune" or self.task == "classification"):
             raise ValueError(
-                f"compress.teacher '{compress.teacher}' is neither a registered version "
+                f"compress.teacher: '{compress.teacher}' is neither a registered version "
                 "(models:/NAME@ALIAS) nor a package folder (no adaptflow_model.json there); "
                 f"method '{self.method}' on task '{self.task}' needs a trained model"
             )

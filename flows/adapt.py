@@ -17,11 +17,13 @@ from tasks.icl.knn import build_knn_classifier_task
 from tasks.tracking import log_stage
 from tasks.train.align import AlignOptions, train_aligned_task
 from tasks.train.compress import PruneOptions, prune_and_distill_task
+from tasks.train.compress_lm import prune_and_distill_lm_task
 from tasks.train.cpt import CptResult, train_cpt_task
+from tasks.train.distill import DistillOptions, distill_task
 from tasks.train.peft import Hyper, TrainResult, train_peft_classifier_task
 from tasks.train.reward import train_reward_model_task
 from tasks.train.sft import train_generator_task
-from tasks.train.teachers import teacher_folder
+from tasks.train.teachers import teacher_folder, teacher_source
 
 
 def continue_pretraining(
@@ -120,12 +122,39 @@ def adapt(
     validation = Path(validation_file) if validation_file else None
     if spec.task in LM_TASKS:
         result = continue_pretraining(spec, Path(train_file), hyper, out, work, validation)
+    elif method == "distill":  # a smaller student imitates compress.teacher
+        if spec.compress.teacher is None:
+            raise InvariantError("the spec checks that method distill names compress.teacher")
+        result = distill_task(
+            Path(train_file),
+            teacher_source(spec.compress.teacher, spec.task),
+            spec.base_model,
+            hyper,
+            DistillOptions(
+                teacher=spec.compress.teacher,
+                alpha=spec.compress.alpha,
+                temperature=spec.compress.distill_temperature,
+                objective=spec.compress.objective,
+                beta=spec.compress.beta,
+                student_method=spec.compress.student_method,
+                text_field=spec.data.text_field,
+            ),
+            out,
+            work / "checkpoints",
+            spec.task,
+            spec.compress.unlabelled,
+            spec.allow_pickle,
+        )
     elif method == "prune":  # the least influential blocks removed, distilled, maybe int8
         if spec.compress.teacher is None:
             raise InvariantError("the spec checks that method prune names compress.teacher")
-        result = prune_and_distill_task(
+        # a decoder's blocks go by the same rule; its recovery is token-level distillation
+        prune = (
+            prune_and_distill_lm_task if spec.task in GENERATIVE_TASKS else prune_and_distill_task
+        )
+        result = prune(
             Path(train_file),
-            teacher_folder(spec.compress.teacher),
+            teacher_folder(spec.compress.teacher, spec.task),
             hyper,
             PruneOptions(
                 teacher=spec.compress.teacher,

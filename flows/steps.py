@@ -7,6 +7,7 @@ otherwise repeat (run parameters and provenance, logging a stage, trying one can
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,13 @@ from adaptflow.catalogue import registered_reference
 from adaptflow.errors import InvariantError
 from adaptflow.hardware import training_precision
 from adaptflow.inputs import display
-from adaptflow.methods import COMPRESS_METHODS, GENERATIVE_TASKS, LM_TASKS, UNTRAINED
+from adaptflow.methods import (
+    COMPRESS_METHODS,
+    GENERATIVE_TASKS,
+    LM_TASKS,
+    REWARD_METHODS,
+    UNTRAINED,
+)
 from adaptflow.provenance import dvc_experiment, git_commit, input_lineage
 from adaptflow.settings import load_settings
 from adaptflow.spec import LOWER_IS_BETTER, Spec
@@ -24,13 +31,13 @@ from flows.adapt import adapt
 from flows.evaluate import evaluate
 from flows.register import register
 from registry.models import materialize_base
-from runtime.manifest import PackageManifest
+from runtime.manifest import KINDS, PackageManifest
 from tasks.evaluate.compression import teacher_comparison
 from tasks.evaluate.forgetting import forgetting_check_task, forgetting_metrics
 from tasks.evaluate.gate import GateDecision
 from tasks.rewards import pin_reward_models
 from tasks.tracking import log_stage
-from tasks.train.teachers import pinned_teacher, teacher_folder
+from tasks.train.teachers import pinned_teacher, teacher_source
 from tasks.train.tune import keys_to_choose
 
 TRAIN_KEYS = ("trainable_params", "trainable_percent", "train_seconds", "tokens_per_second")
@@ -65,7 +72,49 @@ def run_params(spec: Spec, method: str) -> dict[str, Any]:
             if method == "rag"
             else train_params(spec, method)
         ),
+        **{  # the seed is logged as ``seed``
+            f"generation.{k}": v
+            for k, v in (generation_settings(spec, method) or {}).items()
+            if k != "seed"
+        },
     }
+
+
+def generation_settings(spec: Spec, method: str) -> dict[str, Any] | None:
+    """How a candidate of ``method`` answers: the spec's ``generation``, resolved (or None).
+
+    None where nothing is generated (other tasks, a reward model). ``max_new_tokens`` is
+    ``train.max_new_tokens``, which ``generation.max_new_tokens`` overrides when set (the spec
+    copies it there); ``seed`` is the spec's, which sampled eval answers are drawn with.
+    """
+    if spec.task not in GENERATIVE_TASKS or method in REWARD_METHODS:
+        return None
+    generation = spec.generation
+    return {
+        "temperature": generation.temperature,
+        "top_p": generation.top_p,
+        "max_new_tokens": spec.train.max_new_tokens,
+        "repetition_penalty": generation.repetition_penalty,
+        "seed": spec.seed,
+    }
+
+
+def record_generation(spec: Spec, method: str, package_dir: str) -> None:
+    """Write the spec's generation settings into a generative package's manifest.
+
+    The ``generation`` option is what ``Generator.from_package`` decodes with: the evaluation,
+    the champion's re-scoring, ``predict`` and serving all answer with it. Recorded here, where
+    the spec is known, for every recipe's package (SFT, preference tuning, GRPO, compression).
+    """
+    settings = generation_settings(spec, method)
+    if settings is None:
+        return
+    package = Path(package_dir)
+    manifest = PackageManifest.read(package)
+    if manifest.kind not in KINDS.values():  # not a generator: nothing decodes
+        return
+    options = manifest.options | {"generation": settings}
+    replace(manifest, options=options).write(package)
 
 
 def train_params(spec: Spec, method: str) -> dict[str, Any]:
@@ -160,6 +209,7 @@ def attempt(spec: Spec, method: str, curation: dict[str, Any], run_id: str) -> d
         ``trained`` (the recipe's result without the loss history) and ``evaluation``.
     """
     trained = adapt(spec, method, curation["train_file"], run_id)
+    record_generation(spec, method, trained["package_dir"])  # before it is scored
     total = trained["total_params"]
     trained["trainable_percent"] = 100.0 * trained["trainable_params"] / total if total else 0.0
     extra = {"icl_k": float(trained["k"])} if "k" in trained else {}
@@ -188,8 +238,10 @@ def check_compression(
     """The compressed candidate's cost next to its teacher's (``tasks.evaluate.compression``).
 
     Logs the candidate's ``retained``, ``speedup``, ``params``, ``size_mb`` and latency
-    percentiles, and the teacher's metrics and costs as ``teacher.*``; tags the run with the
-    removed blocks and the quantization (``adaptflow.quantize``: ``int8`` or ``none``).
+    percentiles (a generator's also ``token_throughput``), and the teacher's metrics and costs
+    as ``teacher.*``; tags the run with the removed blocks and the quantization
+    (``adaptflow.quantize``: ``int8`` or ``none``). The teacher is a classifier or generator
+    package, or for a generative ``distill`` a base model.
     """
     if spec.compress.teacher is None:
         raise InvariantError("the spec checks that method prune names compress.teacher")
@@ -197,10 +249,11 @@ def check_compression(
     report = teacher_comparison(
         spec.metric,
         package,
-        teacher_folder(spec.compress.teacher),
+        teacher_source(spec.compress.teacher, spec.task),  # a generative distill's: a base too
         Path(eval_file),
         package.parent / "eval",
         metrics,
+        spec.allow_pickle,
     )
     options = PackageManifest.read(package).options
     report["removed_blocks"] = options.get("removed_blocks", [])
@@ -277,6 +330,7 @@ def card_facts(
         "total_params": trained["total_params"],
         "index": trained.get("index"),
         "retrieval": spec.retrieval.model_dump() if method == "rag" else None,
+        "generation": generation_settings(spec, method),
         "choice": candidate.get("choice"),
         "forgetting": candidate["evaluation"].get("forgetting"),
         "compression": candidate["evaluation"].get("compression"),

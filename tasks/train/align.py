@@ -203,8 +203,14 @@ def _trainer(
     align: AlignOptions,
     peft: Any,
     rewards: list[Reward] | None = None,
+    teacher: Any = None,
 ) -> Any:
-    """The TRL trainer of ``method`` (the one place that imports ``trl``)."""
+    """The TRL trainer of ``method`` (the one place that imports ``trl``).
+
+    ``distill`` (``tasks.train.distill_logit``): TRL's on-policy ``DistillationTrainer``, the
+    ``teacher`` model's token distributions over the student's own answers, by the generalized
+    JSD ``align.beta`` at ``align.temperature``.
+    """
     from datasets import Dataset
 
     dataset = Dataset.from_list(records)
@@ -243,6 +249,17 @@ def _trainer(
         )
         funcs = [_reward_function(r) for r in rewards or ()]
         return GRPOTrainer(**common, reward_funcs=funcs, args=config, peft_config=peft)
+    if method == "distill":
+        from trl import DistillationConfig, DistillationTrainer
+
+        arguments = {k: v for k, v in arguments.items() if k != "max_length"}  # it has none
+        config = DistillationConfig(
+            **arguments,
+            beta=align.beta,
+            temperature=align.temperature,
+            max_completion_length=align.max_new_tokens,
+        )
+        return DistillationTrainer(**common, teacher_model=teacher, args=config, peft_config=peft)
     if method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
@@ -301,8 +318,11 @@ def train(
     peft: Any,
     checkpoints: Path,
     rewards: list[Reward] | None = None,
+    teacher: Any = None,
 ) -> tuple[Any, float, list[dict[str, Any]], int, str | None]:
     """Tune in place, resuming from the last complete checkpoint if any.
+
+    ``teacher``: the model ``distill`` imitates (TRL's distillation trainer), else None.
 
     Returns:
         (the trained model, seconds, the trainer's log history, optimizer steps, checkpoint
@@ -336,7 +356,7 @@ def train(
         # explicit both ways: TRL's configs default to bf16 autocast, on a CPU too
         **precision_arguments(run_precision(hyper)),
     }
-    trainer = _trainer(method, model, tokenizer, records, arguments, align, peft, rewards)
+    trainer = _trainer(method, model, tokenizer, records, arguments, align, peft, rewards, teacher)
     trainer.add_callback(_marker_callback())
     show_progress(trainer, method)
     started = time.perf_counter()

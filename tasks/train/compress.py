@@ -55,6 +55,8 @@ from tasks.train.peft import Hyper, TrainResult
 
 #: Calibration texts for Block Influence (the first ones of the training set).
 CALIBRATION = 256
+
+
 @dataclass(frozen=True)
 class PruneOptions:
     """The spec's ``compress`` block, flattened."""
@@ -164,10 +166,15 @@ def teacher_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int
 def distillation_loss(
     student: Any, teacher: Any, labels: Any, alpha: float, temperature: float
 ) -> Any:
-    """``alpha`` x CE on the labels + (1 - alpha) x T^2 x KL(teacher^T || student^T)."""
+    """``alpha`` x CE on the labels + (1 - alpha) x T^2 x KL(teacher^T || student^T).
+
+    A label of -100 (an unlabelled text, ``method: distill``) has no CE term; a batch with no
+    label at all learns from the teacher alone.
+    """
     import torch.nn.functional as F
 
-    hard = F.cross_entropy(student, labels)
+    labelled = labels != -100
+    hard = F.cross_entropy(student[labelled], labels[labelled]) if bool(labelled.any()) else 0.0
     soft = F.kl_div(
         F.log_softmax(student / temperature, dim=-1),
         F.log_softmax(teacher / temperature, dim=-1),
