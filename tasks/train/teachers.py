@@ -30,9 +30,10 @@ def is_package(reference: str) -> bool:
     """Whether ``reference`` names a package (a registered version or a package folder)."""
     from adaptflow.catalogue import registered_reference
 
-    return registered_reference(reference) is not None or (
-        Path(reference) / "adaptflow_model.json"
-    ).is_file()
+    return (
+        registered_reference(reference) is not None
+        or (Path(reference) / "adaptflow_model.json").is_file()
+    )
 
 
 def teacher_folder(reference: str, task: str = "classification") -> Path:
