@@ -602,8 +602,11 @@ RULES: tuple[Rule, ...] = (
          "{rewards} reward(s) score sampled answers of {labelled:,} prompts: GRPO samples "
          "{num_generations} per prompt and learns from the better ones"),
     # Compression: a teacher (named, or the champion a quality rung trains) made cheaper to serve.
-    Rule(("prune",), lambda f, e: f.task != "classification", BLOCK,
-         "compresses encoder classifiers in this version"),
+    Rule(("prune",), lambda f, e: f.task in ("retrieval-qa", "language-modeling"), BLOCK,
+         "task '{task}' has no trained classifier or generator to prune"),
+    Rule(("prune",), lambda f, e: f.generative and f.family == "encoder-decoder", BLOCK,
+         "prunes encoder classifiers and decoder generators in this version, not "
+         "encoder-decoders (distill one into a smaller base_model instead)"),
     Rule(("distill",), lambda f, e: f.task in ("retrieval-qa", "language-modeling"), BLOCK,
          "task '{task}' has no classifier or generator to distill"),
     Rule(("prune",), lambda f, e: not f.teacher and not f.champion_teacher, BLOCK,

@@ -9,6 +9,7 @@ from prefect import flow
 
 from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS
 from adaptflow.spec import Spec
+from runtime.generate import Sampling
 from tasks.evaluate.forgetting import base_lm_baseline_task
 from tasks.evaluate.generation import base_model_baseline_task
 from tasks.evaluate.reward import reward_baseline_task
@@ -64,6 +65,12 @@ def compare(
             rewards,
             spec_dir,
             spec.align.judge is not None,
+            Sampling(
+                spec.generation.temperature,
+                spec.generation.top_p,
+                spec.seed,
+                spec.generation.repetition_penalty,
+            ),
         )
     if baseline is None:
         baseline = (

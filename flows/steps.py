@@ -261,6 +261,10 @@ def check_compression(
     report["quantize"] = options.get("quantize")
     report["quantization"] = options.get("quantization")
     report["metric"], report["candidate_metric"] = spec.metric, metrics[spec.metric]
+    manifest = PackageManifest.read(package)
+    report["method"], report["student"] = manifest.method, manifest.base_model
+    report["objective"] = options.get("objective")
+    report["unlabelled"] = (options.get("unlabelled") or {}).get("kept", 0)
     log_stage(
         run_id,
         report["metrics"],

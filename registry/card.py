@@ -253,11 +253,23 @@ def _compression_rows(report: dict[str, Any] | None) -> list[str]:
     metric, ours, theirs = report["metric"], report["metrics"], report["teacher"]
     candidate = report["candidate_cost"] | {metric: report["candidate_metric"]}
     removed = report["removed_blocks"]
+    if report.get("method") == "distill":
+        how = (
+            f"- Distilled: the student `{report['student']}` learned to imitate the teacher"
+            + (f" (objective {report['objective']})" if report.get("objective") else "")
+            + (
+                f", on {report['unlabelled']:,} unlabelled inputs too"
+                if report.get("unlabelled")
+                else ""
+            )
+        )
+    elif removed:
+        how = f"- Removed blocks (the lowest Block Influence): {removed}"
+    else:
+        how = "- Removed blocks: none (the teacher's weights, quantized; nothing trained)"
     rows = [
         "## Compression (against the teacher, measured in this run on CPU)",
-        f"- Removed blocks (the lowest Block Influence): {removed}"
-        if removed
-        else "- Removed blocks: none (the teacher's weights, quantized; nothing trained)",
+        how,
         *_quantization_rows(report.get("quantization")),
         "",
         "| | candidate | teacher |",

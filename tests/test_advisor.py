@@ -403,12 +403,17 @@ def test_without_a_serving_need_compression_stays_out_as_before() -> None:
     assert any("no compression rung" in note for note in few.notes)
 
 
-def test_a_generative_spec_gets_no_prune_rung_in_this_version_and_a_note_why() -> None:
+def test_a_decoder_generator_gets_the_prune_rung_an_encoder_decoder_a_note_why() -> None:
     advice = advise(_facts(**_ALIGNMENT, low_latency=True), runnable_methods("instruction"))
+    rung = advice.compression_rung()
+    assert rung is not None and rung["method"] == "prune"
+    assert _by_method(advice)["prune"].suitable and _by_method(advice)["prune"].then
+    seq2seq = _facts(**_ALIGNMENT | {"family": "encoder-decoder"}, low_latency=True)
+    advice = advise(seq2seq, runnable_methods("instruction"))
     assert advice.compression_rung() is None
     assert not _by_method(advice)["prune"].suitable
     assert any(
-        "prune: compresses encoder classifiers" in n and "method: distill" in n
+        "prune: prunes encoder classifiers and decoder generators" in n and "method: distill" in n
         for n in advice.notes
     )
 

@@ -262,6 +262,7 @@ def test_the_spec_names_what_distill_needs(tmp_path: Path) -> None:
 def test_a_distilled_classifier_is_gated_against_its_teacher_registered_and_predicts(
     classifier_teacher: Path, families: dict[str, Path], folder: Path, tmp_path: Path
 ) -> None:
+    import mlflow
     import yaml
     from helpers import run_cli
     from mlflow import MlflowClient
@@ -291,8 +292,56 @@ def test_a_distilled_classifier_is_gated_against_its_teacher_registered_and_pred
     assert metrics["speedup"] > 1.5  # 2 blocks of width 64 against MiniLM's 6 of 384
     assert any("compress.min_speedup 1.5" in reason for reason in result["gate"])
     assert run.tags["adaptflow.teacher"] == str(classifier_teacher)
+    card = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=result["mlflow_run_id"], artifact_path="model_card.md", dst_path=tmp_path
+        )
+    ).read_text()
+    student = families["bert"]
+    assert f"- Distilled: the student `{student}` learned to imitate the teacher, on 100" in card
     texts = ["GURMUKHI DIGIT FIVE", "LATIN SMALL LETTER A", "EM DASH"]
     done = run_cli("predict", f"models:/distill-demo/{result['model_version']}", *texts, "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     package = Path(result["train"]["package_dir"])
     assert json.loads(done.stdout)["predictions"] == predict_labels(package, texts)
+
+
+@pytest.mark.integration
+@pytest.mark.slow  # a pipeline run (~2 min); the recipe is tested above
+def test_a_generator_distilled_from_a_package_is_gated_and_predicts_in_a_fresh_process(
+    generator_teacher: Path, folder: Path, tmp_path: Path
+) -> None:
+    import mlflow
+    import yaml
+    from helpers import run_cli
+
+    from flows.pipeline import adapt_pipeline
+
+    spec = tmp_path / "distill.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "distill-lower", "task": "instruction", "method": "distill", "seed": 2,
+        "base_model": "tiny-gpt",
+        "data": {"train": str(write_jsonl(tmp_path / "train.jsonl", PAIRS[:200])),
+                 "eval": str(write_jsonl(tmp_path / "eval.jsonl", PAIRS[300:340])),
+                 "id_field": "id", "target_field": "target"},
+        "train": {"epochs": 4, "learning_rate": 1e-3, "batch_size": 8, "max_length": 64,
+                  "max_new_tokens": 16},
+        "compress": {"teacher": str(generator_teacher), "objective": "sequence",
+                     "min_retained": 0.3, "min_speedup": 0.5},
+    }))  # fmt: skip
+    result = adapt_pipeline(str(spec))
+    metrics = result["metrics"]
+    assert metrics["retained"] > 0.3 and metrics["params"] == pytest.approx(1_383_168, rel=0.01)
+    assert any("compress.min_retained 0.3" in reason for reason in result["gate"])
+    card = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=result["mlflow_run_id"], artifact_path="model_card.md", dst_path=tmp_path
+        )
+    ).read_text()
+    assert "- Distilled: the student `tiny-gpt` learned to imitate the teacher (objective " in card
+    package = Path(result["train"]["package_dir"])
+    answers = [json.loads(line) for line in next(package.parent.glob("eval/*.jsonl")).open()][:3]
+    done = run_cli("predict", f"models:/distill-lower/{result['model_version']}",
+                   *[a["text"] for a in answers], "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["predictions"] == [a["prediction"] for a in answers]

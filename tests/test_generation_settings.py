@@ -262,3 +262,20 @@ def test_settings_are_logged_as_params_and_shown_on_the_card(tmp_path: Path) -> 
     card = render_model_card(facts | {"generation": generation_settings(greedy, "full")})
     assert "- Decoding: greedy; repetition penalty 1.0; at most 64 new tokens\n" in card
     assert "## Generation" not in render_model_card(facts | {"generation": None})
+
+
+def test_the_no_training_baseline_decodes_as_the_candidate(package: Path, tmp_path: Path) -> None:
+    from tasks.evaluate.generation import base_model_baseline
+
+    # a base that answers (the untrained tiny GPT ends every answer at once): the trained
+    # package's weights and tokenizer as a plain model folder
+    base = tmp_path / "base"
+    shutil.copytree(package / "weights", base)
+    shutil.copytree(package / "tokenizer", base, dirs_exist_ok=True)
+    eval_file = write_jsonl(tmp_path / "eval.jsonl", [{"id": "1", "text": PROMPT, "target": "x"}])
+    penalised = Sampling(repetition_penalty=1.3)
+    plain = base_model_baseline(str(base), eval_file, 64, 12)["predictions"]
+    baseline = base_model_baseline(str(base), eval_file, 64, 12, sampling=penalised)
+    generator = Generator.from_base(str(base), 64, 12)
+    assert baseline["predictions"] == generator.predict([PROMPT], sampling=penalised)
+    assert plain == generator.predict([PROMPT]) and plain != baseline["predictions"]

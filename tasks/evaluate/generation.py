@@ -20,7 +20,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from runtime.generate import Generator, score_generator
+from runtime.generate import Generator, Sampling, score_generator
 from runtime.manifest import PackageManifest
 from runtime.reward_model import RewardModel
 from runtime.rewards import reward_metrics
@@ -127,8 +127,12 @@ def base_model_baseline(
     rewards: list[dict[str, Any]] | None = None,
     rewards_dir: Path | None = None,
     judged: bool = False,
+    sampling: Sampling | None = None,
 ) -> dict[str, Any]:
     """The no-training baseline: the base model answering the same prompts, zero-shot.
+
+    It decodes as the candidate does: ``sampling`` is the spec's ``generation`` settings
+    (greedy, no penalty when None).
 
     With preference rows its ``reward_margin`` is 0 (it is its own reference); with
     ``rewards`` (grpo) its greedy answers are scored by them; ``judged`` (``align.judge`` is
@@ -138,6 +142,8 @@ def base_model_baseline(
         ``metrics``, ``method`` and ``predictions`` (the answers ``win_rate`` compares with).
     """
     generator = Generator.from_base(base_model, max_length, max_new_tokens, allow_pickle)
+    if sampling is not None:
+        generator.sampling = sampling
     scored = score_generative(generator, read_jsonl(eval_path), None, rewards, rewards_dir)
     metrics = scored["metrics"] | ({"win_rate": 0.5} if judged else {})
     return {
