@@ -27,12 +27,10 @@ validation); the eval part is only used for the final table.
   chosen lr and epochs: what the labels alone recover, next to what distillation does.
 - *pruned only*: the same blocks removed (``prune_blocks``), no training at all, saved as a
   ``weights/`` package the way ``compress.py`` saves one: what distillation starts from.
-- *int8*: the merged teacher with its ``nn.Linear`` layers dynamically quantized by
-  ``runtime.int8.quantize_int8`` (per-channel int8 weights) and saved by ``save_int8``, as
-  ``tasks/train/export.py`` does for generative packages; ``runtime.loading.load_classifier``
-  reads it (its manifest says ``quantize: int8``). The pipeline's int8 candidate
-  (``compress.quantize: int8``, ``tasks.train.compress.save_student``) also makes the embedding
-  tables 8-bit; this row, as measured, has fp32 embeddings (58.9 MB, not ~23).
+- *int8*: the merged teacher dynamically quantized by ``runtime.int8.quantize_int8`` as the
+  pipeline's int8 candidate is (``compress.quantize: int8``, ``save_student``): ``nn.Linear``
+  layers int8 per output channel, the embedding tables 8-bit per row, saved by ``save_int8``;
+  ``runtime.loading.load_classifier`` reads it (its manifest says ``quantize: int8``).
 
 **Cost** is ``tasks.evaluate.compression.serving_cost`` on the eval texts, for all packages:
 ``params`` (of the model as served; the teacher merged), ``size_mb`` (what serving loads: for
@@ -177,7 +175,7 @@ def int8_package(teacher: Path, out: Path) -> tuple[Path, dict[str, Any], float]
     model, tokenizer, manifest = load_classifier(teacher)
     started = time.perf_counter()
     model = model.merge_and_unload().eval()
-    report = quantize_int8(model)
+    report = quantize_int8(model, embeddings=True)  # as the pipeline's int8 candidate
     save_int8(model, out / "weights")
     seconds = time.perf_counter() - started
     tokenizer.save_pretrained(str(out / "tokenizer"))
