@@ -82,6 +82,14 @@ def registered_reference(ref: str) -> tuple[str, str | None, str | None] | None:
     return match["name"], match["alias"], match["version"]
 
 
+def is_package(ref: str) -> bool:
+    """Whether ``ref`` names a model package: a registered version, or a package folder.
+
+    A package folder holds a manifest (``runtime.manifest.MANIFEST``).
+    """
+    return registered_reference(ref) is not None or (Path(ref) / "adaptflow_model.json").is_file()
+
+
 def is_hub_id(ref: str) -> bool:
     """Return True when ``ref`` has the shape of a hub id (``org/name``)."""
     return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/"))

@@ -27,7 +27,12 @@ from pydantic import (
     model_validator,
 )
 
-from adaptflow.catalogue import known_family, normalize_reference, registered_reference
+from adaptflow.catalogue import (
+    is_package,
+    known_family,
+    normalize_reference,
+    registered_reference,
+)
 from adaptflow.errors import InvariantError, SpecError
 from adaptflow.inputs import resolve, view_of
 from adaptflow.methods import ALIGNMENT_METHODS, GENERATIVE_TASKS, LM_TASKS, REWARD_METHODS
@@ -792,7 +797,7 @@ class CompressSpec(_Strict):
         path = Path(value).expanduser()
         if not path.is_absolute() and base is not None:
             path = Path(base) / path
-        if (path / "adaptflow_model.json").is_file():
+        if is_package(str(path)):
             return str(path.resolve())
         # not a package: a base model (generative distill only; the cross-checks say so)
         try:
@@ -1076,11 +1081,9 @@ class Spec(_Strict):
                 f"method '{self.method}' needs compress.teacher: the trained model to "
                 "compress (models:/NAME@ALIAS or a package folder)"
             )
-        package = (
-            registered_reference(compress.teacher) is not None
-            or (Path(compress.teacher) / "adaptflow_model.json").is_file()
-        )
-        if not package and (self.method == "prune" or self.task == "classification"):
+        if not is_package(compress.teacher) and (
+            self.method == "prune" or self.task == "classification"
+        ):
             raise ValueError(
                 f"compress.teacher: '{compress.teacher}' is neither a registered version "
                 "(models:/NAME@ALIAS) nor a package folder (no adaptflow_model.json there); "

@@ -255,13 +255,13 @@ def check_compression(
         metrics,
         spec.allow_pickle,
     )
-    options = PackageManifest.read(package).options
+    manifest = PackageManifest.read(package)
+    options = manifest.options
     report["removed_blocks"] = options.get("removed_blocks", [])
     report["block_influence"] = options.get("block_influence", [])
     report["quantize"] = options.get("quantize")
     report["quantization"] = options.get("quantization")
     report["metric"], report["candidate_metric"] = spec.metric, metrics[spec.metric]
-    manifest = PackageManifest.read(package)
     report["method"], report["student"] = manifest.method, manifest.base_model
     report["objective"] = options.get("objective")
     report["unlabelled"] = (options.get("unlabelled") or {}).get("kept", 0)

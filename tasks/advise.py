@@ -38,6 +38,8 @@ class DataFacts:
     notes: tuple[str, ...]
     pairs: int = 0
     thumbs: int = 0
+    unlabelled: int = 0  # compress.unlabelled's usable inputs (distill)
+    unlabelled_tokens: int = 0
 
 
 class _TokenCounter:
@@ -123,8 +125,17 @@ def measure_data(spec: Spec) -> DataFacts:
     if data.general is not None and data.general.is_dir():
         notes.append("data.general is used by the forgetting check, not counted as domain text")
     corpus_tokens = max(corpus_tokens, knowledge_tokens if spec.task == "language-modeling" else 0)
+    unlabelled = unlabelled_texts(spec)
     return DataFacts(
-        labelled, labelled_tokens, corpus_tokens, knowledge_tokens, tuple(notes), pairs, thumbs
+        labelled,
+        labelled_tokens,
+        corpus_tokens,
+        knowledge_tokens,
+        tuple(notes),
+        pairs,
+        thumbs,
+        len(unlabelled),
+        counter.count(unlabelled) if unlabelled else 0,
     )
 
 
@@ -132,7 +143,6 @@ def spec_facts(spec: Spec) -> Facts:
     """The advisor's inputs for ``spec``: its fields plus the measured data and model."""
     data = measure_data(spec)
     shape = model_shape(spec.base_model)
-    unlabelled = unlabelled_texts(spec)
     notes = data.notes + ((shape.note,) if shape.note else ())
     return Facts(
         task=spec.task,
@@ -163,8 +173,8 @@ def spec_facts(spec: Spec) -> Facts:
         max_new_tokens=spec.train.max_new_tokens,
         name=spec.name,
         teacher_params=teacher_params(spec),
-        unlabelled=len(unlabelled),
-        unlabelled_tokens=_TokenCounter(spec.base_model).count(unlabelled) if unlabelled else 0,
+        unlabelled=data.unlabelled,
+        unlabelled_tokens=data.unlabelled_tokens,
         prune_blocks=spec.compress.prune.blocks,
         prune_ratio=spec.compress.prune.ratio,
         quantize=spec.compress.quantize,

@@ -54,7 +54,14 @@ def test_an_encoder_base_runs_no_generative_method_and_auto_says_none_fits() -> 
     assert runnable_methods("language-modeling", "encoder") == ()
     assert runnable_methods("instruction", "encoder") == ("reward",)  # a judge, no generator
     assert runnable_methods("language-modeling", "decoder") == ("cpt",)
-    assert runnable_methods("classification", "encoder") == ("icl", "lora", "dora", "ia3", "prune", "distill")
+    assert runnable_methods("classification", "encoder") == (
+        "icl",
+        "lora",
+        "dora",
+        "ia3",
+        "prune",
+        "distill",
+    )
     with pytest.raises(SpecError, match="needs a decoder or encoder-decoder base model.*auto"):
         resolve_method("language-modeling", "auto", {"recommended_runnable": "cpt"}, "encoder")
     with pytest.raises(SpecError, match="the spec's base_model is an encoder"):

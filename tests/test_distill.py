@@ -28,9 +28,8 @@ from tasks.train.distill import (
     distill_classifier,
     distill_task,
     read_unlabelled,
-    student_classifier,
 )
-from tasks.train.peft import Hyper, train_peft_classifier
+from tasks.train.peft import Hyper, classifier_base, train_peft_classifier
 from tasks.train.sft import train_generator
 
 EXAMPLES = REPO / "examples"
@@ -108,7 +107,7 @@ def test_a_small_classifier_learns_the_teachers_distribution(
     bert = str(families["bert"])
     teacher, tokenizer, manifest = load_classifier(classifier_teacher)
     reference = teacher_logits(teacher.merge_and_unload(), tokenizer, HELD_CHARS, 32)
-    untrained = student_classifier(bert, manifest.labels, 5, False)
+    untrained, _ = classifier_base(bert, manifest.labels, 5, False)
     student_tokenizer = AutoTokenizer.from_pretrained(bert)
     before = _kl(reference, teacher_logits(untrained, student_tokenizer, HELD_CHARS, 32))
     unlabelled = folder / "more.jsonl"

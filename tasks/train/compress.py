@@ -133,15 +133,44 @@ def block_influence(model: Any, tokenizer: Any, texts: list[str], max_length: in
     return [total / max(count, 1.0) for total in totals]
 
 
+def one_stack(model: Any) -> Any:
+    """The model's one stack of transformer blocks.
+
+    Raises:
+        ValueError: The model has none, or several (an encoder-decoder).
+    """
+    stacks = transformer_blocks(model)
+    if len(stacks) != 1:
+        raise ValueError(f"expected one stack of transformer blocks, found {len(stacks)}")
+    return stacks[0]
+
+
+def choose_blocks(importance: list[float], options: PruneOptions) -> PruneReport:
+    """The blocks to remove: ``blocks_to_remove`` of them, the lowest influence first."""
+    count = blocks_to_remove(len(importance), options)
+    removed = sorted(sorted(range(len(importance)), key=lambda i: (importance[i], i))[:count])
+    return PruneReport(importance, removed, [i for i in range(len(importance)) if i not in removed])
+
+
+def pruned_options(options: PruneOptions, report: PruneReport) -> dict[str, Any]:
+    """What a pruned package's manifest records of its teacher, blocks and distillation."""
+    return {
+        "teacher": options.teacher,
+        "removed_blocks": report.removed,
+        "kept_blocks": report.kept,
+        "block_influence": [round(v, 6) for v in report.importance],
+        "alpha": options.alpha,
+        "temperature": options.temperature,
+        "distilled": bool(report.removed),
+    } | ({"quantize": options.quantize} if options.quantize else {})
+
+
 def prune_blocks(model: Any, remove: list[int]) -> Any:
     """A copy of ``model`` without the blocks at indices ``remove`` (config updated to match)."""
     import torch
 
     pruned = copy.deepcopy(model)
-    stacks = transformer_blocks(pruned)
-    if len(stacks) != 1:
-        raise ValueError(f"expected one stack of transformer blocks, found {len(stacks)}")
-    stack, removed = stacks[0], set(remove)
+    stack, removed = one_stack(pruned), set(remove)
     kept = [block for i, block in enumerate(stack) if i not in removed]
     for _, module in pruned.named_modules():
         for child_name, child in module.named_children():
@@ -205,10 +234,11 @@ def distill(
     label_ids: list[int],
     logits: Any,
     hyper: Hyper,
-    options: PruneOptions,
+    alpha: float,
+    temperature: float,
     out: Path,
 ) -> tuple[list[tuple[int, float]], int, float, int]:
-    """Train every weight of ``student`` on the distillation loss.
+    """Train every weight of ``student`` on the distillation loss (``alpha``, ``temperature``).
 
     Returns:
         The loss history, the optimizer steps, the seconds and the tokens of one epoch.
@@ -233,9 +263,7 @@ def distill(
             soft = inputs.pop("teacher_logits")
             labels = inputs.pop("labels")
             outputs = model(**inputs)
-            loss = distillation_loss(
-                outputs.logits, soft, labels, options.alpha, options.temperature
-            )
+            loss = distillation_loss(outputs.logits, soft, labels, alpha, temperature)
             return (loss, outputs) if return_outputs else loss
 
     for parameter in student.parameters():
@@ -337,11 +365,8 @@ def prune_and_distill(
         )
     label_ids = [manifest.labels.index(str(row["label"])) for row in rows]
     importance = block_influence(teacher, tokenizer, texts[:CALIBRATION], hyper.max_length)
-    count = blocks_to_remove(len(importance), options)
-    removed = sorted(sorted(range(len(importance)), key=lambda i: (importance[i], i))[:count])
-    report = PruneReport(
-        importance, removed, [i for i in range(len(importance)) if i not in removed]
-    )
+    report = choose_blocks(importance, options)
+    removed = report.removed
     history: list[tuple[int, float]] = []
     steps, seconds, tokens = 0, 0.0, 0
     student = teacher  # quantize-only (no block removed): the teacher's weights, nothing trains
@@ -350,7 +375,15 @@ def prune_and_distill(
         set_seed(hyper.seed)
         student = prune_blocks(teacher, removed)
         history, steps, seconds, tokens = distill(
-            student, tokenizer, texts, label_ids, logits, hyper, options, out
+            student,
+            tokenizer,
+            texts,
+            label_ids,
+            logits,
+            hyper,
+            options.alpha,
+            options.temperature,
+            out,
         )
     total = parameter_count(student)
     trained = total if removed else 0  # distillation trains every weight of the student
@@ -366,16 +399,7 @@ def prune_and_distill(
             max_length=hyper.max_length,
             trainable_params=int(trained),
             total_params=int(total),
-            options={
-                "teacher": options.teacher,
-                "removed_blocks": report.removed,
-                "kept_blocks": report.kept,
-                "block_influence": [round(v, 6) for v in report.importance],
-                "alpha": options.alpha,
-                "temperature": options.temperature,
-                "distilled": bool(removed),
-            }
-            | ({"quantize": options.quantize} if options.quantize else {}),
+            options=pruned_options(options, report),
         ),
         out,
     )

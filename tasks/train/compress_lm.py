@@ -11,7 +11,7 @@ rendered exactly as training renders them (prompt and answer, ``encode_sft``; at
 ``compress.CALIBRATION``), every non-padding token counted. The states are read by hooks on the
 blocks themselves, not from ``output_hidden_states``, whose last entry has the final norm
 applied (GPT-2's ``ln_f``, Llama's ``norm``), which would inflate the last block's influence.
-The ``n`` blocks with the lowest BI go (``compress.blocks_to_remove``).
+The ``n`` blocks with the lowest BI go (``compress.choose_blocks``).
 
 **The pruned model** is ``compress.prune_blocks``'s copy (the stack without those blocks, the
 config's depth updated: ``num_hidden_layers``, GPT-2's ``n_layer`` through its attribute map)
@@ -67,22 +67,15 @@ from tasks.curate.records import read_jsonl
 from tasks.train.compress import (
     CALIBRATION,
     PruneOptions,
-    PruneReport,
-    blocks_to_remove,
+    choose_blocks,
+    one_stack,
     prune_blocks,
+    pruned_options,
 )
-from tasks.train.methods import transformer_blocks
 from tasks.train.peft import Hyper, TrainResult
 
 #: Config fields that hold one entry per block (kept for the kept blocks when pruning).
 PER_LAYER_CONFIG = ("layer_types",)
-
-
-def _one_stack(model: Any) -> Any:
-    stacks = transformer_blocks(model)
-    if len(stacks) != 1:
-        raise ValueError(f"expected one stack of transformer blocks, found {len(stacks)}")
-    return stacks[0]
 
 
 def _batches(tokenizer: Any, examples: list[Encoded], size: int) -> Any:
@@ -100,7 +93,7 @@ def decoder_block_influence(
     """ShortGPT's Block Influence of each block of a decoder on ``examples`` (see above)."""
     import torch
 
-    blocks = list(_one_stack(model))
+    blocks = list(one_stack(model))
     totals = [0.0] * len(blocks)
     inputs: dict[int, Any] = {}
     mask: Any = None
@@ -154,7 +147,7 @@ def prune_decoder(model: Any, remove: list[int]) -> Any:
     config and loaded with its weights, so every per-layer index is the new one (see the
     module docstring). ``model`` is untouched.
     """
-    depth = len(_one_stack(model))
+    depth = len(one_stack(model))
     kept = [i for i in range(depth) if i not in set(remove)]
     pruned = prune_blocks(model, remove)
     config = pruned.config
@@ -360,11 +353,8 @@ def prune_and_distill_lm(
     teacher, tokenizer, manifest = load_teacher(teacher_dir)
     examples = encode_rows(tokenizer, read_jsonl(train_path), "decoder", hyper.max_length)
     importance = decoder_block_influence(teacher, tokenizer, examples[:CALIBRATION])
-    count = blocks_to_remove(len(importance), options)
-    removed = sorted(sorted(range(len(importance)), key=lambda i: (importance[i], i))[:count])
-    report = PruneReport(
-        importance, removed, [i for i in range(len(importance)) if i not in removed]
-    )
+    report = choose_blocks(importance, options)
+    removed = report.removed
     history: list[tuple[int, float]] = []
     steps, seconds, tokens = 0, 0.0, 0
     student = teacher  # quantize-only (no block removed): the teacher's weights, nothing trains
@@ -389,17 +379,7 @@ def prune_and_distill_lm(
             max_length=hyper.max_length,
             trainable_params=int(trained),
             total_params=int(total),
-            options={
-                "max_new_tokens": hyper.max_new_tokens,
-                "teacher": options.teacher,
-                "removed_blocks": report.removed,
-                "kept_blocks": report.kept,
-                "block_influence": [round(v, 6) for v in report.importance],
-                "alpha": options.alpha,
-                "temperature": options.temperature,
-                "distilled": bool(removed),
-            }
-            | ({"quantize": options.quantize} if options.quantize else {}),
+            options={"max_new_tokens": hyper.max_new_tokens} | pruned_options(options, report),
         ),
         out,
     )

@@ -45,8 +45,8 @@ from prefect.cache_policies import NO_CACHE
 from adaptflow.errors import DataError, SpecError
 from adaptflow.jsonl import read_jsonl, write_jsonl
 from runtime.manifest import PackageManifest
-from tasks.train.compress import PruneOptions, distill, teacher_logits
-from tasks.train.peft import Hyper, TrainResult
+from tasks.train.compress import distill, teacher_logits
+from tasks.train.peft import Hyper, TrainResult, classifier_base
 
 #: Label id of an unlabelled text: no hard-label term (``distillation_loss``).
 UNLABELLED = -100
@@ -131,28 +131,6 @@ def _unlabelled_options(unlabelled: Unlabelled) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- classification
 
 
-def student_classifier(base_model: str, labels: list[str], seed: int, allow_pickle: bool) -> Any:
-    """``base_model`` with a fresh head over the teacher's ``labels``, every weight trainable.
-
-    Raises:
-        SpecError: A base with only pickle-based weights while ``allow_pickle`` is off.
-    """
-    from transformers import AutoModelForSequenceClassification, set_seed
-
-    from adaptflow.catalogue import resolve_base_model
-    from runtime.loading import refusing_pickle, weights_arguments
-
-    set_seed(seed)  # the new head's initialisation draws from the global RNG
-    with refusing_pickle(base_model, allow_pickle):
-        return AutoModelForSequenceClassification.from_pretrained(
-            resolve_base_model(base_model),
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            **weights_arguments(allow_pickle),
-        )
-
-
 def distill_classifier(
     train_path: Path,
     teacher_dir: Path,
@@ -187,13 +165,19 @@ def distill_classifier(
     label_ids += [UNLABELLED] * len(unlabelled.texts)
     logits = teacher_logits(teacher, teacher_tokenizer, texts, manifest.max_length)
     del teacher
-    student = student_classifier(base_model, manifest.labels, hyper.seed, allow_pickle)
+    # every weight of the student trains: a fresh head on base_model, no adapter
+    student, _ = classifier_base(base_model, manifest.labels, hyper.seed, allow_pickle)
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(base_model))
-    prune_like = PruneOptions(
-        teacher=options.teacher, alpha=options.alpha, temperature=options.temperature
-    )
     history, steps, seconds, tokens = distill(
-        student, tokenizer, texts, label_ids, logits, hyper, prune_like, out
+        student,
+        tokenizer,
+        texts,
+        label_ids,
+        logits,
+        hyper,
+        options.alpha,
+        options.temperature,
+        out,
     )
     student.eval()
     student.save_pretrained(str(out / "weights"), safe_serialization=True)

@@ -153,21 +153,20 @@ def fresh_modules(model: Any, missing_keys: list[str]) -> list[str]:
     return sorted(fresh)
 
 
-def setup(
-    base_model: str, labels: list[str], method: str, hyper: Hyper, allow_pickle: bool = False
-) -> Any:
-    """Load the base encoder with a fresh classification head and wrap it with peft.
+def classifier_base(
+    base_model: str, labels: list[str], seed: int, allow_pickle: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """``base_model`` with a fresh head over ``labels`` (seeded), and its loading info.
 
     Raises:
         SpecError: When the base has only pickle-based weights and ``allow_pickle`` is off.
     """
-    from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification, set_seed
 
     from adaptflow.catalogue import resolve_base_model
     from runtime.loading import refusing_pickle, weights_arguments
 
-    set_seed(hyper.seed)  # the new head's initialisation draws from the global RNG
+    set_seed(seed)  # the new head's initialisation draws from the global RNG
     with refusing_pickle(base_model, allow_pickle):
         model, info = AutoModelForSequenceClassification.from_pretrained(
             resolve_base_model(base_model),
@@ -177,6 +176,20 @@ def setup(
             output_loading_info=True,
             **weights_arguments(allow_pickle),
         )
+    return model, info
+
+
+def setup(
+    base_model: str, labels: list[str], method: str, hyper: Hyper, allow_pickle: bool = False
+) -> Any:
+    """Load the base encoder with a fresh classification head and wrap it with peft.
+
+    Raises:
+        SpecError: When the base has only pickle-based weights and ``allow_pickle`` is off.
+    """
+    from peft import get_peft_model
+
+    model, info = classifier_base(base_model, labels, hyper.seed, allow_pickle)
     # Anything the checkpoint lacks is freshly initialised and must be trained and saved with
     # the adapter, or a reload would draw different random weights.
     fresh = fresh_modules(model, info["missing_keys"])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from adaptflow.catalogue import is_package
+
 #: What ``compress.teacher`` may be, per task family (package kinds).
 CLASSIFIER_KINDS = ("encoder-classifier",)
 GENERATOR_KINDS = ("causal-lm", "seq2seq-lm")
@@ -24,16 +26,6 @@ def _need(task: str) -> str:
     if task == "classification":
         return "compress.teacher needs a trained encoder classifier (lora, dora, ia3 or prune)"
     return "compress.teacher needs a trained generator (a causal-lm or seq2seq-lm package)"
-
-
-def is_package(reference: str) -> bool:
-    """Whether ``reference`` names a package (a registered version or a package folder)."""
-    from adaptflow.catalogue import registered_reference
-
-    return (
-        registered_reference(reference) is not None
-        or (Path(reference) / "adaptflow_model.json").is_file()
-    )
 
 
 def teacher_folder(reference: str, task: str = "classification") -> Path:
