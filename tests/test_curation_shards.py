@@ -13,7 +13,17 @@ import pytest
 from helpers import built_corpus, write_jsonl
 
 from adaptflow.spec import CurationSpec, NearDedupSpec, load_spec
-from tasks.curate.dedup import ENGINES, NearDupParams, shingle_list, shingles, signatures
+from tasks.curate.dedup import (
+    ENGINES,
+    NearDupParams,
+    Shingles,
+    band_keys,
+    possible_pairs,
+    shared_buckets,
+    shingle_hashes,
+    shingle_list,
+    signatures,
+)
 from tasks.curate.records import Fields
 from tasks.curate.stage import CurationInputs, curate_dataset
 
@@ -46,43 +56,61 @@ def _files(summary: dict) -> dict[str, str]:
     return {key: Path(summary[key]).read_text() for key in OUTPUTS}
 
 
-def _reference_digests(engine: str, sets: list[set[str]], params: NearDupParams) -> np.ndarray:
-    """Each engine's own per-document MinHash, one object per document."""
-    if engine == "datasketch":
-        from datasketch import MinHash
-
-        theirs = MinHash.bulk(
-            ([s.encode() for s in shingle_set] for shingle_set in sets),
-            num_perm=params.num_perm,
-            seed=params.seed,
-        )
-        return np.stack([m.hashvalues for m in theirs])
+def _reference_digests(engine: str, tokens: list[list[int]], params: NearDupParams) -> np.ndarray:
+    """Each engine's own digest of each document's hashed tokens, one call per document."""
     from rensa import CMinHash, RMinHash
 
     rows = []
-    for shingle_set in sets:
+    for doc in tokens:
         if engine == "rensa-r":
-            r_minhash = RMinHash(params.num_perm, params.seed)
-            r_minhash.update(sorted(shingle_set))
-            rows.append(r_minhash.digest())
+            matrix = RMinHash.digest_matrix_from_token_hash_sets(
+                [doc], params.lsh_perm, params.seed
+            )
+            rows.append(matrix.to_rows()[0])
         else:
-            c_minhash = CMinHash(params.num_perm, params.seed)
-            c_minhash.update(sorted(shingle_set))
-            rows.append(c_minhash.digest_u64())
+            rows += CMinHash.digests64_from_token_hash_sets([doc], params.lsh_perm, params.seed)
     return np.array(rows)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_signatures_equal_the_engines_own_minhash(engine: str) -> None:
     params = NearDupParams(num_perm=64, seed=5, engine=engine)
-    texts = [r.text for r in built_corpus(seed=2, bases=20)] + ["one", "two words"]
-    sets = [shingles(t, params.ngram) for t in texts]
-    ours = signatures(sets, params)
-    assert ours.shape == (len(texts), 64)
-    assert np.array_equal(ours, _reference_digests(engine, sets, params))
-    # a shingle list with repeats, in text order, has the same MinHash as its set
-    lists = [shingle_list(t, params.ngram) + shingle_list(t, params.ngram)[:3] for t in texts]
-    assert np.array_equal(signatures(lists, params), ours)
+    texts = [r.text for r in built_corpus(seed=2, bases=20)] + ["one", "two words", ""]
+    hashes, offsets = shingle_hashes(texts, params.ngram)
+    docs = [hashes[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    ours = signatures((hashes, offsets), params)
+    assert ours.shape == (len(texts), params.lsh_perm) and params.lsh_perm <= 64
+    assert np.array_equal(ours, _reference_digests(engine, docs, params))
+    # some rows only: the same values; a token set, sorted the other way, has the same MinHash
+    rows = np.array([3, 0, len(texts) - 1])
+    assert np.array_equal(signatures((hashes, offsets), params, rows), ours[rows])
+    assert np.array_equal(
+        _reference_digests(engine, [sorted(set(d))[::-1] for d in docs], params), ours
+    )
+
+
+def test_shingle_hashes_are_the_string_shingles() -> None:
+    """One hash per ``shingle_list`` string, equal strings equal hashes: the same Jaccard."""
+    texts = [r.text for r in built_corpus(seed=4, bases=40)] + [
+        "", "   ", "one", "two words", "a b c d", "a b c d e", "A B C D E F", "a b c d e f g",
+        "Ünïcode\u00a0wörds here x y z", "x\u2003y z\u3000w v u", "A b\tc\nd  E f\x1cg",
+        "nul\x00 word a b c", "nul word\x00 a b c", "ÉCOLE école École x y",
+        "日本語 の テキスト です か ね",
+    ]  # fmt: skip
+    hashes, offsets = shingle_hashes(texts, 5)
+    strings = [shingle_list(t, 5) for t in texts]
+    mapping: dict[int, str] = {}
+    for k, shingle_strings in enumerate(strings):
+        own = hashes[offsets[k] : offsets[k + 1]].tolist()
+        assert len(own) == len(shingle_strings), texts[k]
+        for value, string in zip(own, shingle_strings, strict=True):
+            assert mapping.setdefault(value, string) == string  # no two strings share a hash
+    assert len(set(mapping.values())) == len(mapping)  # and no string has two hashes
+    assert len(mapping) == len({s for ss in strings for s in ss})
+    # batches do not change the values
+    texts *= 200
+    again, _ = shingle_hashes(texts, 5)
+    assert np.array_equal(again[: len(hashes)], hashes) and len(again) == 200 * len(hashes)
 
 
 @pytest.mark.parametrize("near", [True, False], ids=["near-dedup", "near-dedup-off"])
@@ -125,3 +153,33 @@ def test_two_dask_workers_keep_exactly_the_single_process_set(
     assert dask["shard_processes"] == 2  # both Dask workers ran shards, none ran here
     assert _files(dask) == _files(single)
     assert dask["data_hash"] == single["data_hash"]
+
+
+def test_rensa_flags_every_record_that_shares_one_of_our_bands() -> None:
+    """``possible_pairs`` (rensa, with our bands) flags every candidate of our own buckets."""
+    params = NearDupParams()
+    records = built_corpus(seed=6, bases=60)
+    tokens = Shingles.of(records, params.ngram).tokens()
+    every = np.arange(len(records))
+    shared = shared_buckets(band_keys(signatures(tokens, params), params), every).records
+    flagged = possible_pairs(tokens, params)
+    assert len(shared) > 40  # the corpus has candidates
+    assert set(shared.tolist()) <= set(flagged.tolist())
+    assert len(set(flagged.tolist()) - set(shared.tolist())) <= len(records) // 100  # ~the same
+
+
+@pytest.mark.parametrize("width", [16, 100, 128, 1024])
+def test_the_byte_sketch_estimate_counts_equal_values(width: int) -> None:
+    """The word-wise sum gives what ``count_nonzero`` gives, padded widths and wide ones too."""
+    from tasks.curate.dedup import _Sketch
+
+    rng = np.random.default_rng(width)
+    sigs = rng.integers(0, 1 << 32, size=(50, width), dtype=np.uint64).astype(np.uint32)
+    sigs[7] = sigs[3]  # identical rows
+    sigs[9, : width // 2] = sigs[3, : width // 2]  # half the values shared
+    sketch = _Sketch(sigs)
+    js = np.arange(50)
+    expected = np.count_nonzero(sigs.astype(np.uint8) == sigs[3].astype(np.uint8), axis=1)
+    assert np.array_equal(sketch.estimate(js, 3) * width, expected)
+    assert sketch.estimate(js, 3)[7] == 1.0
+    assert 0.5 <= sketch.estimate(js, 3)[9] < 0.6

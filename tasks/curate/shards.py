@@ -24,14 +24,7 @@ from typing import Any
 import numpy as np
 
 from tasks.curate.blocks import Funnel, quarantine_row, removed_row, run_blocks
-from tasks.curate.dedup import (
-    band_keys,
-    content_keys,
-    lsh_shingles,
-    part_shingles,
-    prompt_keys,
-    signatures,
-)
+from tasks.curate.dedup import Shingles, band_keys, content_keys, prompt_keys, signatures
 from tasks.curate.inputs import CurationInputs, record_blocks, record_steps
 from tasks.curate.records import Record
 
@@ -127,8 +120,8 @@ def curate_shard(job: ShardJob, inputs: CurationInputs) -> ShardResult:
             keys.append(content_keys(kept))
             prompts.append(prompt_keys(kept))
             if want_bands and kept:
-                sets = [lsh_shingles(part_shingles(r, near.ngram)) for r in kept]
-                bands.append(band_keys(signatures(sets, near), near))
+                tokens = Shingles.of(kept, near.ngram).tokens()
+                bands.append(band_keys(signatures(tokens, near), near))
     n_bands = near.bands[0] if want_bands else 0
     return ShardResult(
         job=job,

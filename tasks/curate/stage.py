@@ -41,13 +41,12 @@ from tasks.curate.blocks import Removed, quarantine_row, removed_row
 from tasks.curate.decontaminate import REASON as CONTAMINATED
 from tasks.curate.decontaminate import DecontaminationSettings, contaminated
 from tasks.curate.dedup import (
+    Shingles,
     clusters,
+    confirmed_pairs,
     conflicting_labels,
     first_of,
     near_detail,
-    near_matches,
-    part_shingles,
-    record_similarity,
     semantic_dedup,
     shared_buckets,
 )
@@ -263,10 +262,10 @@ def _near_pairs(
     """Confirmed near-duplicate pairs among ``alive`` (texts read only for LSH candidates)."""
     params = inputs.near_params
     shared = shared_buckets(src.bands, alive)
-    candidates = src.records(set(shared.records.tolist()))
-    sets = {p: part_shingles(r, params.ngram) for p, r in candidates.items()}
-    similar = lambda j, i: record_similarity(sets[j], sets[i])  # noqa: E731
-    return list(near_matches(shared, similar, params.threshold, all_pairs=all_pairs))
+    positions = shared.records
+    found = src.records(set(positions.tolist()))
+    shingles = Shingles.of([found[p] for p in positions.tolist()], params.ngram)
+    return confirmed_pairs(shingles, positions, shared, params, all_pairs)
 
 
 def _split(inputs: CurationInputs, src: _Source, alive: np.ndarray) -> set[int]:
