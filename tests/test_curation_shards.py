@@ -183,3 +183,32 @@ def test_the_byte_sketch_estimate_counts_equal_values(width: int) -> None:
     assert np.array_equal(sketch.estimate(js, 3) * width, expected)
     assert sketch.estimate(js, 3)[7] == 1.0
     assert 0.5 <= sketch.estimate(js, 3)[9] < 0.6
+
+
+def test_long_texts_hash_in_pieces_to_the_same_shingles() -> None:
+    """Texts over one numpy pass's byte budget: grouped, or one text cut at whitespace."""
+    from tasks.curate.dedup import HASH_BYTES
+
+    rng = np.random.default_rng(0)
+    vocabulary = [f"w{k}" for k in range(3000)] + ["Ünï", "日本", "x\u3000y"]
+
+    def text(words: int) -> str:
+        return " ".join(rng.choice(vocabulary, size=words).tolist())
+
+    long_text = text(HASH_BYTES // 2)  # ~2.5x the budget: cut in pieces
+    texts = ["short one", text(HASH_BYTES // 9), text(HASH_BYTES // 9), long_text, "a b c d e f"]
+    assert len(long_text.encode()) > 2 * HASH_BYTES
+    hashes, offsets = shingle_hashes(texts, 5)
+    for k, string in enumerate(texts):
+        own = hashes[offsets[k] : offsets[k + 1]]
+        alone, _ = shingle_hashes([string], 5)
+        assert np.array_equal(own, alone)  # the same values in a batch or alone
+        assert len(own) == len(shingle_list(string, 5))
+    # the cut text's shingles are its string shingles, one to one
+    strings = shingle_list(long_text, 5)
+    long_hashes = hashes[offsets[3] : offsets[4]].tolist()
+    assert len(set(long_hashes)) == len(set(strings))
+    mapping: dict[int, str] = {}
+    for value, string in zip(long_hashes, strings, strict=True):
+        assert mapping.setdefault(value, string) == string
+    assert len(set(mapping.values())) == len(mapping)

@@ -263,8 +263,10 @@ def jaccard(a: set[Any], b: set[Any]) -> float:
     return common / (len(a) + len(b) - common)
 
 
-#: Texts hashed per numpy pass in ``shingle_hashes`` (keeps its byte arrays in cache).
+#: Texts per batch in ``shingle_hashes`` (batches run on ``HASH_THREADS`` threads).
 HASH_DOCS = 2_048
+#: Most bytes of text one numpy pass hashes (bounds its memory: see ``_word_hashes``).
+HASH_BYTES = 1 << 20
 #: Threads hashing batches in ``shingle_hashes`` (the machine this runs on has 2 cores).
 HASH_THREADS = 2
 #: Documents per engine call in ``signatures`` (bounds the intermediate lists' memory).
@@ -337,20 +339,8 @@ def _hash_batch(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray]:
     lowered = [t.lower() for t in texts]
     encoded = [t.encode("utf-8") if t.isascii() else _WIDE_SPACE.sub(" ", t).encode("utf-8")
                for t in lowered]  # fmt: skip
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)) + 1
-    data = np.frombuffer(b" ".join(encoded) + b" ", dtype=np.uint8)  # a space ends every text
-    space = _ASCII_SPACE[data]
-    starts = np.flatnonzero(~space & np.r_[True, space[:-1]])
-    ends = np.flatnonzero(~space & np.r_[space[1:], True]) + 1
-    power, inverse = _powers(1 << int(len(data)).bit_length())
-    prefix = np.zeros(len(data) + 1, dtype=np.uint64)
-    terms = np.multiply(data, power[: len(data)])  # uint64; a NUL byte adds 0, the length
-    np.cumsum(terms, out=prefix[1:])  # below still tells such words apart
-    words = _fmix64(
-        (prefix[ends] - prefix[starts]) * inverse[starts] + (ends - starts).astype(np.uint64)
-    )  # each word's bytes as a polynomial from its own start, mixed with its length
-    text_of = np.searchsorted(np.r_[0, np.cumsum(lengths)[:-1]], starts, side="right") - 1
-    count = np.bincount(text_of, minlength=len(texts))
+    words, count = _word_hashes(encoded)
+    text_of = np.repeat(np.arange(len(texts)), count)
     first = np.r_[0, np.cumsum(count)[:-1]]
     grams = np.zeros(max(len(words) - n + 1, 0), dtype=np.uint64)
     for k in range(n):
@@ -368,6 +358,69 @@ def _hash_batch(texts: Sequence[str], n: int) -> tuple[np.ndarray, np.ndarray]:
         value = np.where(has, value * _WORD_BASE + word, value)
     out[offsets[short]] = _fmix64(value ^ (count[short].astype(np.uint64) * _SHORT_TAG))
     return out, offsets
+
+
+def _word_hashes(encoded: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """The hash of every word of every text (flat, in order) and each text's word count.
+
+    One numpy pass hashes up to ``HASH_BYTES`` of text (its arrays take ~40 bytes per byte of
+    text): texts are grouped up to that, and a longer text is cut at whitespace into pieces
+    (no word is split, so its words and their hashes are the same).
+    """
+    if sum(map(len, encoded)) <= HASH_BYTES:
+        return _word_pass(encoded)
+    words: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    group: list[bytes] = []
+    size = 0
+    for text in [*encoded, None]:
+        if group and (text is None or size + len(text) > HASH_BYTES or len(text) > HASH_BYTES):
+            hashed, count = _word_pass(group)
+            words.append(hashed)
+            counts.append(count)
+            group, size = [], 0
+        if text is not None and len(text) > HASH_BYTES:
+            hashed, count = _word_pass(_cut(text))
+            words.append(hashed)
+            counts.append(np.array([count.sum()]))
+        elif text is not None:
+            group.append(text)
+            size += len(text) + 1
+    return np.concatenate(words), np.concatenate(counts).astype(np.int64)
+
+
+_SPACE_BYTE = re.compile(b"[\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f ]")
+
+
+def _cut(text: bytes) -> list[bytes]:
+    """``text`` in pieces of about ``HASH_BYTES / 2`` to ``HASH_BYTES``, cut at whitespace."""
+    pieces, start = [], 0
+    while len(text) - start > HASH_BYTES:
+        found = _SPACE_BYTE.search(text, start + HASH_BYTES // 2)
+        if found is None:  # no whitespace left: the rest is one piece
+            break
+        pieces.append(text[start : found.start()])
+        start = found.start() + 1
+    pieces.append(text[start:])
+    return pieces
+
+
+def _word_pass(encoded: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """``_word_hashes`` of texts that fit one pass: a polynomial prefix sum over their bytes."""
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)) + 1
+    data = np.frombuffer(b" ".join(encoded) + b" ", dtype=np.uint8)  # a space ends every text
+    space = _ASCII_SPACE[data]
+    starts = np.flatnonzero(~space & np.r_[True, space[:-1]])
+    ends = np.flatnonzero(~space & np.r_[space[1:], True]) + 1
+    power, inverse = _powers(1 << int(len(data)).bit_length())
+    prefix = np.zeros(len(data) + 1, dtype=np.uint64)
+    terms = np.multiply(data, power[: len(data)])  # uint64; a NUL byte adds 0, the length
+    np.cumsum(terms, out=prefix[1:])  # below still tells such words apart
+    words = _fmix64(
+        (prefix[ends] - prefix[starts]) * inverse[starts] + (ends - starts).astype(np.uint64)
+    )  # each word's bytes as a polynomial from its own start, mixed with its length
+    text_of = np.searchsorted(np.r_[0, np.cumsum(lengths)[:-1]], starts, side="right") - 1
+    return words, np.bincount(text_of, minlength=len(encoded))
 
 
 @dataclass(frozen=True)
