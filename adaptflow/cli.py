@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stdout
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -98,12 +98,21 @@ def _quiet_libraries() -> None:
 
 #: The embedded Prefect server, starting in the background (``_prepare``), if one is.
 _EMBEDDED: Any = None
+#: Contexts entered once for the rest of the process (see ``_prefect_ready``).
+_PROCESS_CONTEXTS = ExitStack()
 
 
 def _prefect_ready() -> None:
-    """Wait for the embedded Prefect server ``_prepare`` started, if any, before a flow runs."""
+    """Wait for the embedded Prefect server ``_prepare`` started, if any, before a flow runs.
+
+    Its flows then run without heartbeats for the rest of this process (the settings context
+    stays entered: nothing outlives the process to read them; ``flows.embedded``).
+    """
     if _EMBEDDED is not None:
         _EMBEDDED.wait()
+        from flows.embedded import without_heartbeats
+
+        _PROCESS_CONTEXTS.enter_context(without_heartbeats())
 
 
 def _reuse_running_servers(settings: Any, prefect: bool) -> Any:

@@ -9,6 +9,7 @@ lock; a marker per Prefect version then skips the lock.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,21 @@ class Starting:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def without_heartbeats() -> AbstractContextManager[Any]:
+    """Prefect settings with flow-run heartbeats off, for a server that ends with this process.
+
+    Prefect sends each flow run's heartbeats from a thread that sleeps in 1 s steps, and joins
+    it when the flow ends: every flow and subflow waited ~0.5 s for nothing (2.8 s of a demo
+    run's six flows, ``benchmarks/bench_pipeline_overhead.py``). Heartbeats let a long-lived
+    server mark a crashed run; an embedded or ephemeral server ends with the process that would
+    have sent them, so nobody reads them. A shared server (``PREFECT_API_URL``, ``adaptflow
+    up``) keeps them.
+    """
+    from prefect.settings import temporary_settings
+
+    return temporary_settings(updates={"flows.heartbeat_frequency": None})
 
 
 def _free_port() -> int:

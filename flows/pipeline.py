@@ -21,8 +21,6 @@ from adaptflow.secrets import load_secret_blocks
 from adaptflow.spec import Method, Spec, apply_overrides, load_spec, parse_spec
 from flows.compare import compare
 from flows.curate import curate
-from flows.ladder import ladder
-from flows.rag import rag_pipeline
 from flows.search import brief_choice, choose_training
 from flows.steps import (
     attempt,
@@ -76,7 +74,11 @@ def adapt_pipeline(
     check_method(spec.task, requested, family)
     # a GPU feature this machine lacks fails here, before any work
     check_capabilities(spec.task, requested, spec.train.precision, spec.train.devices)
+    # the ladder and RAG flows are imported only where they run: the RAG one brings the
+    # retrieval stack, ~0.6 s of every other run's start (bench_pipeline_overhead.py)
     if requested == "ladder":
+        from flows.ladder import ladder
+
         return ladder(spec, recommend_task(spec))
     advice = recommend_task(spec) if requested == "auto" else None
     chosen = resolve_method(spec.task, requested, advice, family)
@@ -87,6 +89,8 @@ def adapt_pipeline(
         spec.base_model, family, adapter_of(spec, chosen), spec.train.target_modules
     )
     if chosen == "rag":
+        from flows.rag import rag_pipeline
+
         return rag_pipeline(spec, advice)
     tags = provenance(spec, chosen)
     run_id = open_run(spec.name, f"{spec.name}-{chosen}", run_params(spec, chosen), tags)

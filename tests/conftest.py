@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,16 @@ from adaptflow.settings import apply_settings  # noqa: E402
 apply_settings()
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flows_without_heartbeats() -> Iterator[None]:
+    """The tests' flows run on Prefect's ephemeral server: no heartbeats, as the CLI's embedded
+    one (``flows.embedded.without_heartbeats``; each flow's end waited ~0.5 s for them)."""
+    from flows.embedded import without_heartbeats
+
+    with without_heartbeats():
+        yield
 
 
 @pytest.fixture(scope="session")
