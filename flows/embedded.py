@@ -18,6 +18,18 @@ from typing import Any
 LOCK_TIMEOUT_SECONDS = 600
 
 
+#: The server's task-run recorder writes task runs in one batch when it stops, not one write per
+#: task-run event (Prefect's default, batch size 1): each of those writes took SQLite's write
+#: lock while the flow's own API calls waited for it, and a demo run's next subflow or its
+#: training task's concurrency slot waited ~2 s in most runs (``py-spy`` of the server). The
+#: task runs still reach the home's database (the server stops gracefully at exit), where
+#: ``adaptflow up``'s UI shows them.
+RECORDER_BATCHING = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100000",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "86400",
+}
+
+
 class Starting:
     """This process's embedded Prefect server, started at once in the background.
 
@@ -44,11 +56,12 @@ class Starting:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self._process: Any = None
         self._failure: BaseException | None = None
-        self._env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
-        }
+        self._env = (
+            {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+            | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"}
+            | {"PREFECT__SERVER_FINAL": "1"}
+            | RECORDER_BATCHING
+        )
         os.environ["PREFECT_API_URL"] = self.api_url  # read when Prefect is imported
         os.environ.setdefault("PREFECT_UI_URL", "")  # its UI is off: no "View at" links
         self._thread = threading.Thread(
@@ -114,7 +127,10 @@ class Starting:
             raise self._failure
 
     def stop(self) -> None:
-        """Stop the server (at exit): terminate, then kill if it lingers past 5 s."""
+        """Stop the server (at exit): terminate, then kill if it lingers past 15 s.
+
+        It writes the run's task runs as it stops (``RECORDER_BATCHING``), hence the margin.
+        """
         import subprocess
 
         process, self._process = self._process, None
@@ -122,7 +138,7 @@ class Starting:
             return
         process.terminate()
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

@@ -24,6 +24,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 
 from adaptflow.settings import apply_settings  # noqa: E402
+from flows.embedded import RECORDER_BATCHING  # noqa: E402
+
+# Prefect's ephemeral server (started with the first flow, from this environment) batches its
+# task-run writes as the CLI's embedded one does (``flows.embedded.RECORDER_BATCHING``).
+os.environ.update(RECORDER_BATCHING)
 
 apply_settings()
 

@@ -28,3 +28,58 @@ def test_flows_and_subflows_run_without_heartbeats_inside_and_with_them_outside(
         with without_heartbeats():
             assert _outer() == (None, None)  # the flow and its subflow: no heartbeat thread
         assert get_current_settings().flows.heartbeat_frequency == 180
+
+
+_SCRIPT = """
+import os, sys
+from pathlib import Path
+from flows.embedded import Starting, without_heartbeats
+
+server = Starting(Path(os.environ["PREFECT_HOME"]))
+from prefect import flow, task
+
+@task(tags=["gpu"])
+def double(x):
+    return 2 * x
+
+@flow(name="recorded-child")
+def child(x):
+    return double(x) + double(x + 1)
+
+@flow(name="recorded-parent")
+def parent():
+    return child(1) + double(10)
+
+server.wait()
+with without_heartbeats():
+    print(parent())
+"""
+
+
+def test_the_embedded_server_records_every_task_run_when_it_stops(tmp_path) -> None:
+    """Batched task-run writes (``RECORDER_BATCHING``) still reach the home's database."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_SERVICES")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(repo)}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], env=env, cwd=repo, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "26"  # (2 + 4) + 20
+    database = sqlite3.connect(tmp_path / "prefect" / "prefect.db")
+    flows = dict(database.execute("select f.name, count(*) from flow_run r join flow f "
+                                  "on r.flow_id = f.id group by f.name"))  # fmt: skip
+    assert flows == {"recorded-parent": 1, "recorded-child": 1}
+    names = sorted(
+        name.rsplit("-", 1)[0] for (name,) in database.execute("select name from task_run")
+    )
+    # three runs of the tagged task, and the parent's task run standing for its subflow
+    assert names == ["double", "double", "double", "recorded-child"]
