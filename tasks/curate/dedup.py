@@ -49,16 +49,16 @@ datatrove MinHash blocks (8 x 16)      9,700      0.995 (LSH) 2,087 on bucket hi
 plain datasketch loop (README)         2,000      -           2,253 on LSH hits alone
 =====================================  =========  ==========  ======================================
 
-The stage runs at 1.29x rensa's own loop (which drops on any LSH hit: 3,448 drops where exact
-Jaccard confirms 2,116, and keeps its index in memory). Before this design it ran at ~0.4x:
-Python string shingles (~0.3 s of the 0.33 s the loop takes), every signature turned into
-numpy (~0.2 s), and ~420k candidate pairs each checked by a Python set intersection. Now, per
-20k documents: exact dedup ~30 ms, shingle hashes ~60 ms, rensa's digests and flags ~20 ms,
-flagged signatures ~25 ms, buckets ~6 ms, confirmation ~80 ms. C-MinHash has no flat-buffer
-path and no one-shot flags in rensa, so it converts every signature; it stays as an option
-(same drops). The datasketch values (the old path, 7,300 docs/s) are gone from the stage; the
-plain datasketch loop stays in the benchmark. datatrove installs without torch (only loguru),
-but its word tokenizer needs spaCy and its dedup runs as disk-backed pipeline steps, so only its
+The stage runs at 1.24-1.29x rensa's own loop over two runs (which drops on any LSH hit: 3,448
+drops where exact Jaccard confirms 2,116, and keeps its index in memory). Before this design it
+ran at ~0.4x: Python string shingles (~0.3 s of the 0.33 s the loop takes), every signature
+turned into numpy (~0.2 s), and ~420k candidate pairs each checked by a Python set intersection.
+Now, per 20k documents: exact dedup ~30 ms, shingle hashes ~60 ms, rensa's digests and flags ~20
+ms, flagged signatures ~25 ms, buckets ~6 ms, confirmation ~80 ms. C-MinHash has no flat-buffer
+path and no one-shot flags in rensa, so it converts every signature; it stays as an option (same
+drops). The datasketch values (the old path, 7,300 docs/s) are gone from the stage; the plain
+datasketch loop stays in the benchmark. datatrove installs without torch (only loguru), but its
+word tokenizer needs spaCy and its dedup runs as disk-backed pipeline steps, so only its
 signature blocks are benchmarked (on our shingles); it is not a dependency.
 """
 
