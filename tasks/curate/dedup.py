@@ -369,24 +369,23 @@ def _word_hashes(encoded: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """
     if sum(map(len, encoded)) <= HASH_BYTES:
         return _word_pass(encoded)
-    words: list[np.ndarray] = []
-    counts: list[np.ndarray] = []
+    passes: list[tuple[np.ndarray, np.ndarray]] = []
     group: list[bytes] = []
     size = 0
-    for text in [*encoded, None]:
-        if group and (text is None or size + len(text) > HASH_BYTES or len(text) > HASH_BYTES):
-            hashed, count = _word_pass(group)
-            words.append(hashed)
-            counts.append(count)
+    for text in encoded:
+        if group and size + len(text) > HASH_BYTES:
+            passes.append(_word_pass(group))
             group, size = [], 0
-        if text is not None and len(text) > HASH_BYTES:
-            hashed, count = _word_pass(_cut(text))
-            words.append(hashed)
-            counts.append(np.array([count.sum()]))
-        elif text is not None:
+        if len(text) > HASH_BYTES:  # its pieces' words, counted as one text's
+            words, count = _word_pass(_cut(text))
+            passes.append((words, count.sum(keepdims=True)))
+        else:
             group.append(text)
             size += len(text) + 1
-    return np.concatenate(words), np.concatenate(counts).astype(np.int64)
+    if group:
+        passes.append(_word_pass(group))
+    words = np.concatenate([w for w, _ in passes])
+    return words, np.concatenate([c for _, c in passes]).astype(np.int64)
 
 
 _SPACE_BYTE = re.compile(b"[\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f ]")
@@ -443,9 +442,6 @@ class Shingles:
         hashes, parts = shingle_hashes([part for p in each for part in p], n)
         sizes = np.fromiter(map(len, each), dtype=np.int64, count=len(each))
         return cls(hashes, parts, np.r_[0, np.cumsum(sizes)].astype(np.int64))
-
-    def __len__(self) -> int:
-        return len(self.record_parts) - 1
 
     def tokens(self) -> tuple[np.ndarray, np.ndarray]:
         """Each record's LSH tokens: ``(flat hashes, record offsets)``."""
@@ -698,7 +694,6 @@ def confirmed_pairs(
     rows = np.searchsorted(positions, candidates)
     if sigs is None:
         sigs = signatures(shingles.tokens(), params, rows)
-    sketch = _Sketch(sigs)
     sets: dict[int, list[set[int]]] = {}
 
     def similar(j: int, i: int) -> float:
@@ -707,7 +702,7 @@ def confirmed_pairs(
                 sets[k] = shingles.sets(int(rows[k]))
         return record_similarity(sets[j], sets[i])
 
-    estimate = sketch.estimate
+    estimate = _Sketch(sigs).estimate
     return list(near_matches(shared, similar, params.threshold, all_pairs, estimate))
 
 
@@ -722,8 +717,7 @@ def _near_matches(
     local = shared_buckets(band_keys(sigs, params), np.arange(len(flagged)))
     shared = SharedBuckets(flagged[local.record], local.bucket)  # sorted still: flagged ascends
     every = np.arange(len(records))
-    candidate_sigs = sigs[np.unique(local.record)]
-    return confirmed_pairs(shingles, every, shared, params, all_pairs, candidate_sigs)
+    return confirmed_pairs(shingles, every, shared, params, all_pairs, sigs[local.records])
 
 
 def near_duplicate_pairs(
