@@ -58,8 +58,11 @@ class Starting:
         self._failure: BaseException | None = None
         self._env = (
             {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-            | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"}
-            | {"PREFECT__SERVER_FINAL": "1"}
+            | {
+                "PREFECT_UI_ENABLED": "0",
+                "PREFECT__SERVER_EPHEMERAL": "1",
+                "PREFECT__SERVER_FINAL": "1",
+            }
             | RECORDER_BATCHING
         )
         os.environ["PREFECT_API_URL"] = self.api_url  # read when Prefect is imported
