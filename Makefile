@@ -7,7 +7,7 @@ DEMO    := examples/unicode-categories/spec.yaml
 RAG_DEMO := examples/python-docs/spec.yaml
 SFT_DEMO := examples/unicode-lowercase/spec.yaml
 
-.PHONY: setup demo test test-all test-fast bench lint format clean
+.PHONY: setup demo test test-all test-fast bench lint format clean templates
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ test-all: setup
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not integration and not slow"
+
+# A new home's MLflow and Prefect databases start from these (adaptflow/sqlite_templates.py);
+# rerun after upgrading either library (tests/test_sqlite_templates.py fails until then).
+templates: setup
+	$(BIN)/python -m flows.embedded
 
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline_overhead.py

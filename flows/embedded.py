@@ -56,6 +56,8 @@ class Starting:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self._process: Any = None
         self._failure: BaseException | None = None
+        #: Whether this start created the home's database from the template (a new home).
+        self.restored = False
         self._env = (
             {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
             | {
@@ -76,6 +78,8 @@ class Starting:
     def _run(self, prefect_home: Path) -> None:
         from filelock import FileLock
 
+        from adaptflow.sqlite_templates import restore
+
         try:
             marker = prefect_home / f".adaptflow-ready-{version('prefect')}"
             if marker.exists():
@@ -83,6 +87,9 @@ class Starting:
                 return
             lock = FileLock(str(prefect_home / ".adaptflow-init.lock"))
             with lock.acquire(timeout=LOCK_TIMEOUT_SECONDS):
+                if (database := _default_database(self._env)) is not None:
+                    # a new database starts migrated (~4 s of a first start's wait)
+                    self.restored = restore("prefect", version("prefect"), database)
                 self._spawn_and_wait()  # migrations and block types, one home at a time
                 marker.touch()
         except BaseException as failure:  # handed to the thread that waits
@@ -162,6 +169,58 @@ def without_heartbeats() -> AbstractContextManager[Any]:
     return temporary_settings(updates={"flows.heartbeat_frequency": None})
 
 
+def _default_database(env: dict[str, str]) -> Path | None:
+    """The server's SQLite file under its Prefect home, unless ``env`` names another database."""
+    if any(key.endswith("DATABASE_CONNECTION_URL") for key in env):
+        return None
+    return Path(env.get("PREFECT_HOME", "~/.prefect")).expanduser() / "prefect.db"
+
+
+def migrated_database_dump(folder: Path) -> str:
+    """The SQL text of an empty database Prefect's server migrated in ``folder``.
+
+    Prefect's own ``create_db`` (every Alembic migration), in a fresh interpreter because
+    Prefect reads its database URL once, at import: what ``make templates`` keeps as this
+    version's template (``adaptflow.sqlite_templates``).
+    """
+    import os
+    import subprocess
+    import sys
+
+    from adaptflow.sqlite_templates import dump
+
+    database = folder / "prefect.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(folder),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{database}",
+    }
+    migrate = (
+        "import asyncio\n"
+        "from prefect.server.database import provide_database_interface\n"
+        "asyncio.run(provide_database_interface().create_db())\n"
+    )
+    subprocess.run([sys.executable, "-c", migrate], env=env, check=True)  # noqa: S603
+    return dump(database)
+
+
+def write_templates() -> list[Path]:
+    """Write this environment's MLflow and Prefect templates (``make templates``)."""
+    import tempfile
+
+    from adaptflow.sqlite_templates import template_path
+    from registry.tracking import migrated_store_dump
+
+    written = []
+    for library, make in (("mlflow", migrated_store_dump), ("prefect", migrated_database_dump)):
+        with tempfile.TemporaryDirectory(prefix=f"adaptflow-{library}-template-") as folder:
+            text = make(Path(folder))
+        path = template_path(library, version(library))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
 def _free_port() -> int:
     """A loopback port nothing listens on now."""
     import socket
@@ -169,3 +228,8 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+if __name__ == "__main__":  # make templates
+    for written in write_templates():
+        print(written)
