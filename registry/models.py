@@ -270,6 +270,18 @@ def alias_version(name: str, alias: str) -> str | None:
         raise
 
 
+def version_identity(name: str, version: str) -> str:
+    """What tells one registered version from any other for good: run, source, creation time.
+
+    A version number alone comes back when a model is deleted and registered again.
+
+    Raises:
+        RegistryError: No such model or version.
+    """
+    found = _get_version(name, version)
+    return f"{name}/{found.version}:{found.run_id}:{found.source}:{found.creation_timestamp}"
+
+
 def version_tags(name: str, version: str) -> dict[str, str]:
     """Tags of one model version."""
     return dict(_get_version(name, version).tags)

@@ -79,6 +79,38 @@ def baseline_cache(files: tuple[str, ...], model: str = "base_model") -> CachePo
     return TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=key)
 
 
+def champion_cache() -> CachePolicy:
+    """The cache policy of scoring the champion on an eval split (``score_champion``).
+
+    Every run re-scores the champion on its own eval split so the gate compares like with
+    like; on unchanged data (a retrain, a search, a sweep) that is the same model on the same
+    bytes again. The key reads the registered version by what tells it apart for good (its
+    run, source and creation time: a version number comes back when a model is deleted and
+    registered again), the eval file by content and the other arguments by value, plus the
+    task's source (``TASK_SOURCE``). Not cached: a judge's win rate (``versus``: an LLM or
+    another model answers), rewards that run code or a model, and retrieval (its index can
+    live on a Chroma server that changes under the same version).
+    """
+    from registry.models import version_identity
+
+    def key(_context: Any, parameters: dict[str, Any]) -> str | None:
+        version = parameters.get("version")
+        if version is None or parameters.get("versus") is not None:
+            return None
+        if parameters.get("task") == "retrieval-qa":
+            return None
+        if any(r.get("kind") in UNCACHEABLE_REWARDS for r in parameters.get("rewards") or ()):
+            return None
+        parts = [
+            version_identity(str(parameters["name"]), str(version)),
+            file_digest(Path(parameters["eval_path"])),
+            *(f"{name}={parameters.get(name)!r}" for name in ("task", "rewards", "rewards_dir")),
+        ]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    return TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=key)
+
+
 def cached_baseline(name: str, files: tuple[str, ...]) -> Callable[[Any], Any]:
     """``prefect.task`` for a baseline function, cached per home with ``baseline_cache``."""
     return task(name=name, cache_policy=baseline_cache(files), persist_result=True)

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from adaptflow.methods import GENERATIVE_TASKS, LM_TASKS
 from registry import models, tracking
 from registry.card import render_model_card
+from tasks.cache import champion_cache
 
 
 @task(name="open_run", cache_policy=NO_CACHE)
@@ -71,7 +72,7 @@ def current_champion(name: str) -> str | None:
     return models.champion_version(name)
 
 
-@task(name="score_champion", cache_policy=NO_CACHE)
+@task(name="score_champion", cache_policy=champion_cache(), persist_result=True)
 def score_champion(
     name: str,
     version: str | None,
@@ -82,6 +83,9 @@ def score_champion(
     versus: tuple[Any, list[str]] | None = None,
 ) -> dict[str, float] | None:
     """Re-score the champion on this run's eval set, so the gate compares like with like.
+
+    Scored once per (registered version, eval bytes, settings) in a home and then read from
+    Prefect's cache (``tasks.cache.champion_cache``: a retrain on unchanged data asks again).
 
     A generative champion is scored like the candidate (``score_generative``): on preference
     rows with the preference metrics, with the run's ``rewards`` (grpo) when given, and with

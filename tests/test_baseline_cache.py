@@ -67,3 +67,51 @@ def test_the_key_reads_model_files_and_refuses_code_it_cannot_see(tmp_path: Path
     assert key(None, args | {"rewards": python}) is None
     assert key(None, args | {"rewards": [{"kind": "exact_match"}]}) is not None
     assert key(None, args | {"base_model": "some-org/some-model"}) is None
+
+
+def _registered_icl(name: str, train: Path, folder: Path) -> str:
+    """A kNN package logged on its own MLflow run and registered as ``name``'s champion."""
+    from registry import models
+    from registry.tracking import start_run
+    from tasks.icl.knn import build_knn_classifier
+
+    build_knn_classifier(train, "minilm", folder)
+    run_id = start_run(name, "champion-cache-test", {})
+    uri = models.log_model_package(run_id, folder, f"# {name}")
+    version = models.register_candidate(name, uri, run_id, {}, "")
+    models.promote(name, version)
+    return version
+
+
+def test_the_champion_is_scored_once_per_registered_version_and_eval_split(
+    tmp_path: Path,
+) -> None:
+    from prefect import flow
+
+    from registry.tracking import client
+    from tasks.tracking import score_champion
+
+    train, held_out = _split(tmp_path / "a", 60, 20)
+    name = "champion-cache-test"
+    first_version = _registered_icl(name, train, tmp_path / "pkg1")
+
+    @flow(name="champion-cache-test")
+    def score(version: str, held_out: Path) -> object:
+        return score_champion(name, version, str(held_out), "classification", return_state=True)
+
+    first, again = score(first_version, held_out), score(first_version, held_out)
+    assert (first.name, again.name) == ("Completed", "Cached")
+    assert again.result() == first.result()
+    assert set(first.result()) >= {"accuracy", "f1_macro"}
+
+    write_jsonl(held_out, [json.loads(line) for line in example_rows()][80:100])
+    changed = score(first_version, held_out)
+    assert changed.name == "Completed"  # another eval split: scored anew
+    assert changed.result() != first.result()
+
+    # the same number on a model deleted and registered again is another model: scored anew
+    client().delete_registered_model(name)
+    reborn = _registered_icl(name, train, tmp_path / "pkg2")
+    assert reborn == first_version
+    assert score(reborn, held_out).name == "Completed"
+    assert score(reborn, held_out).name == "Cached"
