@@ -55,8 +55,33 @@ def model_digest(reference: str) -> str | None:
     return digest.hexdigest()
 
 
+def _keyed(key: Callable[[Any, dict[str, Any]], str | None]) -> CachePolicy:
+    """A policy keyed by ``key`` and the task's source; no caching where ``key`` gives None.
+
+    Not ``TASK_SOURCE + CacheKeyFnPolicy(...)``: Prefect's compound policy skips a part that
+    gives no key, so a None there meant "the task's source alone", and every call the key
+    refused (a hub model, code rewards, no champion) shared one cached result.
+    """
+
+    def keyed(context: Any, parameters: dict[str, Any]) -> str | None:
+        own = key(context, parameters)
+        if own is None:
+            return None
+        source = TASK_SOURCE.compute_key(task_ctx=context, inputs=parameters, flow_parameters={})
+        return hashlib.sha256(f"{source}|{own}".encode()).hexdigest()
+
+    return CacheKeyFnPolicy(cache_key_fn=keyed)
+
+
 def baseline_cache(files: tuple[str, ...], model: str = "base_model") -> CachePolicy:
     """The cache policy of a baseline task whose ``files`` parameters are data files."""
+    return _keyed(baseline_key(files, model))
+
+
+def baseline_key(
+    files: tuple[str, ...], model: str = "base_model"
+) -> Callable[[Any, dict[str, Any]], str | None]:
+    """A baseline's key from its parameters (None: not cached); see the module docstring."""
 
     def key(_context: Any, parameters: dict[str, Any]) -> str | None:
         parts = []
@@ -76,7 +101,7 @@ def baseline_cache(files: tuple[str, ...], model: str = "base_model") -> CachePo
                 parts.append(f"{name}={value!r}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
-    return TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=key)
+    return key
 
 
 def champion_cache() -> CachePolicy:
@@ -108,7 +133,7 @@ def champion_cache() -> CachePolicy:
         ]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
-    return TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=key)
+    return _keyed(key)
 
 
 def cached_baseline(name: str, files: tuple[str, ...]) -> Callable[[Any], Any]:

@@ -45,7 +45,7 @@ def test_the_knn_baseline_is_scored_once_per_data_and_model(tmp_path: Path) -> N
 
 
 def test_the_key_reads_model_files_and_refuses_code_it_cannot_see(tmp_path: Path) -> None:
-    from tasks.cache import baseline_cache, model_digest
+    from tasks.cache import baseline_key, model_digest
 
     model = tmp_path / "model"
     model.mkdir()
@@ -59,7 +59,7 @@ def test_the_key_reads_model_files_and_refuses_code_it_cannot_see(tmp_path: Path
     assert model_digest("some-org/some-model") is None  # a hub id: never cached
 
     data = write_jsonl(tmp_path / "eval.jsonl", [{"text": "a", "target": "b"}])
-    key = baseline_cache(("eval_path",)).policies[1].cache_key_fn  # after TASK_SOURCE
+    key = baseline_key(("eval_path",))
     args = {"base_model": str(model), "eval_path": data, "max_length": 64, "rewards": None}
     assert key(None, args) == key(None, dict(args))
     assert key(None, args | {"max_length": 32}) != key(None, args)
@@ -99,6 +99,12 @@ def test_the_champion_is_scored_once_per_registered_version_and_eval_split(
     def score(version: str, held_out: Path) -> object:
         return score_champion(name, version, str(held_out), "classification", return_state=True)
 
+    # no champion: nothing to score, and nothing cached that a champion's call could read
+    @flow(name="champion-cache-test-none")
+    def nothing(held_out: Path) -> object:
+        return score_champion(name, None, str(held_out), "classification", return_state=True)
+
+    assert nothing(held_out).result() is None
     first, again = score(first_version, held_out), score(first_version, held_out)
     assert (first.name, again.name) == ("Completed", "Cached")
     assert again.result() == first.result()
@@ -115,3 +121,24 @@ def test_the_champion_is_scored_once_per_registered_version_and_eval_split(
     assert reborn == first_version
     assert score(reborn, held_out).name == "Completed"
     assert score(reborn, held_out).name == "Cached"
+
+
+def test_a_call_the_key_refuses_is_never_served_from_the_cache(tmp_path: Path) -> None:
+    """A hub id has no key: each call runs, whatever another call of the task left cached."""
+    from prefect import flow, task
+
+    from tasks.cache import baseline_cache
+
+    @task(name="refused-key-probe", cache_policy=baseline_cache(("path",)), persist_result=True)
+    def count_lines(path: Path, base_model: str) -> int:
+        return len(path.read_text().splitlines())
+
+    @flow(name="refused-key-test")
+    def probe(path: Path) -> object:
+        return count_lines(path, "some-org/some-model", return_state=True)
+
+    (tmp_path / "one.txt").write_text("a\n")
+    (tmp_path / "two.txt").write_text("a\nb\n")
+    one, two = probe(tmp_path / "one.txt"), probe(tmp_path / "two.txt")
+    assert (one.name, two.name) == ("Completed", "Completed")
+    assert (one.result(), two.result()) == (1, 2)
