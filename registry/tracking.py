@@ -210,13 +210,14 @@ def _init_sqlite_store(uri: str) -> None:
 
     database = Path(uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
-    marker = database.with_name(f"{database.name}.ready-{version('mlflow')}")
+    mlflow_version = version("mlflow")
+    marker = database.with_name(f"{database.name}.ready-{mlflow_version}")
     if marker.exists():
         return
     with FileLock(str(database.with_name(database.name + ".init.lock")), timeout=600):
         if marker.exists():
             return
-        restore("mlflow", version("mlflow"), database)
+        restore("mlflow", mlflow_version, database)
         from mlflow.tracking import MlflowClient
 
         store = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 from importlib.metadata import version
@@ -16,15 +17,52 @@ from pathlib import Path
 import pytest
 
 from adaptflow import sqlite_templates
-from adaptflow.sqlite_templates import restore, rows, schema, template_path
+from adaptflow.sqlite_templates import restore, template_path
 
 REPO = Path(__file__).resolve().parents[1]
 REGENERATE = "run `make templates` after upgrading it"
 
 
-def _from_text(text: str, database: Path) -> Path:
-    import sqlite3
+def schema(database: Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    """Every table, index, trigger and view as ``(type, name, lines)``, sorted; to compare.
 
+    ``lines`` are the statement's lines, stripped of indentation and trailing commas, sorted:
+    Alembic's batch migrations on SQLite (Prefect's) recreate a table with its constraints in
+    an order that changes from run to run, the same schema written two ways.
+    """
+    connection = sqlite3.connect(database)
+    try:
+        rows = connection.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+    finally:
+        connection.close()
+    return sorted((str(kind), str(name), _lines(str(sql))) for kind, name, sql in rows)
+
+
+def _lines(sql: str) -> tuple[str, ...]:
+    return tuple(sorted(line.strip().rstrip(",").strip() for line in sql.splitlines()))
+
+
+def rows(database: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Every table's rows, sorted; to compare."""
+    connection = sqlite3.connect(database)
+    try:
+        tables = [
+            name
+            for (name,) in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        return {
+            table: sorted(connection.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr)  # noqa: S608
+            for table in tables
+        }
+    finally:
+        connection.close()
+
+
+def _from_text(text: str, database: Path) -> Path:
     connection = sqlite3.connect(database)
     connection.executescript(text)
     connection.close()
