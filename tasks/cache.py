@@ -55,6 +55,11 @@ def model_digest(reference: str) -> str | None:
     return digest.hexdigest()
 
 
+def _run_code(rewards: list[dict[str, Any]] | None) -> bool:
+    """Whether any of ``rewards`` runs user code or a registered model (never cached)."""
+    return any(r.get("kind") in UNCACHEABLE_REWARDS for r in rewards or ())
+
+
 def _keyed(key: Callable[[Any, dict[str, Any]], str | None]) -> CachePolicy:
     """A policy keyed by ``key`` and the task's source; no caching where ``key`` gives None.
 
@@ -93,9 +98,7 @@ def baseline_key(
                 if found is None:
                     return None
                 parts.append(f"{name}={found}")
-            elif name == "rewards" and any(
-                r.get("kind") in UNCACHEABLE_REWARDS for r in value or ()
-            ):
+            elif name == "rewards" and _run_code(value):
                 return None
             else:
                 parts.append(f"{name}={value!r}")
@@ -124,7 +127,7 @@ def champion_cache() -> CachePolicy:
             return None
         if parameters.get("task") == "retrieval-qa":
             return None
-        if any(r.get("kind") in UNCACHEABLE_REWARDS for r in parameters.get("rewards") or ()):
+        if _run_code(parameters.get("rewards")):
             return None
         parts = [
             version_identity(str(parameters["name"]), str(version)),

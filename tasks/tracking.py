@@ -85,7 +85,7 @@ def score_champion(
     """Re-score the champion on this run's eval set, so the gate compares like with like.
 
     Scored once per (registered version, eval bytes, settings) in a home and then read from
-    Prefect's cache (``tasks.cache.champion_cache``: a retrain on unchanged data asks again).
+    Prefect's cache (``tasks.cache.champion_cache``): a retrain on unchanged data reads it.
 
     A generative champion is scored like the candidate (``score_generative``): on preference
     rows with the preference metrics, with the run's ``rewards`` (grpo) when given, and with
