@@ -99,7 +99,7 @@ def test_the_champion_is_scored_once_per_registered_version_and_eval_split(
     def score(version: str, held_out: Path) -> object:
         return score_champion(name, version, str(held_out), "classification", return_state=True)
 
-    # no champion: nothing to score, and nothing cached that a champion's call could read
+    # no champion: nothing to score (a call the key refuses: see the test below)
     @flow(name="champion-cache-test-none")
     def nothing(held_out: Path) -> object:
         return score_champion(name, None, str(held_out), "classification", return_state=True)
