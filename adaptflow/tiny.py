@@ -8,7 +8,8 @@ they load like any model (``from_pretrained`` on their folder), so a real hub mo
 change.
 
 The text is the documentation CPython ships with itself (the docstrings of a fixed list of
-standard-library modules), so a build needs nothing but the interpreter and is the same on every
+standard-library modules, read in a fresh interpreter so that what the building process imported
+cannot change it), so a build needs nothing but the interpreter and its text is the same on every
 machine with the same Python version. Builds are seeded; the tokenizer and the weights only
 depend on the text and the seed.
 
@@ -19,12 +20,12 @@ special tokens and the chat template.
 from __future__ import annotations
 
 import fcntl
-import importlib
-import inspect
 import json
 import math
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -80,7 +81,7 @@ class TinyRecipe:
     block: int = 128
     learning_rate: float = 3e-3
     seed: int = 7
-    version: int = 3  # bump when the build code changes what it produces
+    version: int = 4  # bump when the build code changes what it produces
 
 
 RECIPES: dict[str, TinyRecipe] = {
@@ -90,26 +91,33 @@ RECIPES: dict[str, TinyRecipe] = {
 BUILD_MARKER = "adaptflow_build.json"
 
 
+def module_texts(names: tuple[str, ...] | list[str]) -> list[str]:
+    """The documentation of standard-library modules ``names``, one text each, in order.
+
+    Read in a fresh, isolated interpreter (``adaptflow/stdlib_docs.py``): inside this process
+    the text would depend on what was imported before (libraries patch standard-library members).
+    """
+    script = Path(__file__).with_name("stdlib_docs.py")
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(script), *names],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    last = (done.stderr.strip().splitlines() or ["no output"])[-1]  # the exception's line
+    check(done.returncode == 0, f"reading the standard library's documentation failed: {last}")
+    texts: list[str] = json.loads(done.stdout)
+    return texts
+
+
 def module_text(name: str) -> str:
-    """The documentation of one standard-library module: its docstring and its members'."""
-    module = importlib.import_module(name)
-    parts = [inspect.cleandoc(module.__doc__ or "")]
-    public = getattr(module, "__all__", None) or [n for n in dir(module) if not n.startswith("_")]
-    for member in sorted(public):
-        value = getattr(module, member, None)
-        # a package's submodules are attributes only once something imported them, so taking
-        # them would make the text (and the model) depend on what the process imported before
-        if inspect.ismodule(value) or isinstance(value, (str, int, float, bytes)):
-            continue
-        doc = inspect.getdoc(value)
-        if doc:
-            parts.append(f"{member}: {doc}")
-    return "\n\n".join(p.strip() for p in parts if p.strip())
+    """The documentation of one standard-library module (see ``module_texts``)."""
+    return module_texts([name])[0]
 
 
 def general_text() -> list[str]:
     """The pre-training documents: one per module, in a fixed order."""
-    return [module_text(name) for name in MODULES]
+    return module_texts(MODULES)
 
 
 def train_tokenizer(texts: list[str], recipe: TinyRecipe) -> Any:

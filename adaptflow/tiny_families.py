@@ -269,9 +269,9 @@ def train_vocabulary(texts: list[str] | None = None) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if texts is None:
-        from adaptflow.tiny import module_text
+        from adaptflow.tiny import module_texts
 
-        texts = [module_text(name) for name in TOKENIZER_MODULES]
+        texts = module_texts(TOKENIZER_MODULES)
     tokenizer = Tokenizer(models.BPE(unk_token="<|unk|>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
