@@ -71,7 +71,9 @@ def test_dpo_lora_raises_preference_accuracy_on_held_out_pairs(base: str, tmp_pa
     before = preference_metrics(Generator.from_base(base, 64, 8), held_out, 0.1)
     after = preference_metrics(Generator.from_package(Path(result.package_dir)), held_out, 0.1)
     assert before["reward_margin"] == 0.0  # the starting model is its own reference
-    assert before["preference_accuracy"] == pytest.approx(0.5, abs=1e-9)  # 3 of 6 pairs
+    # the base ranks some pairs wrong (how many depends on the CPU's kernels, which trained it);
+    # the tuned model ranks every one right
+    assert before["preference_accuracy"] < 1.0
     assert after["preference_accuracy"] == pytest.approx(1.0, abs=1e-9)
     assert after["reward_margin"] > 1.0
     # the package holds an adapter (TRL trained our peft config), its trainable count exact:
@@ -128,7 +130,9 @@ def test_each_preference_method_moves_the_model_towards_the_chosen_answers(
     candidate = Generator.from_package(Path(result.package_dir))
     after = preference_metrics(candidate, held_out, 0.1)
     before = preference_metrics(Generator.from_base(base, 64, 8), held_out, 0.1)
-    assert before["preference_accuracy"] == pytest.approx(0.5, abs=1e-9)  # 3 of 6 pairs
+    # the base ranks some pairs wrong (how many depends on the CPU's kernels, which trained it);
+    # the tuned model ranks every one right
+    assert before["preference_accuracy"] < 1.0
     assert after["preference_accuracy"] == pytest.approx(1.0, abs=1e-9)
     assert after["reward_margin"] > 0.1
 

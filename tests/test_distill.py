@@ -200,11 +200,12 @@ def test_logit_distillation_moves_the_students_token_distributions(
 ) -> None:
     teacher = Generator.from_package(generator_teacher)
     before = answer_kl(teacher, Generator.from_base("tiny-gpt", 64, 16), HELD_PAIRS)
-    result = _distill(generator_teacher, folder, "logit", 48, epochs=2, learning_rate=1e-4,
+    result = _distill(generator_teacher, folder, "logit", 48, epochs=4, learning_rate=3e-4,
                       objective="logit", temperature=1.0)  # fmt: skip
     after = answer_kl(teacher, Generator.from_package(folder / "logit"), HELD_PAIRS)
-    assert after < 0.92 * before, (before, after)
-    assert result.steps == 12 and result.method == "distill"
+    # 0.78 on an AVX-512 CPU; the margin covers other CPUs' kernels (and their tiny GPTs)
+    assert after < 0.9 * before, (before, after)
+    assert result.steps == 24 and result.method == "distill"
     manifest = json.loads((folder / "logit" / "adaptflow_model.json").read_text())
     assert (manifest["method"], manifest["options"]["objective"]) == ("distill", "logit")
 
