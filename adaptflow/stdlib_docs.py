@@ -5,7 +5,7 @@ per module. ``adaptflow.tiny`` runs it that way because the text read inside a b
 depends on what that process imported: libraries patch standard-library members (one replaces
 ``inspect.getfile`` with an undocumented wrapper), so the tiny models' pre-training text, and so
 the models, would depend on who built them. ``-I -S`` reads it with nothing but the standard
-library loaded: the same text for every caller of one Python version.
+library loaded: the same text for every caller of one Python build (version and platform).
 
 Standard library only: this file runs without ``site``, so it cannot import adaptflow or any
 installed package.

@@ -10,8 +10,8 @@ change.
 The text is the documentation CPython ships with itself (the docstrings of a fixed list of
 standard-library modules, read in a fresh interpreter so that what the building process imported
 cannot change it), so a build needs nothing but the interpreter and its text is the same on every
-machine with the same Python version. Builds are seeded; the tokenizer and the weights only
-depend on the text and the seed.
+machine with the same Python version and platform. Builds are seeded; the tokenizer and the
+weights only depend on the text, the seed and the CPU's kernels.
 
 This is the one place we train a tokenizer: ``tokenizers`` does the work, we only choose the
 special tokens and the chat template.
@@ -98,15 +98,22 @@ def module_texts(names: tuple[str, ...] | list[str]) -> list[str]:
     the text would depend on what was imported before (libraries patch standard-library members).
     """
     script = Path(__file__).with_name("stdlib_docs.py")
-    done = subprocess.run(
-        [sys.executable, "-I", "-S", str(script), *names],
+    check(bool(sys.executable), "no Python interpreter to read the standard library's docs with")
+    done = subprocess.run(  # noqa: S603 - this interpreter, our own script, module names
+        [sys.executable, "-I", "-S", "-X", "utf8", str(script), *names],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
         check=False,
     )
     last = (done.stderr.strip().splitlines() or ["no output"])[-1]  # the exception's line
-    check(done.returncode == 0, f"reading the standard library's documentation failed: {last}")
+    check(
+        done.returncode == 0,
+        f"reading the standard library's documentation failed (exit {done.returncode}): {last}",
+    )
     texts: list[str] = json.loads(done.stdout)
+    check(len(texts) == len(names), f"read {len(texts)} module texts for {len(names)} modules")
     return texts
 
 

@@ -39,6 +39,6 @@ def test_the_general_text_is_one_document_per_module_in_order() -> None:
 
 
 def test_a_module_that_cannot_be_read_names_the_failure() -> None:
-    failed = "documentation failed: ModuleNotFoundError: No module named 'no_such'"
+    failed = r"documentation failed \(exit 1\): ModuleNotFoundError: No module named 'no_such'"
     with pytest.raises(InvariantError, match=failed):
         module_texts(["json", "no_such"])
