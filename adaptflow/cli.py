@@ -232,15 +232,29 @@ def run(
         # here in seconds, and an encoder base rules out the generative methods
         if not registered:  # a registered version: once the registry is reachable, below
             check_method(parsed.task, method or parsed.method, base_family(parsed.base_model))
+        pinned = parsed
         if registered:  # no such version, or not a generative one, fails before any work
             from flows.steps import with_registered_base
 
             pinned = with_registered_base(parsed, method or parsed.method)
             check_method(parsed.task, method or parsed.method, base_family(pinned.base_model))
-        from flows.pipeline import adapt_pipeline
+        from flows.pipeline import adapt_pipeline, adapter_of
         from registry.tracking import client
 
         client()  # the MLflow store's set-up, while the embedded Prefect server starts
+        chosen = method or parsed.method
+        if chosen not in ("auto", "ladder", "rag"):  # those choose their methods in the flow
+            from tasks.train.methods import check_target_modules
+
+            # the flow checks it again; here a typo fails before the wait for the server, and
+            # the transformers and peft imports the check needs (~2 s, which training needs
+            # anyway) overlap with a new home's first server start
+            check_target_modules(
+                pinned.base_model,
+                base_family(pinned.base_model),
+                adapter_of(pinned, chosen),
+                pinned.train.target_modules,
+            )
         _prefect_ready()
         _freeze_the_imported()
         # check_method above let through only names in the spec's Method literal

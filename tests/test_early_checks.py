@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import write_jsonl
+from helpers import run_cli, write_jsonl
 
 from adaptflow.errors import SpecError
 
@@ -84,3 +84,26 @@ def test_a_model_folder_without_a_tokenizer_is_refused_by_name(tmp_path: Path) -
         base_family(str(folder))
     assert str(raised.value).startswith(f"base_model: {folder} holds a model but no tokenizer")
     assert f"tokenizer.save_pretrained('{folder}')" in str(raised.value)
+
+
+def test_the_cli_stops_a_target_module_typo_before_any_flow_run(tmp_path: Path) -> None:
+    import json
+    import os
+    import sqlite3
+
+    from flows.embedded import _default_database
+
+    spec = _spec(tmp_path, "early-cli", "minilm", "classification", "lora",
+                 "train:\n  target_modules: [wq]\n")  # fmt: skip
+    done = run_cli("run", str(spec), "--json")
+    assert done.returncode == 2, done.stderr[-2000:]
+    error = json.loads(done.stdout)
+    assert error["kind"] == "SpecError"
+    assert error["error"].startswith("train.target_modules: 'wq' matches no layer of this 'bert'")
+    # checked by the CLI before it waited for the embedded Prefect server: no flow run at all
+    # (the flow's own check, which the UI's runs still get, fails a run it has started)
+    database = _default_database(dict(os.environ))
+    assert database is not None and database.is_file()
+    with sqlite3.connect(database) as db:
+        query = "SELECT count(*) FROM flow_run WHERE parameters LIKE ?"
+        assert db.execute(query, (f"%{spec}%",)).fetchone() == (0,)
