@@ -226,24 +226,23 @@ def run(
         # the embedded Prefect server starts in the background from here: the checks and
         # imports below (torch's first, ~1 s) overlap with it
         _prepare()
+        requested = method or parsed.method
         train = parsed.train
-        check_capabilities(parsed.task, method or parsed.method, train.precision, train.devices)
-        # the base model's config, read before any work: a typo or an unreachable hub fails
-        # here in seconds, and an encoder base rules out the generative methods
-        if not registered:  # a registered version: once the registry is reachable, below
-            check_method(parsed.task, method or parsed.method, base_family(parsed.base_model))
+        check_capabilities(parsed.task, requested, train.precision, train.devices)
         pinned = parsed
         if registered:  # no such version, or not a generative one, fails before any work
             from flows.steps import with_registered_base
 
-            pinned = with_registered_base(parsed, method or parsed.method)
-            check_method(parsed.task, method or parsed.method, base_family(pinned.base_model))
+            pinned = with_registered_base(parsed, requested)
+        # the base model's config, read before any work: a typo or an unreachable hub fails
+        # here in seconds, and an encoder base rules out the generative methods
+        family = base_family(pinned.base_model)
+        check_method(parsed.task, requested, family)
         from flows.pipeline import adapt_pipeline, adapter_of
         from registry.tracking import client
 
         client()  # the MLflow store's set-up, while the embedded Prefect server starts
-        chosen = method or parsed.method
-        if chosen not in ("auto", "ladder", "rag"):  # those choose their methods in the flow
+        if requested not in ("auto", "ladder", "rag"):  # those choose their methods in the flow
             from tasks.train.methods import check_target_modules
 
             # the flow checks it again; here a typo fails before the wait for the server, and
@@ -251,8 +250,8 @@ def run(
             # anyway) overlap with a new home's first server start
             check_target_modules(
                 pinned.base_model,
-                base_family(pinned.base_model),
-                adapter_of(pinned, chosen),
+                family,
+                adapter_of(pinned, requested),
                 pinned.train.target_modules,
             )
         _prefect_ready()
