@@ -117,11 +117,6 @@ def module_texts(names: tuple[str, ...] | list[str]) -> list[str]:
     return texts
 
 
-def module_text(name: str) -> str:
-    """The documentation of one standard-library module (see ``module_texts``)."""
-    return module_texts([name])[0]
-
-
 def general_text() -> list[str]:
     """The pre-training documents: one per module, in a fixed order."""
     return module_texts(MODULES)

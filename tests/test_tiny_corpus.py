@@ -13,12 +13,12 @@ import pytest
 
 from adaptflow.errors import InvariantError
 from adaptflow.stdlib_docs import module_text as read_here
-from adaptflow.tiny import MODULES, general_text, module_text, module_texts
+from adaptflow.tiny import MODULES, general_text, module_texts
 
 
 def test_a_patched_member_does_not_change_the_text(monkeypatch: pytest.MonkeyPatch) -> None:
     original = inspect.getfile
-    before = module_text("inspect")
+    before = module_texts(["inspect"])[0]
     assert "\n\ngetfile: Work out which source or compiled file an object" in before
 
     def getfile(obj: Any) -> str:  # undocumented, as the patching library's wrapper is
@@ -26,7 +26,7 @@ def test_a_patched_member_does_not_change_the_text(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(inspect, "getfile", getfile)
     assert "getfile:" not in read_here("inspect")  # what this process would have read
-    assert module_text("inspect") == before
+    assert module_texts(["inspect"]) == [before]
 
 
 def test_the_general_text_is_one_document_per_module_in_order() -> None:
