@@ -124,11 +124,29 @@ class Starting:
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as answer:  # noqa: S310
                     if answer.status == 200:
+                        self._first_request()
                         return
             except OSError:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"the embedded Prefect server did not answer on port {self.port}")
+
+    def _first_request(self) -> None:
+        """Ask the new server for its API version, as Prefect's client first does.
+
+        A new server answered its first ``/admin/version`` in 0.2-0.4 s and the next in ~4 ms
+        (``/health`` is quick either way), and a process's first flow run starts with that
+        request (Prefect's ``raise_for_api_version_mismatch``). Asked here, it is answered on
+        the server's core while this process is still importing and checking. Best effort:
+        the flow's own request reports a server that cannot answer it.
+        """
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/admin/version", timeout=10):  # noqa: S310
+                pass
+        except OSError:
+            pass
 
     def wait(self) -> None:
         """Block until the server answers; raise what made its start fail."""
