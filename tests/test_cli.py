@@ -173,3 +173,53 @@ def test_an_unexpected_failure_still_prints_one_json_error_object(tmp_path: Path
     assert payload["error"].startswith("internal error (AttributeError: ")
     assert payload["error"].endswith("this is a bug in adaptflow")
     assert "Traceback" in result.stderr  # a bug keeps its traceback, on stderr only
+
+
+_EXIT_PROBE = """
+import atexit, os, sys
+from pathlib import Path
+import typer
+from adaptflow import cli
+
+marker = Path(sys.argv[1])
+
+teardown = os.open(marker.with_suffix(".teardown"), os.O_WRONLY | os.O_CREAT)
+
+def audit(event, _args, write=os.write):  # the interpreter's teardown raises this event
+    if event == "cpython.PyInterpreterState_Clear":
+        write(teardown, b"teardown ran")
+
+sys.addaudithook(audit)
+
+def probe(fail: bool = False) -> None:
+    # a library's exit handler, registered while the command runs (after main's own)
+    atexit.register(lambda: marker.write_text("handler ran"))
+    print("x" * 200_000)  # more than a pipe holds: it must be flushed before the process ends
+    if fail:
+        raise RuntimeError("not a SystemExit: Python reports it and ends as usual")
+    raise typer.Exit(5)
+
+cli.app.command("probe")(probe)
+sys.argv = ["adaptflow", "probe", *sys.argv[2:]]
+cli.main()
+"""
+
+
+def test_a_command_ends_after_every_exit_handler_and_skips_the_teardown(tmp_path: Path) -> None:
+    """``main``: the exit code and the piped output are kept, library exit handlers run, and
+    the interpreter's teardown (module objects' destructors) is skipped; a command that raised
+    something typer does not turn into an exit code ends as Python ends it."""
+    marker = tmp_path / "handler"
+    ended = subprocess.run([sys.executable, "-c", _EXIT_PROBE, str(marker)],
+                           capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+    assert ended.returncode == 5, ended.stderr[-2000:]
+    assert ended.stdout == "x" * 200_000 + "\n"
+    assert marker.read_text() == "handler ran"
+    assert marker.with_suffix(".teardown").read_text() == ""
+    marker.unlink()
+    raised = subprocess.run([sys.executable, "-c", _EXIT_PROBE, str(marker), "--fail"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+    assert raised.returncode == 1
+    assert "RuntimeError: not a SystemExit" in raised.stderr
+    assert marker.read_text() == "handler ran"
+    assert marker.with_suffix(".teardown").read_text() == "teardown ran"
