@@ -223,3 +223,45 @@ def test_a_command_ends_after_every_exit_handler_and_skips_the_teardown(tmp_path
     assert "RuntimeError: not a SystemExit" in raised.stderr
     assert marker.read_text() == "handler ran"
     assert marker.with_suffix(".teardown").read_text() == "teardown ran"
+
+
+def test_a_run_imports_with_no_cyclic_collection_and_freezes_what_it_imported() -> None:
+    """``adaptflow run``'s checks and imports run with the collector off (they make almost no
+    garbage); what is alive after is frozen, and collection is on again however they end."""
+    import gc
+
+    from adaptflow.cli import _imports_then_frozen
+
+    collections: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    gc.callbacks.append(count)
+    try:
+        frozen = gc.get_freeze_count()
+        with _imports_then_frozen():
+            assert not gc.isenabled()
+            kept = [Cycle() for _ in range(50_000)]  # five young generations' worth
+            for _ in range(50_000):
+                Cycle()  # unreachable cycles: garbage the collector would have found
+        assert collections == []
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= frozen + len(kept)
+        try:
+            with _imports_then_frozen():
+                raise RuntimeError("a failed check")
+        except RuntimeError:
+            pass
+        assert gc.isenabled()
+        Cycle()
+        gc.collect(0)
+        assert collections == [0]  # collecting again after the block
+    finally:
+        gc.callbacks.remove(count)
+        gc.unfreeze()
