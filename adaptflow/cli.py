@@ -1034,13 +1034,13 @@ def main() -> None:
         app()
     except SystemExit as stop:
         if stop.code is None or isinstance(stop.code, int):
-            _EXIT_CODE.append(stop.code or 0)
+            _EXIT_CODE[:] = [stop.code or 0]
         raise
     finally:
         _freeze_the_imported()
 
 
-#: The exit code of a command that ended with one (a run that raised otherwise has none).
+#: The exit code of the command, when it ended with one (empty when it raised anything else).
 _EXIT_CODE: list[int] = []
 
 
