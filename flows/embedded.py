@@ -18,16 +18,29 @@ from typing import Any
 LOCK_TIMEOUT_SECONDS = 600
 
 
-#: The server's task-run recorder writes task runs in one batch when it stops, not one write per
-#: task-run event (Prefect's default, batch size 1): each of those writes took SQLite's write
-#: lock while the flow's own API calls waited for it, and a demo run's next subflow or its
-#: training task's concurrency slot waited ~2 s in most runs (``py-spy`` of the server). The
-#: task runs still reach the home's database (the server stops gracefully at exit), where
-#: ``adaptflow up``'s UI shows them.
-RECORDER_BATCHING = {
+#: What the embedded server writes to its database only as it stops. Its task-run recorder and
+#: its event persister write in batches (Prefect's defaults: each task-run event as it comes, and
+#: events every 20 or 5 s), and each write took SQLite's write lock while the flow's own API
+#: calls needed it: a call that met the lock was answered 503 ("database is locked") and
+#: Prefect's client retried it after its 2 s back-off. A demo run's next subflow or its training
+#: task's concurrency slot waited ~2 s in most runs while task runs were written one by one, and
+#: still in about one run in five with events and logs (``LOGS_AT_EXIT``) written as they came
+#: (``PREFECT_API_LOG_RETRYABLE_ERRORS=true`` on the server shows the lock). Task runs and events
+#: still reach the home's database (the server stops gracefully at exit, and each service
+#: flushes what it holds), where ``adaptflow up``'s UI shows them; events flush earlier past
+#: 20,000, below the persister's queue of 50,000.
+SERVER_WRITES_AT_STOP = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100000",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "86400",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "20000",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "86400",
 }
+#: The command's flow-run logs reach its embedded server when the command ends (Prefect's log
+#: worker sends what it holds at exit, before the server stops) rather than every 2 s, for the
+#: same lock (``SERVER_WRITES_AT_STOP``); its UI is off, and the console shows the logs as
+#: they come. A batch past Prefect's 4 MB is sent at once. Flows run on a shared server
+#: (``adaptflow up``, ``PREFECT_API_URL``) keep Prefect's interval, so its UI follows them.
+LOGS_AT_EXIT = {"PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "86400"}
 
 
 class Starting:
@@ -36,12 +49,13 @@ class Starting:
     ``PREFECT_API_URL`` is set to it before Prefect is imported, so this process's flows use
     it as they would any server. It is the same server Prefect's ephemeral mode runs
     (``uvicorn --factory prefect.server.api.server:create_app``, UI off, the ephemeral
-    flags), spawned here rather than by Prefect because Prefect's ``SubprocessASGIServer``
-    lives in ``prefect.server.api.server``, whose import alone costs this process ~4 s on 2
-    cores, and starts only when the first flow runs. Spawned first, the server's start
-    (7-15 s: importing Prefect's server, opening and, on a new home, migrating its database)
-    overlaps with the command's own imports, checks and the MLflow store's set-up on the
-    other core (``benchmarks/bench_pipeline_overhead.py``). A home's first start happens under
+    flags), spawned here rather than by Prefect because
+    Prefect's ``SubprocessASGIServer`` lives in ``prefect.server.api.server``, whose import
+    alone costs this process ~4 s on 2 cores, and starts only when the first flow runs.
+    Spawned first, the server's start (~4 s on a new home: importing Prefect's server,
+    opening its database, restored from the migrated template, and answering the first
+    request) overlaps with the command's own imports, checks and the MLflow store's set-up on
+    the other core (``benchmarks/bench_pipeline_overhead.py``). A home's first start happens under
     the file lock (see the module docstring). The server stops when the process exits, as
     Prefect's does.
     """
@@ -65,9 +79,11 @@ class Starting:
                 "PREFECT__SERVER_EPHEMERAL": "1",
                 "PREFECT__SERVER_FINAL": "1",
             }
-            | RECORDER_BATCHING
+            | SERVER_WRITES_AT_STOP
         )
         os.environ["PREFECT_API_URL"] = self.api_url  # read when Prefect is imported
+        for name, value in LOGS_AT_EXIT.items():
+            os.environ.setdefault(name, value)
         os.environ.setdefault("PREFECT_UI_URL", "")  # its UI is off: no "View at" links
         self._thread = threading.Thread(
             target=self._run, args=(prefect_home,), name="prefect-server-start", daemon=True
@@ -157,7 +173,8 @@ class Starting:
     def stop(self) -> None:
         """Stop the server (at exit): terminate, then kill if it lingers past 15 s.
 
-        It writes the run's task runs as it stops (``RECORDER_BATCHING``), hence the margin.
+        It writes the run's task runs and events as it stops (``SERVER_WRITES_AT_STOP``),
+        hence the margin.
         """
         import subprocess
 

@@ -24,11 +24,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 
 from adaptflow.settings import apply_settings  # noqa: E402
-from flows.embedded import RECORDER_BATCHING  # noqa: E402
+from flows.embedded import SERVER_WRITES_AT_STOP  # noqa: E402
 
 # Prefect's ephemeral server (started with the first flow, from this environment) batches its
-# task-run writes as the CLI's embedded one does (``flows.embedded.RECORDER_BATCHING``).
-os.environ.update(RECORDER_BATCHING)
+# task-run and event writes as the CLI's embedded one does (``flows.embedded``); the session's
+# own logs keep Prefect's interval (tests read them back).
+os.environ.update(SERVER_WRITES_AT_STOP)
 
 apply_settings()
 

@@ -58,11 +58,14 @@ time.sleep(2)  # the events reached the server; unbatched, the recorder would ha
 # the tasks' runs by now (the subflow's own task run is created by an API call, not recorded)
 database = sqlite3.connect(Path(os.environ["PREFECT_HOME"]) / "prefect.db")
 print(database.execute("select count(*) from task_run where name like 'double-%'").fetchone()[0])
+print(database.execute("select count(*) from events").fetchone()[0])
+print(database.execute("select count(*) from log").fetchone()[0])
 """
 
 
-def test_the_embedded_server_records_every_task_run_when_it_stops(tmp_path) -> None:
-    """Batched task-run writes (``RECORDER_BATCHING``) still reach the home's database."""
+def test_the_embedded_server_records_every_task_run_event_and_log_when_it_stops(tmp_path) -> None:
+    """Task runs, events and logs written at the end (``SERVER_WRITES_AT_STOP``,
+    ``LOGS_AT_EXIT``) still reach the home's database, and nothing of them before."""
     import os
     import sqlite3
     import subprocess
@@ -78,10 +81,16 @@ def test_the_embedded_server_records_every_task_run_when_it_stops(tmp_path) -> N
         timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    answer, written_while_running = done.stdout.strip().splitlines()[-2:]
+    answer, *written_while_running = done.stdout.strip().splitlines()[-4:]
     assert answer == "26"  # (2 + 4) + 20
-    assert written_while_running == "0"  # batched: nothing written until the server stops
+    # batched: no task run, event or log written until the process ends and the server stops
+    assert written_while_running == ["0", "0", "0"]
     database = sqlite3.connect(tmp_path / "prefect" / "prefect.db")
+    events = dict(database.execute("select event, count(*) from events group by event"))
+    assert events["prefect.flow-run.Completed"] == 2  # the parent's and the subflow's
+    assert events["prefect.task-run.Completed"] == 3
+    messages = [m for (m,) in database.execute("select message from log")]
+    assert sum(m.startswith("Finished in state Completed") for m in messages) == 5
     flows = dict(database.execute("select f.name, count(*) from flow_run r join flow f "
                                   "on r.flow_id = f.id group by f.name"))  # fmt: skip
     assert flows == {"recorded-parent": 1, "recorded-child": 1}
