@@ -42,6 +42,16 @@ SERVER_WRITES_AT_STOP = {
 #: (``adaptflow up``, ``PREFECT_API_URL``) keep Prefect's interval, so its UI follows them.
 LOGS_AT_EXIT = {"PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "86400"}
 
+#: How the server process starts: ``uvicorn``'s own command line (``python -m uvicorn``), after
+#: importing Prefect's server with the garbage collector off, then freezing what the import left
+#: (the command's own imports do the same: ``adaptflow.cli._imports_then_frozen``). The
+#: collections during that import were a fifth of a new home's server start: ready in 3.3 s
+#: instead of 4.0-4.2 s on 2 cores, while the command imports on the other core.
+SERVER_BOOT = (
+    "import gc, sys; gc.disable(); import prefect.server.api.server; gc.freeze(); gc.enable(); "
+    "sys.argv[0] = 'uvicorn'; import uvicorn.main; uvicorn.main.main()"
+)
+
 
 class Starting:
     """This process's embedded Prefect server, started at once in the background.
@@ -49,10 +59,10 @@ class Starting:
     ``PREFECT_API_URL`` is set to it before Prefect is imported, so this process's flows use
     it as they would any server. It is the same server Prefect's ephemeral mode runs
     (``uvicorn --factory prefect.server.api.server:create_app``, UI off, the ephemeral
-    flags), spawned here rather than by Prefect because
+    flags; started as ``SERVER_BOOT`` says), spawned here rather than by Prefect because
     Prefect's ``SubprocessASGIServer`` lives in ``prefect.server.api.server``, whose import
     alone costs this process ~4 s on 2 cores, and starts only when the first flow runs.
-    Spawned first, the server's start (~4 s on a new home: importing Prefect's server,
+    Spawned first, the server's start (~3.3 s on a new home: importing Prefect's server,
     opening its database, restored from the migrated template, and answering the first
     request) overlaps with the command's own imports, checks and the MLflow store's set-up on
     the other core (``benchmarks/bench_pipeline_overhead.py``). A home's first start happens under
@@ -123,7 +133,7 @@ class Starting:
             raise RuntimeError("the prefect package is not installed")
         app_dir = str(Path(next(iter(spec.submodule_search_locations))).parent)
         self._process = subprocess.Popen(  # noqa: S603 - Prefect's own server, fixed arguments
-            [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
+            [sys.executable, "-c", SERVER_BOOT, "--app-dir", app_dir, "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
             env=self._env,

@@ -99,3 +99,28 @@ def test_the_embedded_server_records_every_task_run_event_and_log_when_it_stops(
     )
     # three runs of the tagged task, and the parent's task run standing for its subflow
     assert names == ["double", "double", "double", "recorded-child"]
+
+
+def test_the_server_process_imports_prefect_with_no_collection_then_runs_uvicorn() -> None:
+    """``SERVER_BOOT``: the collector is back on after Prefect's server import, what that import
+    left is frozen, and uvicorn's own command line reads the arguments."""
+    import subprocess
+    import sys
+
+    from flows.embedded import SERVER_BOOT
+
+    # the same line, reporting the process's state just before uvicorn's command line runs
+    probe = SERVER_BOOT.replace(
+        "import uvicorn.main;",
+        "print(gc.isenabled(), gc.get_freeze_count(), sys.argv[0]); import uvicorn.main;",
+    )
+    assert probe != SERVER_BOOT
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    state, version_line = done.stdout.strip().splitlines()[-2:]
+    enabled, frozen, program = state.split()
+    assert (enabled, program) == ("True", "uvicorn")
+    assert int(frozen) > 100_000  # Prefect's server and its dependencies, kept out of collections
+    assert version_line.startswith("Running uvicorn ")
