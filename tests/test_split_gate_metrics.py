@@ -41,6 +41,40 @@ def test_metrics_on_a_fixed_case() -> None:
     assert m["f1_macro"] == pytest.approx((2 / 3 + 0.8 + 0) / 3)
 
 
+def test_metrics_agree_with_scikit_learn_on_random_cases() -> None:
+    """The counted metrics are scikit-learn's (labels = the gold ones, macro, zero_division=0)."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(3)
+    for case in range(300):
+        n = int(rng.integers(1, 60))
+        gold_pool = ["a", "b", "c", "d", "e"][: int(rng.integers(1, 6))]
+        # predictions may use labels no gold one has (x, y), and may miss gold labels entirely
+        guess_pool = gold_pool + ["x", "y"][: int(rng.integers(0, 3))]
+        truth = [str(label) for label in rng.choice(gold_pool, n)]
+        pred = [str(label) for label in rng.choice(guess_pool, n)]
+        if case % 3 == 0:  # some mostly right, as trained models are
+            pred = [t if rng.random() < 0.8 else p for t, p in zip(truth, pred, strict=True)]
+        ours = classification_metrics(truth, pred)
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            truth, pred, labels=sorted(set(truth)), average="macro", zero_division=0
+        )
+        expected = {
+            "accuracy": accuracy_score(truth, pred),
+            "precision_macro": precision,
+            "recall_macro": recall,
+            "f1_macro": f1,
+        }
+        assert ours == pytest.approx(expected, abs=1e-12), (truth, pred)
+
+
+def test_metrics_refuse_no_examples_and_unequal_lengths() -> None:
+    with pytest.raises(ValueError, match="no examples"):
+        classification_metrics([], [])
+    with pytest.raises(ValueError, match="1 gold labels against 2 predictions"):
+        classification_metrics(["a"], ["a", "b"])
+
+
 def test_knn_vote_weights_by_similarity() -> None:
     train = np.array([[1, 0], [0.9, 0.436], [0, 1], [0.1, 0.995]])
     labels = ["x", "x", "y", "y"]
