@@ -20,37 +20,64 @@ LOCK_TIMEOUT_SECONDS = 600
 
 #: What the embedded server writes to its database only as it stops. Its task-run recorder and
 #: its event persister write in batches (Prefect's defaults: each task-run event as it comes, and
-#: events every 20 or 5 s), and each write took SQLite's write lock while the flow's own API
+#: every 20 events or 5 s), and each write took SQLite's write lock while the flow's own API
 #: calls needed it: a call that met the lock was answered 503 ("database is locked") and
 #: Prefect's client retried it after its 2 s back-off. A demo run's next subflow or its training
 #: task's concurrency slot waited ~2 s in most runs while task runs were written one by one, and
-#: still in about one run in five with events and logs (``LOGS_AT_EXIT``) written as they came
+#: still in about one run in five with events and logs (``LOG_BATCHING``) written as they came
 #: (``PREFECT_API_LOG_RETRYABLE_ERRORS=true`` on the server shows the lock). Task runs and events
-#: still reach the home's database (the server stops gracefully at exit, and each service
-#: flushes what it holds), where ``adaptflow up``'s UI shows them; events flush earlier past
-#: 20,000, below the persister's queue of 50,000.
+#: still reach the home's database (the server stops gracefully at exit, or when this process
+#: dies: ``SERVER_BOOT``; each service flushes what it holds), where ``adaptflow up``'s UI shows
+#: them; events flush earlier past 20,000, below the persister's queue of 50,000.
 SERVER_WRITES_AT_STOP = {
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100000",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "86400",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "20000",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "86400",
 }
-#: The command's flow-run logs reach its embedded server when the command ends (Prefect's log
-#: worker sends what it holds at exit, before the server stops) rather than every 2 s, for the
-#: same lock (``SERVER_WRITES_AT_STOP``); its UI is off, and the console shows the logs as
-#: they come. A batch past Prefect's 4 MB is sent at once. Flows run on a shared server
-#: (``adaptflow up``, ``PREFECT_API_URL``) keep Prefect's interval, so its UI follows them.
-LOGS_AT_EXIT = {"PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "86400"}
+#: The command's flow-run logs reach its embedded server every 30 s and when the command ends
+#: (Prefect's log worker sends what it holds at exit, before the server stops), rather than
+#: every 2 s, for the same lock (``SERVER_WRITES_AT_STOP``): a run's first 30 s, where the
+#: wait weighed, write no log. Not only at exit: a command stopped by SIGTERM ends without its
+#: exit handlers (Prefect re-raises the signal), losing what the worker held. Its UI is off and
+#: the console shows the logs as they come; flows run on a shared server (``adaptflow up``,
+#: ``PREFECT_API_URL``) keep Prefect's interval, so its UI follows them.
+LOG_BATCHING = {"PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "30"}
 
 #: How the server process starts: ``uvicorn``'s own command line (``python -m uvicorn``), after
 #: importing Prefect's server with the garbage collector off, then freezing what the import left
 #: (the command's own imports do the same: ``adaptflow.cli._imports_then_frozen``). The
 #: collections during that import were a fifth of a new home's server start: ready in 3.3 s
-#: instead of 4.0-4.2 s on 2 cores, while the command imports on the other core.
-SERVER_BOOT = (
-    "import gc, sys; gc.disable(); import prefect.server.api.server; gc.freeze(); gc.enable(); "
-    "sys.argv[0] = 'uvicorn'; import uvicorn.main; uvicorn.main.main()"
-)
+#: instead of 4.0-4.2 s on 2 cores, while the command imports on the other core. The server
+#: runs in a session of its own (a Ctrl-C in the terminal reaches the command, which still
+#: sends its logs and crash states, then stops the server) and watches its parent: when the
+#: command dies without stopping it (SIGKILL, or SIGTERM, which Prefect re-raises past the exit
+#: handlers), it stops itself as gracefully as ``Starting.stop`` would, within a second,
+#: writing what it holds (``SERVER_WRITES_AT_STOP``). Run with ``-P`` (``server_command``): the
+#: working directory is not on ``sys.path``, so a ``prefect.py`` there cannot shadow Prefect.
+SERVER_BOOT = """
+import gc, os, signal, sys, threading, time
+parent = os.getppid()
+def _stop_when_orphaned():
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=_stop_when_orphaned, name="parent-watch", daemon=True).start()
+gc.disable()
+import prefect.server.api.server
+gc.freeze()
+gc.enable()
+sys.argv[0] = "uvicorn"
+import uvicorn.main
+uvicorn.main.main()
+"""
+
+
+def server_command(*arguments: str, boot: str = SERVER_BOOT) -> list[str]:
+    """The embedded server's command line: this Python, ``-P``, ``boot``, then ``arguments``."""
+    import sys
+
+    return [sys.executable, "-P", "-c", boot, *arguments]
 
 
 class Starting:
@@ -92,7 +119,7 @@ class Starting:
             | SERVER_WRITES_AT_STOP
         )
         os.environ["PREFECT_API_URL"] = self.api_url  # read when Prefect is imported
-        for name, value in LOGS_AT_EXIT.items():
+        for name, value in LOG_BATCHING.items():
             os.environ.setdefault(name, value)
         os.environ.setdefault("PREFECT_UI_URL", "")  # its UI is off: no "View at" links
         self._thread = threading.Thread(
@@ -124,7 +151,6 @@ class Starting:
     def _spawn_and_wait(self) -> None:
         import importlib.util
         import subprocess
-        import sys
         import time
         import urllib.request
 
@@ -133,10 +159,11 @@ class Starting:
             raise RuntimeError("the prefect package is not installed")
         app_dir = str(Path(next(iter(spec.submodule_search_locations))).parent)
         self._process = subprocess.Popen(  # noqa: S603 - Prefect's own server, fixed arguments
-            [sys.executable, "-c", SERVER_BOOT, "--app-dir", app_dir, "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+            server_command("--app-dir", app_dir, "--factory",
+                           "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+                           "--port", str(self.port), "--log-level", "error", "--lifespan", "on"),
             env=self._env,
+            start_new_session=True,  # see SERVER_BOOT
         )  # fmt: skip
         deadline = time.monotonic() + float(
             self._env.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

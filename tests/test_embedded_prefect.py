@@ -65,7 +65,7 @@ print(database.execute("select count(*) from log").fetchone()[0])
 
 def test_the_embedded_server_records_every_task_run_event_and_log_when_it_stops(tmp_path) -> None:
     """Task runs, events and logs written at the end (``SERVER_WRITES_AT_STOP``,
-    ``LOGS_AT_EXIT``) still reach the home's database, and nothing of them before."""
+    ``LOG_BATCHING``) still reach the home's database, and nothing of them before."""
     import os
     import sqlite3
     import subprocess
@@ -101,26 +101,106 @@ def test_the_embedded_server_records_every_task_run_event_and_log_when_it_stops(
     assert names == ["double", "double", "double", "recorded-child"]
 
 
-def test_the_server_process_imports_prefect_with_no_collection_then_runs_uvicorn() -> None:
+def test_the_server_process_imports_prefect_with_no_collection_then_runs_uvicorn(
+    tmp_path,
+) -> None:
     """``SERVER_BOOT``: the collector is back on after Prefect's server import, what that import
-    left is frozen, and uvicorn's own command line reads the arguments."""
+    left is frozen, the parent is watched, uvicorn's own command line reads the arguments, and
+    a ``prefect.py`` in the working directory does not shadow Prefect."""
     import subprocess
-    import sys
 
-    from flows.embedded import SERVER_BOOT
+    from flows.embedded import SERVER_BOOT, server_command
 
-    # the same line, reporting the process's state just before uvicorn's command line runs
+    # the same program, reporting the process's state just before uvicorn's command line runs
     probe = SERVER_BOOT.replace(
-        "import uvicorn.main;",
-        "print(gc.isenabled(), gc.get_freeze_count(), sys.argv[0]); import uvicorn.main;",
+        "import uvicorn.main\n",
+        "print(gc.isenabled(), gc.get_freeze_count(), sys.argv[0],"
+        " [t.name for t in threading.enumerate()])\nimport uvicorn.main\n",
     )
     assert probe != SERVER_BOOT
+    (tmp_path / "prefect.py").write_text("raise SystemExit('the working directory shadowed it')\n")
     done = subprocess.run(
-        [sys.executable, "-c", probe, "--version"], capture_output=True, text=True, timeout=120
+        server_command("--version", boot=probe),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     state, version_line = done.stdout.strip().splitlines()[-2:]
-    enabled, frozen, program = state.split()
+    enabled, frozen, program, threads = state.split(maxsplit=3)
     assert (enabled, program) == ("True", "uvicorn")
     assert int(frozen) > 100_000  # Prefect's server and its dependencies, kept out of collections
+    assert "'parent-watch'" in threads
     assert version_line.startswith("Running uvicorn ")
+
+
+_ORPHANING = """
+import os, signal, sys
+from pathlib import Path
+from flows.embedded import Starting, without_heartbeats
+
+server = Starting(Path(os.environ["PREFECT_HOME"]))
+from prefect import flow, task
+
+@task
+def double(x):
+    return 2 * x
+
+@flow(name="orphaned-parent")
+def parent():
+    return double(1) + double(2)
+
+server.wait()
+with without_heartbeats():
+    print(parent())
+from prefect.events.worker import EventsWorker
+EventsWorker.drain_all(timeout=30)  # the server holds the task runs' events, unwritten
+print(server._process.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no exit handler runs: the server is never stopped
+"""
+
+
+def test_a_server_whose_command_died_stops_itself_and_writes_what_it_held(tmp_path) -> None:
+    """A command killed outright leaves no server behind, and its task runs and events land."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_SERVICES")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(repo)}
+    env.pop("PREFECT_API_URL", None)
+    # files, not pipes: a server left running would hold a pipe open past the command's end
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        code = subprocess.run(
+            [sys.executable, "-c", _ORPHANING], env=env, cwd=repo, stdout=stdout, stderr=stderr,
+            timeout=300,
+        ).returncode  # fmt: skip
+    assert code == -signal.SIGKILL, err.read_text()[-2000:]
+    answer, pid = out.read_text().strip().splitlines()[-2:]
+    assert answer == "6"
+
+    def alive(pid: int) -> bool:  # a zombie (not reaped by this container's init) has exited
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    deadline = time.monotonic() + 30
+    while alive(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive(int(pid)):
+        os.kill(int(pid), signal.SIGKILL)
+        raise AssertionError("the orphaned server kept running")
+    database = sqlite3.connect(tmp_path / "prefect" / "prefect.db")
+    names = sorted(n.rsplit("-", 1)[0] for (n,) in database.execute("select name from task_run"))
+    assert names == ["double", "double"]
+    events = dict(database.execute("select event, count(*) from events group by event"))
+    assert events["prefect.flow-run.Completed"] == 1
+    assert events["prefect.task-run.Completed"] == 2
