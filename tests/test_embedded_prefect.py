@@ -30,8 +30,9 @@ def test_flows_and_subflows_run_without_heartbeats_inside_and_with_them_outside(
         assert get_current_settings().flows.heartbeat_frequency == 180
 
 
-_SCRIPT = """
-import os, sys
+#: A command's embedded server, and flows on it; each test's program goes on from here.
+_FLOWS = """
+import os, signal, sys
 from pathlib import Path
 from flows.embedded import Starting, without_heartbeats
 
@@ -53,6 +54,10 @@ def parent():
 server.wait()
 with without_heartbeats():
     print(parent())
+"""
+_SCRIPT = (
+    _FLOWS
+    + """
 import sqlite3, time
 time.sleep(2)  # the events reached the server; unbatched, the recorder would have written
 # the tasks' runs by now (the subflow's own task run is created by an API call, not recorded)
@@ -61,24 +66,33 @@ print(database.execute("select count(*) from task_run where name like 'double-%'
 print(database.execute("select count(*) from events").fetchone()[0])
 print(database.execute("select count(*) from log").fetchone()[0])
 """
+)
 
 
-def test_the_embedded_server_records_every_task_run_event_and_log_when_it_stops(tmp_path) -> None:
-    """Task runs, events and logs written at the end (``SERVER_WRITES_AT_STOP``,
-    ``LOG_BATCHING``) still reach the home's database, and nothing of them before."""
+def _script_env(tmp_path) -> dict[str, str]:
+    """The tests' environment for a program that starts its own embedded server in ``tmp_path``
+    (with ``flows.embedded``'s settings, not the test session's)."""
     import os
-    import sqlite3
-    import subprocess
-    import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_SERVICES")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(repo)}
     env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def test_the_embedded_server_records_every_task_run_event_and_log_when_it_stops(tmp_path) -> None:
+    """Task runs, events and logs written at the end (``SERVER_WRITES_AT_STOP``,
+    ``LOG_BATCHING``) still reach the home's database, and nothing of them before."""
+    import sqlite3
+    import subprocess
+    import sys
+    from pathlib import Path
+
     done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT], env=env, cwd=repo, capture_output=True, text=True,
-        timeout=300,
+        [sys.executable, "-c", _SCRIPT], env=_script_env(tmp_path), cwd=Path(__file__).parents[1],
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     answer, *written_while_running = done.stdout.strip().splitlines()[-4:]
@@ -135,30 +149,15 @@ def test_the_server_process_imports_prefect_with_no_collection_then_runs_uvicorn
     assert version_line.startswith("Running uvicorn ")
 
 
-_ORPHANING = """
-import os, signal, sys
-from pathlib import Path
-from flows.embedded import Starting, without_heartbeats
-
-server = Starting(Path(os.environ["PREFECT_HOME"]))
-from prefect import flow, task
-
-@task
-def double(x):
-    return 2 * x
-
-@flow(name="orphaned-parent")
-def parent():
-    return double(1) + double(2)
-
-server.wait()
-with without_heartbeats():
-    print(parent())
+_ORPHANING = (
+    _FLOWS
+    + """
 from prefect.events.worker import EventsWorker
 EventsWorker.drain_all(timeout=30)  # the server holds the task runs' events, unwritten
 print(server._process.pid, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # no exit handler runs: the server is never stopped
 """
+)
 
 
 def test_a_server_whose_command_died_stops_itself_and_writes_what_it_held(tmp_path) -> None:
@@ -171,20 +170,16 @@ def test_a_server_whose_command_died_stops_itself_and_writes_what_it_held(tmp_pa
     import time
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_SERVICES")}
-    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(repo)}
-    env.pop("PREFECT_API_URL", None)
     # files, not pipes: a server left running would hold a pipe open past the command's end
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with out.open("w") as stdout, err.open("w") as stderr:
         code = subprocess.run(
-            [sys.executable, "-c", _ORPHANING], env=env, cwd=repo, stdout=stdout, stderr=stderr,
-            timeout=300,
+            [sys.executable, "-c", _ORPHANING], env=_script_env(tmp_path),
+            cwd=Path(__file__).parents[1], stdout=stdout, stderr=stderr, timeout=300,
         ).returncode  # fmt: skip
     assert code == -signal.SIGKILL, err.read_text()[-2000:]
     answer, pid = out.read_text().strip().splitlines()[-2:]
-    assert answer == "6"
+    assert answer == "26"
 
     def alive(pid: int) -> bool:  # a zombie (not reaped by this container's init) has exited
         try:
@@ -200,7 +195,7 @@ def test_a_server_whose_command_died_stops_itself_and_writes_what_it_held(tmp_pa
         raise AssertionError("the orphaned server kept running")
     database = sqlite3.connect(tmp_path / "prefect" / "prefect.db")
     names = sorted(n.rsplit("-", 1)[0] for (n,) in database.execute("select name from task_run"))
-    assert names == ["double", "double"]
+    assert names == ["double", "double", "double", "recorded-child"]
     events = dict(database.execute("select event, count(*) from events group by event"))
-    assert events["prefect.flow-run.Completed"] == 1
-    assert events["prefect.task-run.Completed"] == 2
+    assert events["prefect.flow-run.Completed"] == 2  # the parent's and the subflow's
+    assert events["prefect.task-run.Completed"] == 3
